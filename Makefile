@@ -1,0 +1,41 @@
+# The two commands of the README: `make demo` (install + one full round on local Ray) and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SHARED ?= ../shared
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+
+.PHONY: install demo test test-unit lint typecheck bench bench-ingest bench-score clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/python jobs/campaign.py --config conf/demo.yaml
+
+test: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+test-unit: install
+	$(BIN)/python -m pytest -q -m "not integration" tests
+
+lint: install
+	$(BIN)/ruff check engine jobs tests bench
+	$(BIN)/ruff format --check engine jobs tests bench
+	$(BIN)/mypy
+
+bench: bench-ingest bench-score
+
+bench-ingest: install
+	$(BIN)/python bench/ingest.py --n 5000
+
+bench-score: install
+	$(BIN)/python bench/score.py --n 5000
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache .mypy_cache

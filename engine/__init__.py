@@ -1,0 +1,5 @@
+"""Pseudo-labelling data engine for facial expression recognition."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

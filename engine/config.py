@@ -1,0 +1,391 @@
+"""Typed, frozen configuration: dataclass sections, strict YAML loading and ``--set`` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from engine.errors import ConfigError
+
+T = TypeVar("T")
+
+SPLITS = ("train", "val", "test", "unlabelled")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StorageConfig:
+    """Where every stage writes."""
+
+    root: str = "runs"
+    """Storage root: a local path or any pyarrow filesystem URI (``s3://bucket/prefix``)."""
+    on_existing: str = "error"
+    """What to do when a committed stage has another fingerprint: ``error`` or ``overwrite``."""
+
+    def __post_init__(self) -> None:
+        _check_choice("storage.on_existing", self.on_existing, ("error", "overwrite"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceConfig:
+    """One input dataset in one of the supported on-disk formats."""
+
+    format: str
+    """Adapter name: fer2013, image_folder, flat_folder, csv_list, expw, affectnet, diffusionfer, affwild2, mindface."""
+    path: str
+    """Root folder (or file) of the dataset in its original layout."""
+    name: str = ""
+    """Source name used in keys and paths; filled from the mapping key in ``sources``."""
+    label_space: str = "basic7"
+    """Label space the adapter maps native labels into."""
+    label_source: str = "fer2013"
+    """FER2013 only: ``fer2013`` (original 7-class label) or ``ferplus`` (FER+ vote majority)."""
+    split: str = "train"
+    """Split given to rows of formats that carry none (image folders, flat folders, CSV lists without a split)."""
+    limit: int | None = None
+    """Keep at most this many rows per split, in listing order (tests and demos); None keeps all."""
+
+    def __post_init__(self) -> None:
+        _check_choice("sources.*.split", self.split, SPLITS)
+        _check_choice("sources.*.label_source", self.label_source, ("fer2013", "ferplus"))
+        if self.limit is not None and self.limit <= 0:
+            raise ConfigError(f"sources.{self.name}.limit must be positive or null, got {self.limit}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class IngestConfig:
+    """Decode, validate, hash, deduplicate and shard a source."""
+
+    samples_per_shard: int = 1000
+    """Samples per WebDataset tar. Never change it for an existing storage root."""
+    list_chunk_rows: int = 2000
+    """Rows per listing part: the unit of decode work and of crash recovery."""
+    image_format: str = "png"
+    """Encoding of the stored images: png (lossless) or jpg."""
+    resize: int | None = None
+    """Resize every image to this square side in pixels; None keeps the original size."""
+    grayscale: bool = False
+    """Convert every image to a single grey channel."""
+    min_side_px: int = 16
+    """Images with a side shorter than this are quarantined as ``too_small``."""
+    max_pixels: int = 50_000_000
+    """Images claiming more pixels than this are quarantined as ``too_large`` (decompression bombs)."""
+    max_bytes: int = 50_000_000
+    """Files larger than this are quarantined as ``too_large`` without being read."""
+    phash_leakage: bool = True
+    """Flag train/unlabelled samples whose perceptual hash equals a val/test sample (not only exact sha256 twins)."""
+
+    def __post_init__(self) -> None:
+        _check_choice("ingest.image_format", self.image_format, ("png", "jpg"))
+        _check_positive("ingest.samples_per_shard", self.samples_per_shard)
+        _check_positive("ingest.list_chunk_rows", self.list_chunk_rows)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """The network the student is built from (and the teacher of round 0)."""
+
+    name: str = "tiny_cnn"
+    """Engine net (tiny_cnn, resnet_fer, mini_xception) or any timm model name."""
+    pretrained: bool = False
+    """Load timm's pretrained weights (needs network access to the model hub)."""
+    in_chans: int = 1
+    """Input channels: 1 for grey faces, 3 for colour."""
+    input_size: int = 48
+    """Square input side in pixels."""
+    mean: tuple[float, ...] = (0.5,)
+    """Per-channel normalisation mean, on pixels scaled to [0, 1]."""
+    std: tuple[float, ...] = (0.5,)
+    """Per-channel normalisation std, on pixels scaled to [0, 1]."""
+    drop_rate: float = 0.0
+    """Dropout before the classifier."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScoreConfig:
+    """Teacher scoring of every kept sample on a Ray Data actor pool."""
+
+    batch_size: int = 256
+    """Images per model call."""
+    num_actors: int = 1
+    """Size of the scoring actor pool."""
+    cpus_per_actor: float = 1.0
+    """CPUs reserved by each actor (also its torch thread count, rounded up)."""
+    gpus_per_actor: float = 0.0
+    """GPUs per actor; 0 scores on CPU. Set to 1 on GPU clusters."""
+    tta_flip: bool = False
+    """Average the probabilities of the image and its horizontal flip."""
+    hist_bins: int = 1000
+    """Bins of the per-class confidence histograms in ``score/stats.json``."""
+    sources: tuple[str, ...] = ()
+    """Sources scored as the unlabelled pool; empty means the campaign's unlabelled sources."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ThresholdConfig:
+    """Per-class confidence thresholds for one round (offline policies; see engine/thresholds)."""
+
+    policy: str = "dtm_r"
+    """fixed, dtm_r, flexmatch, freematch, quantile, topk."""
+    tau: float = 0.95
+    """Base threshold: the fixed threshold, and tau_max of DTM-R / FlexMatch."""
+    tau_min: float = 0.5
+    """Floor of DTM-R thresholds."""
+    mapping: str = "convex"
+    """DTM-R / FlexMatch mapping M: convex x/(2-x), linear x, or concave."""
+    warmup: bool = True
+    """DTM-R / FlexMatch warm-up normalisation by the unused count."""
+    quantile: float = 0.8
+    """Quantile policy: per-class confidence quantile used as threshold."""
+    top_k: int = 1000
+    """Top-K policy: samples kept per class."""
+    never_label: tuple[str, ...] = ()
+    """Classes never pseudo-labelled (e.g. ``Other`` for corpora that lack it)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SelectConfig:
+    """Turn thresholds into the round's pseudo-labelled set."""
+
+    cap_per_class: int | None = None
+    """At most this many pseudo-labels per class (highest confidence first)."""
+    cap_multiple_of_labelled: float | None = None
+    """At most this multiple of the class's labelled count per class."""
+    floor_per_class: int = 0
+    """Duplicate selected samples of sparse classes up to this many rows (Noisy Student)."""
+    max_unlabelled_ratio: float | None = None
+    """At most this many pseudo-labels per labelled sample, overall."""
+    weight: float = 1.0
+    """Loss weight of each selected sample."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Student training on Ray Train."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    """Labelled (and pseudo-labelled) samples per step."""
+    lr: float = 0.03
+    optimizer: str = "sgd"
+    """sgd (Nesterov, momentum 0.9) or adamw."""
+    weight_decay: float = 5e-4
+    lambda_u: float = 1.0
+    """Weight of the pseudo-labelled (and online unlabelled) loss."""
+    balanced_sampling: bool = False
+    """Sample the labelled set class-balanced."""
+    online_policy: str | None = None
+    """Online threshold policy for a FixMatch-style unlabelled branch each step (dtm_r, fixed, ...); None = off."""
+    mu: int = 1
+    """Unlabelled:labelled batch ratio of the online branch."""
+    num_workers: int = 1
+    use_gpu: bool = False
+    mixed_precision: bool = True
+    """bf16/fp16 autocast when training on GPU (ignored on CPU)."""
+    max_failures: int = 1
+    seed: int = 0
+    warm_start: bool = False
+    """Initialise the student from the teacher's weights."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    """Evaluation of a checkpoint on the campaign's val and test splits."""
+
+    splits: tuple[str, ...] = ("val", "test")
+    batch_size: int = 512
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrackingConfig:
+    """MLflow tracking."""
+
+    uri: str | None = None
+    """Tracking URI; None means a sqlite store under the storage root."""
+    experiment: str = "fer-pseudolabel"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CampaignConfig:
+    """Which data plays which role, and how many rounds."""
+
+    name: str = "default"
+    labelled: tuple[str, ...] = ()
+    """Sources whose train split is labelled."""
+    unlabelled: tuple[str, ...] = ()
+    """Sources whose rows form the unlabelled pool (their labels, if any, are hidden)."""
+    eval: tuple[str, ...] = ()
+    """Sources whose val/test splits are evaluated; empty means the labelled sources."""
+    labelled_fraction: float | None = None
+    """Keep a seeded, class-stratified fraction of the labelled train split as labelled; the rest joins the pool."""
+    max_labelled: int | None = None
+    max_unlabelled: int | None = None
+    max_eval: int | None = None
+    """Caps (seeded, by key hash) for demos and tests."""
+    rounds: int = 1
+    seed: int = 0
+    teacher_checkpoint: str | None = None
+    """Round-0 teacher checkpoint instead of training one on the labelled set."""
+    stop_when_no_gain: bool = True
+    """Stop the campaign when a student does not beat its teacher on val macro-F1."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """The whole engine configuration."""
+
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    sources: dict[str, SourceConfig] = field(default_factory=dict)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    campaign: CampaignConfig = field(default_factory=CampaignConfig)
+
+    def source(self, name: str) -> SourceConfig:
+        """The source called ``name``; an unknown name is a ConfigError listing the known ones."""
+        if name not in self.sources:
+            raise ConfigError(
+                f"unknown source {name!r}{_suggest(name, self.sources)}; configured: {', '.join(self.sources) or 'none'}"
+            )
+        return self.sources[name]
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_config(paths: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> Config:
+    """Build a Config from dataclass defaults, YAML files (in order) and ``a.b=c`` overrides.
+
+    Raises:
+        ConfigError: an unknown key (with the closest valid one), a wrong type or an invalid value.
+    """
+    merged: dict[str, Any] = {}
+    origin = "defaults"
+    for path in paths:
+        text = Path(path).read_text()
+        data = yaml.safe_load(text) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+        _deep_merge(merged, data)
+        origin = str(path)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        _set_path(merged, key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None)
+    return build(Config, merged, where=origin)
+
+
+def build(cls: type[T], data: Mapping[str, Any], *, where: str = "config", prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping, strictly (unknown keys and wrong types raise)."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(
+                f"unknown key {dotted!r} in {where}{_suggest(key, fields, prefix)}; valid: {', '.join(fields)}"
+            )
+        kwargs[key] = _coerce(hints[key], value, dotted, where)
+    if cls is Config and "sources" in kwargs:
+        kwargs["sources"] = {n: dataclasses.replace(s, name=n) for n, s in kwargs["sources"].items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a required field is missing
+        raise ConfigError(f"{prefix.rstrip('.') or cls.__name__} in {where}: {exc}") from None
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain JSON-able view of a config (tuples become lists)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Flattened ``a.b.c -> value`` view (for MLflow params)."""
+    out: dict[str, Any] = {}
+    plain = to_dict(obj)
+    if isinstance(plain, dict):
+        for k, v in plain.items():
+            out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _coerce(tp: Any, value: Any, key: str, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, key, where)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key} in {where} must be a mapping, got {value!r}")
+        return build(tp, value, where=where, prefix=f"{key}.")  # type: ignore[type-var]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key} in {where} must be a mapping, got {value!r}")
+        return {str(k): _coerce(args[1], v, f"{key}.{k}", where) for k, v in value.items()}
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v] if value else []
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} in {where} must be a list, got {value!r}")
+        return tuple(_coerce(args[0], v, key, where) for v in value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+        raise ConfigError(f"{key} in {where} must be {tp.__name__}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _deep_merge(dst: dict[str, Any], src: Mapping[str, Any]) -> None:
+    for k, v in src.items():
+        if isinstance(v, Mapping) and isinstance(dst.get(k), dict):
+            _deep_merge(dst[k], v)
+        else:
+            dst[k] = dict(v) if isinstance(v, Mapping) else v
+
+
+def _set_path(dst: dict[str, Any], parts: list[str], value: Any) -> None:
+    for p in parts[:-1]:
+        dst = dst.setdefault(p, {})
+        if not isinstance(dst, dict):
+            raise ConfigError(f"override {'.'.join(parts)}: {p} is not a section")
+    dst[parts[-1]] = value
+
+
+def _suggest(key: str, valid: Mapping[str, Any] | Sequence[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(key, list(valid), n=1)
+    return f"; did you mean {prefix + close[0]!r}?" if close else ""
+
+
+def _check_choice(key: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}{_suggest(value, choices)}")
+
+
+def _check_positive(key: str, value: int) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key} must be positive, got {value}")

@@ -1,0 +1,27 @@
+"""Exceptions the engine raises; jobs turn each into one clear line and a non-zero exit."""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base of every error the engine raises on purpose."""
+
+
+class ConfigError(EngineError, ValueError):
+    """A configuration key, type or value is invalid."""
+
+
+class UnknownLabelError(EngineError, ValueError):
+    """A label name or label space is not known."""
+
+
+class FingerprintMismatch(EngineError):
+    """A committed stage output was produced by a different configuration or input."""
+
+
+class MissingExtra(EngineError, ImportError):
+    """An optional dependency is not installed."""
+
+
+class SourceFormatError(EngineError, ValueError):
+    """A dataset on disk does not match the format its adapter expects."""

@@ -1,0 +1,144 @@
+"""Decode, validate, crop/resize, re-encode and hash one image (Pillow + numpy; no Ray, no torch)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, UnidentifiedImageError
+
+# Quarantine reasons, in the order they are checked.
+REASONS = ("empty", "too_large", "not_an_image", "truncated", "decode_error", "bad_box", "too_small", "duplicate")
+
+_FORMAT_EXT = {"PNG": "png", "JPEG": "jpg"}
+
+
+@dataclass(frozen=True, slots=True)
+class ImageCheck:
+    """Outcome of ``process_image``: ``reason`` is None for a kept image, else one of ``REASONS``."""
+
+    reason: str | None
+    detail: str = ""
+    data: bytes | None = None
+    ext: str = ""
+    width: int = 0
+    height: int = 0
+    sha256: str = ""
+    phash: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ImagePolicy:
+    """What ``process_image`` accepts and how it stores the result."""
+
+    image_format: str = "png"
+    resize: int | None = None
+    grayscale: bool = False
+    min_side_px: int = 16
+    max_pixels: int = 50_000_000
+    max_bytes: int = 50_000_000
+
+
+def process_image(data: bytes, policy: ImagePolicy, box: tuple[int, int, int, int] | None = None) -> ImageCheck:
+    """Validate one encoded image, apply the optional crop/resize/grey, and hash the stored pixels.
+
+    The claimed size is checked from the header before any pixel is decoded, so a decompression bomb costs nothing.
+    Original bytes are kept unchanged when no pixel operation applies and the format already matches; otherwise the
+    image is re-encoded deterministically. ``sha256`` is over the stored pixels (mode, shape and bytes), so two files
+    with the same pixels are exact duplicates whatever their encoding.
+    """
+    if not data:
+        return ImageCheck("empty", "zero-byte file")
+    if len(data) > policy.max_bytes:
+        return ImageCheck("too_large", f"{len(data)} bytes > max_bytes {policy.max_bytes}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+            if width * height > policy.max_pixels:
+                return ImageCheck("too_large", f"header claims {width}x{height} > max_pixels {policy.max_pixels}")
+            fmt = img.format
+            img.load()
+    except UnidentifiedImageError:
+        return ImageCheck("not_an_image", "not a decodable image format")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        reason = "truncated" if "truncat" in str(exc).lower() or "end of" in str(exc).lower() else "decode_error"
+        return ImageCheck(reason, f"{type(exc).__name__}: {exc}"[:200])
+    changed = False
+    if box is not None:
+        left, top, right, bottom = box
+        if not (0 <= left < right <= width and 0 <= top < bottom <= height):
+            return ImageCheck("bad_box", f"box {box} outside image {width}x{height}")
+        img, changed = img.crop(box), True
+    if img.mode not in ("L", "RGB"):
+        img, changed = img.convert("RGB" if img.mode not in ("1", "I", "I;16", "F") else "L"), True
+    if policy.grayscale and img.mode != "L":
+        img, changed = img.convert("L"), True
+    if min(img.size) < policy.min_side_px:
+        return ImageCheck("too_small", f"{img.size[0]}x{img.size[1]} < min_side_px {policy.min_side_px}")
+    if policy.resize is not None and img.size != (policy.resize, policy.resize):
+        img, changed = img.resize((policy.resize, policy.resize), Image.Resampling.BILINEAR), True
+    pixels = np.asarray(img)
+    if changed or _FORMAT_EXT.get(fmt or "") != policy.image_format:
+        data = encode_image(img, policy.image_format)
+    return ImageCheck(
+        None,
+        data=data,
+        ext=policy.image_format,
+        width=img.size[0],
+        height=img.size[1],
+        sha256=pixel_sha256(pixels),
+        phash=phash64(pixels),
+    )
+
+
+def encode_image(img: Image.Image, image_format: str) -> bytes:
+    """Deterministic PNG (or JPEG quality 95) bytes of ``img``."""
+    buf = io.BytesIO()
+    if image_format == "png":
+        img.save(buf, format="PNG", compress_level=6)
+    else:
+        img.save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def pixel_sha256(pixels: npt.NDArray[np.uint8]) -> str:
+    """Hex sha256 over the shape and bytes of a uint8 pixel array."""
+    h = hashlib.sha256(str(pixels.shape).encode())
+    h.update(np.ascontiguousarray(pixels).tobytes())
+    return h.hexdigest()
+
+
+@lru_cache(maxsize=1)
+def _dct_matrix(n: int = 32) -> npt.NDArray[np.float64]:
+    k = np.arange(n)[:, None]
+    i = np.arange(n)[None, :]
+    m = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * np.sqrt(2 / n)
+    m[0] /= np.sqrt(2)
+    return m
+
+
+def phash64(pixels: npt.NDArray[np.uint8]) -> int:
+    """64-bit DCT perceptual hash (as in ``imagehash.phash``): grey 32x32, 2-D DCT, 8x8 low band > its median."""
+    img = Image.fromarray(pixels)
+    if img.mode != "L":
+        img = img.convert("L")
+    small = np.asarray(img.resize((32, 32), Image.Resampling.LANCZOS), dtype=np.float64)
+    d = _dct_matrix()
+    low = (d @ small @ d.T)[:8, :8]
+    bits = (low > np.median(low)).ravel()
+    return int(np.packbits(bits).view(">u8")[0])
+
+
+def decode_pixels(data: bytes) -> npt.NDArray[np.uint8]:
+    """Pixels of an encoded image as uint8 (H, W) or (H, W, 3)."""
+    img = Image.open(io.BytesIO(data))
+    if img.mode not in ("L", "RGB"):
+        img = img.convert("RGB")
+    return np.asarray(img)

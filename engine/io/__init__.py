@@ -1,0 +1,1 @@
+"""Storage I/O: filesystem access, atomic writes, JSON and parquet helpers."""

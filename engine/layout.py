@@ -1,0 +1,166 @@
+"""Every path of the storage layout, in one place (see DESIGN.md "Storage layout")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SUCCESS = "_SUCCESS.json"
+
+
+def shard_name(source: str, index: int) -> str:
+    """``<source>-000123``: the id of one WebDataset shard."""
+    return f"{source}-{index:06d}"
+
+
+def round_name(index: int) -> str:
+    """``r003``: the id of one round."""
+    return f"r{index:03d}"
+
+
+def join(*parts: str) -> str:
+    """Join path parts with ``/`` (works for local paths and URIs alike)."""
+    return "/".join(p.rstrip("/") if i == 0 else p.strip("/") for i, p in enumerate(parts) if p)
+
+
+@dataclass(frozen=True)
+class SourceLayout:
+    """Paths of one ingested source."""
+
+    root: str
+    source: str
+
+    @property
+    def dir(self) -> str:
+        return join(self.root, "sources", self.source)
+
+    @property
+    def shards_dir(self) -> str:
+        return join(self.dir, "shards")
+
+    def shard(self, index: int) -> str:
+        return join(self.shards_dir, f"{shard_name(self.source, index)}.tar")
+
+    @property
+    def manifest_dir(self) -> str:
+        return join(self.dir, "manifest")
+
+    def manifest_part(self, index: int) -> str:
+        return join(self.manifest_dir, f"part-{index:06d}.parquet")
+
+    @property
+    def quarantine(self) -> str:
+        return join(self.dir, "quarantine.parquet")
+
+    @property
+    def duplicates(self) -> str:
+        return join(self.dir, "duplicates.parquet")
+
+    @property
+    def success(self) -> str:
+        return join(self.dir, SUCCESS)
+
+    @property
+    def work_dir(self) -> str:
+        """Intermediate per-part files of an ingest in progress; safe to delete once committed."""
+        return join(self.dir, "_work")
+
+    def listing_part(self, index: int) -> str:
+        return join(self.work_dir, "listing", f"part-{index:06d}.parquet")
+
+    def decoded_part(self, index: int) -> str:
+        return join(self.work_dir, "decoded", f"part-{index:06d}.parquet")
+
+
+@dataclass(frozen=True)
+class CampaignLayout:
+    """Paths of one campaign and its rounds."""
+
+    root: str
+    campaign: str
+
+    @property
+    def dir(self) -> str:
+        return join(self.root, "campaigns", self.campaign)
+
+    @property
+    def state(self) -> str:
+        return join(self.dir, "campaign.json")
+
+    @property
+    def config(self) -> str:
+        return join(self.dir, "config.json")
+
+    @property
+    def partition_dir(self) -> str:
+        """Which keys are labelled / unlabelled / eval in this campaign."""
+        return join(self.dir, "partition")
+
+    def round(self, index: int) -> RoundLayout:
+        return RoundLayout(join(self.dir, "rounds", round_name(index)), index)
+
+
+@dataclass(frozen=True)
+class RoundLayout:
+    """Paths of one round."""
+
+    dir: str
+    index: int
+
+    @property
+    def score_dir(self) -> str:
+        return join(self.dir, "score")
+
+    def score_part(self, shard: str) -> str:
+        return join(self.score_dir, f"part-{shard}.parquet")
+
+    @property
+    def score_stats(self) -> str:
+        return join(self.score_dir, "stats.json")
+
+    @property
+    def threshold_dir(self) -> str:
+        return join(self.dir, "threshold")
+
+    @property
+    def thresholds(self) -> str:
+        return join(self.dir, "thresholds.json")
+
+    @property
+    def select_dir(self) -> str:
+        return join(self.dir, "select")
+
+    @property
+    def selection(self) -> str:
+        return join(self.select_dir, "selection.parquet")
+
+    @property
+    def quality(self) -> str:
+        return join(self.select_dir, "quality.json")
+
+    @property
+    def train_dir(self) -> str:
+        return join(self.dir, "train")
+
+    @property
+    def student(self) -> str:
+        return join(self.train_dir, "student.pt")
+
+    @property
+    def eval_dir(self) -> str:
+        return join(self.dir, "eval")
+
+    @property
+    def metrics(self) -> str:
+        return join(self.eval_dir, "metrics.json")
+
+    @property
+    def confusion_png(self) -> str:
+        return join(self.eval_dir, "confusion.png")
+
+    @property
+    def report(self) -> str:
+        return join(self.dir, "report.html")
+
+    @property
+    def state(self) -> str:
+        return join(self.dir, "round.json")

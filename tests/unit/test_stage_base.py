@@ -1,0 +1,67 @@
+"""The stage contract: skip, mismatch, overwrite, partial runs, atomic writes."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.errors import FingerprintMismatch
+from engine.io import fs
+from engine.stages.base import RunOutput, Stage
+
+
+class Counter(Stage):
+    name = "counter"
+
+    def __init__(self, out_dir, value, fail=False, **kw):
+        super().__init__(out_dir, **kw)
+        self.value, self.fail, self.calls = value, fail, 0
+
+    def fingerprint_inputs(self):
+        return {"value": self.value}
+
+    def run(self):
+        self.calls += 1
+        fs.write_json(f"{self.out_dir}/out.json", {"v": self.value})
+        if self.fail:
+            raise RuntimeError("boom")
+        return RunOutput(counts={"rows": self.value})
+
+
+def test_run_then_skip(tmp_path):
+    s = Counter(str(tmp_path / "s"), 3)
+    r1 = s.execute()
+    assert (r1.counts, r1.skipped, s.calls) == ({"rows": 3}, False, 1)
+    mtime = (tmp_path / "s" / "_SUCCESS.json").stat().st_mtime_ns
+    s2 = Counter(str(tmp_path / "s"), 3)
+    r2 = s2.execute()
+    assert (r2.counts, r2.skipped, s2.calls) == ({"rows": 3}, True, 0)
+    assert (tmp_path / "s" / "_SUCCESS.json").stat().st_mtime_ns == mtime
+    assert not (tmp_path / "s" / "_RUNNING.json").exists()
+
+
+def test_mismatch_is_an_error_that_names_the_change(tmp_path):
+    Counter(str(tmp_path / "s"), 3).execute()
+    with pytest.raises(FingerprintMismatch, match=r"changed: value\).*on_existing=overwrite"):
+        Counter(str(tmp_path / "s"), 4).execute()
+    r = Counter(str(tmp_path / "s"), 4, on_existing="overwrite").execute()
+    assert r.counts == {"rows": 4}
+    assert fs.read_json(str(tmp_path / "s" / "out.json")) == {"v": 4}
+
+
+def test_failed_run_leaves_no_success_and_resumes(tmp_path):
+    with pytest.raises(RuntimeError):
+        Counter(str(tmp_path / "s"), 3, fail=True).execute()
+    assert not (tmp_path / "s" / "_SUCCESS.json").exists()
+    assert (tmp_path / "s" / "_RUNNING.json").exists()
+    assert Counter(str(tmp_path / "s"), 3).execute().skipped is False
+
+
+def test_atomic_write_leaves_nothing_when_the_writer_raises(tmp_path):
+    target = tmp_path / "d" / "f.bin"
+    with pytest.raises(ValueError), fs.atomic_write(str(target)) as f:
+        f.write(b"half")
+        raise ValueError("crash")
+    assert not target.exists()
+    assert list((tmp_path / "d").iterdir()) == []
+    fs.write_bytes(str(target), b"whole")
+    assert target.read_bytes() == b"whole"
