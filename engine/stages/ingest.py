@@ -1,0 +1,461 @@
+"""Ingest stage: a source in its native format → WebDataset shards, manifest, quarantine, dedup and leakage flags.
+
+Four phases, each resumable on its own:
+
+1. **list** (driver, streaming): the adapter's rows are written to ``_work/listing/part-*.parquet`` in chunks.
+2. **decode** (Ray Data, one task per listing part): read bytes, validate, crop/resize, re-encode, sha256 of the
+   stored pixels and a 64-bit perceptual hash → ``_work/decoded/part-*.parquet``; a part that exists is done.
+3. **dedup** (Ray Data ``groupby``): exact twins (same sha256) inside one role (train ∪ unlabelled, val, test) are
+   quarantined as ``duplicate`` of the first listed one; twins across roles (sha256 or phash equal) are kept and
+   flagged with ``leak_with`` (the other splits). Only these exceptions reach the driver.
+4. **shard** (Ray Data, one task per shard): kept rows in listing order are cut into shards of exactly
+   ``samples_per_shard``; each task writes ``<source>-NNNNNN.tar`` then its manifest part (the shard's done marker).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import tarfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from engine.config import IngestConfig, SourceConfig
+from engine.imaging import ImagePolicy, process_image
+from engine.io import fs
+from engine.layout import SourceLayout, shard_name
+from engine.stages.base import RunOutput, Stage
+
+log = logging.getLogger(__name__)
+
+ROLE = {"train": "fit", "unlabelled": "fit", "val": "val", "test": "test"}
+SPLIT_ORDER = {"train": 0, "unlabelled": 1, "val": 2, "test": 3}
+
+LISTING_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("orig_path", pa.string()),
+        ("locator", pa.string()),
+        ("split", pa.string()),
+        ("label", pa.int16()),
+        ("group", pa.string()),
+        ("frame", pa.int32()),
+        ("valence", pa.float32()),
+        ("arousal", pa.float32()),
+        ("box", pa.list_(pa.int32())),
+    ]
+)
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("shard", pa.string()),
+        ("source", pa.string()),
+        ("orig_path", pa.string()),
+        ("sha256", pa.string()),
+        ("phash", pa.uint64()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("label", pa.int16()),
+        ("split", pa.string()),
+        ("group", pa.string()),
+        ("frame", pa.int32()),
+        ("valence", pa.float32()),
+        ("arousal", pa.float32()),
+        ("leak_with", pa.string()),
+    ]
+)
+
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("source", pa.string()),
+        ("orig_path", pa.string()),
+        ("split", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("duplicate_of", pa.string()),
+    ]
+)
+
+_META_COLS = ["key", "orig_path", "split", "label", "group", "frame", "valence", "arousal"]
+
+
+class IngestStage(Stage):
+    """Ingest one source into ``<root>/sources/<name>/`` (see the module docstring)."""
+
+    name = "ingest"
+    VERSION = 1
+
+    def __init__(self, root: str, source: SourceConfig, cfg: IngestConfig, *, on_existing: str = "error") -> None:
+        self.layout = SourceLayout(root, source.name)
+        super().__init__(self.layout.dir, on_existing=on_existing, label=f"ingest {source.name}")
+        self.source = source
+        self.cfg = cfg
+        self.policy = ImagePolicy(
+            image_format=cfg.image_format,
+            resize=cfg.resize,
+            grayscale=cfg.grayscale,
+            min_side_px=cfg.min_side_px,
+            max_pixels=cfg.max_pixels,
+            max_bytes=cfg.max_bytes,
+        )
+
+    def fingerprint_inputs(self) -> dict[str, Any]:
+        return {"source": asdict(self.source), "ingest": asdict(self.cfg)}
+
+    def run(self) -> RunOutput:
+        t0 = time.perf_counter()
+        n_parts = self._list()
+        part_stats = self._decode(n_parts)
+        decisions = self._dedup(n_parts)
+        shards = self._shard(part_stats, decisions)
+        counts = self._finish(n_parts, decisions, shards)
+        seconds = time.perf_counter() - t0
+        counts["seconds"] = round(seconds, 2)
+        counts["images_per_s"] = round(counts["inputs"] / max(seconds, 1e-9), 1)
+        fs.remove(self.layout.work_dir)
+        return RunOutput(counts=counts, extra={"shards": shards, "samples_per_shard": self.cfg.samples_per_shard})
+
+    # ------------------------------------------------------------------ phase 1: list
+    def _list(self) -> int:
+        done = fs.read_json_or_none(f"{self.layout.work_dir}/listing/_DONE.json")
+        if done is not None:
+            return int(done["parts"])
+        from engine.sources import get_adapter
+
+        adapter = get_adapter(self.source)
+        n_parts = 0
+        for n_parts, chunk in enumerate(_chunks(adapter.rows(), self.cfg.list_chunk_rows), start=1):
+            fs.write_parquet(self.layout.listing_part(n_parts - 1), _listing_table(chunk))
+        fs.write_json(f"{self.layout.work_dir}/listing/_DONE.json", {"parts": n_parts})
+        log.info("ingest %s: listed %d parts", self.source.name, n_parts)
+        return n_parts
+
+    # ------------------------------------------------------------------ phase 2: decode
+    def _decode(self, n_parts: int) -> dict[int, dict[str, int]]:
+        import ray
+
+        pending = [i for i in range(n_parts) if not fs.exists(self.layout.decoded_part(i))]
+        if pending:
+            log.info("ingest %s: decoding %d/%d parts", self.source.name, len(pending), n_parts)
+            ds = ray.data.from_items([{"part": i} for i in pending], override_num_blocks=len(pending))
+            list(ds.map(_decode_part_row, fn_kwargs={"layout": self.layout, "policy": self.policy}).iter_rows())
+        stats: dict[int, dict[str, int]] = {}
+        for i in range(n_parts):
+            t = fs.read_parquet(self.layout.decoded_part(i), columns=["status"])
+            ok = int(pc.sum(pc.equal(t["status"], "ok")).as_py() or 0)
+            stats[i] = {"rows": t.num_rows, "ok": ok}
+        return stats
+
+    # ------------------------------------------------------------------ phase 3: dedup + leakage
+    def _dedup(self, n_parts: int) -> pa.Table:
+        import ray
+
+        paths = [self.layout.decoded_part(i) for i in range(n_parts)]
+        cols = ["key", "orig_path", "part", "row", "split", "status", "sha256", "phash"]
+        ds = ray.data.read_parquet(paths, columns=cols).filter(expr=_col("status") == "ok")
+        exact = ds.groupby("sha256").map_groups(_exact_group, batch_format="pyarrow").take_all()
+        near = ds.groupby("phash").map_groups(_near_group, batch_format="pyarrow").take_all() if self.cfg.phash_leakage else []
+        return _merge_decisions(exact, near)
+
+    # ------------------------------------------------------------------ phase 4: shards + manifest
+    def _shard(self, part_stats: dict[int, dict[str, int]], decisions: pa.Table) -> int:
+        import ray
+
+        dup_parts = pc.value_counts(decisions.filter(pc.is_valid(decisions["duplicate_of"]))["part"]).to_pylist()
+        dups_in = {int(d["values"]): int(d["counts"]) for d in dup_parts}
+        kept_per_part = [part_stats[i]["ok"] - dups_in.get(i, 0) for i in range(len(part_stats))]
+        offsets = np.concatenate([[0], np.cumsum(kept_per_part)]).astype(np.int64)
+        total, n = int(offsets[-1]), self.cfg.samples_per_shard
+        n_shards = (total + n - 1) // n
+        fs.write_parquet(f"{self.layout.work_dir}/decisions.parquet", decisions)
+        pending = [s for s in range(n_shards) if not fs.exists(self.layout.manifest_part(s))]
+        if pending:
+            log.info("ingest %s: writing %d/%d shards", self.source.name, len(pending), n_shards)
+            jobs = []
+            for s in pending:
+                lo, hi = s * n, min((s + 1) * n, total)
+                parts = [i for i in range(len(kept_per_part)) if offsets[i] < hi and offsets[i + 1] > lo]
+                jobs.append({"shard": s, "lo": lo, "hi": hi, "parts": parts, "offsets": [int(offsets[i]) for i in parts]})
+            ds = ray.data.from_items(jobs, override_num_blocks=len(jobs))
+            list(ds.map(_write_shard_row, fn_kwargs={"layout": self.layout, "source": self.source.name}).iter_rows())
+        return n_shards
+
+    # ------------------------------------------------------------------ commit: quarantine + counts
+    def _finish(self, n_parts: int, decisions: pa.Table, n_shards: int) -> dict[str, Any]:
+        rejected = []
+        for i in range(n_parts):
+            t = fs.read_parquet(self.layout.decoded_part(i), columns=["key", "orig_path", "split", "status", "detail"])
+            rejected.append(t.filter(pc.not_equal(t["status"], "ok")))
+        rej = pa.concat_tables(rejected) if rejected else pa.table({c: [] for c in ("key", "orig_path", "split", "status", "detail")})
+        dups = decisions.filter(pc.is_valid(decisions["duplicate_of"]))
+        quarantine = pa.table(
+            {
+                "key": pa.concat_arrays([rej["key"].combine_chunks(), dups["key"].combine_chunks()]),
+                "source": [self.source.name] * (rej.num_rows + dups.num_rows),
+                "orig_path": pa.concat_arrays([rej["orig_path"].combine_chunks(), dups["orig_path"].combine_chunks()]),
+                "split": pa.concat_arrays([rej["split"].combine_chunks(), dups["split"].combine_chunks()]),
+                "reason": pa.concat_arrays([rej["status"].combine_chunks(), pa.array(["duplicate"] * dups.num_rows, pa.string())]),
+                "detail": pa.concat_arrays(
+                    [rej["detail"].combine_chunks(), pc.binary_join_element_wise("duplicate of ", dups["duplicate_of"], "").combine_chunks()]
+                ),
+                "duplicate_of": pa.concat_arrays([pa.nulls(rej.num_rows, pa.string()), dups["duplicate_of"].combine_chunks()]),
+            },
+            schema=QUARANTINE_SCHEMA,
+        ).sort_by("key")
+        fs.write_parquet(self.layout.quarantine, quarantine)
+        fs.write_parquet(self.layout.duplicates, decisions.drop_columns(["part", "row"]).sort_by("key"))
+
+        inputs = sum(fs.read_parquet(self.layout.decoded_part(i), columns=["key"]).num_rows for i in range(n_parts))
+        manifest = fs.read_parquet(self.layout.manifest_dir, columns=["split", "leak_with"]) if n_shards else None
+        kept = manifest.num_rows if manifest is not None else 0
+        by_reason = dict(sorted(_value_counts(quarantine["reason"]).items()))
+        by_split = _value_counts(manifest["split"]) if manifest is not None else {}
+        leaky = manifest.filter(pc.is_valid(manifest["leak_with"])) if manifest is not None else None
+        eval_twins = 0
+        if leaky is not None:
+            is_eval = pc.is_in(leaky["split"], pa.array(["val", "test"]))
+            has_fit = pc.match_substring_regex(leaky["leak_with"], "train|unlabelled")
+            eval_twins = int(pc.sum(pc.and_(is_eval, has_fit)).as_py() or 0)
+        if kept + quarantine.num_rows != inputs:
+            raise RuntimeError(f"ingest {self.source.name}: kept {kept} + quarantined {quarantine.num_rows} != {inputs}")
+        return {
+            "inputs": inputs,
+            "kept": kept,
+            "quarantined": quarantine.num_rows,
+            "duplicates": by_reason.get("duplicate", 0),
+            "leakage": leaky.num_rows if leaky is not None else 0,
+            "eval_twins_of_train": eval_twins,
+            "shards": n_shards,
+            "by_reason": by_reason,
+            "by_split": dict(sorted(by_split.items())),
+        }
+
+
+# ---------------------------------------------------------------------- helpers (run in Ray tasks)
+
+
+def _col(name: str) -> Any:
+    from ray.data.expressions import col
+
+    return col(name)
+
+
+def _decode_part_row(row: dict[str, Any], *, layout: SourceLayout, policy: ImagePolicy) -> dict[str, Any]:
+    decode_part(layout, int(row["part"]), policy)
+    return {"part": int(row["part"])}
+
+
+def decode_part(layout: SourceLayout, part: int, policy: ImagePolicy) -> None:
+    """Decode, validate and hash every row of one listing part; writes its decoded part atomically."""
+    from engine.sources.base import read_bytes
+
+    listing = fs.read_parquet(layout.listing_part(part)).to_pylist()
+    out: dict[str, list[Any]] = {c: [] for c in [*_META_COLS, "part", "row", "status", "detail", "sha256", "phash",
+                                                   "width", "height", "ext", "data"]}
+    for i, r in enumerate(listing):
+        try:
+            data = read_bytes(r["locator"])
+        except OSError as exc:
+            check = None
+            status, detail = "unreadable", f"{type(exc).__name__}: {exc}"[:200]
+        else:
+            check = process_image(data, policy, tuple(r["box"]) if r["box"] else None)
+            status, detail = check.reason or "ok", check.detail
+        for c in _META_COLS:
+            out[c].append(r[c])
+        out["part"].append(part)
+        out["row"].append(i)
+        out["status"].append(status)
+        out["detail"].append(detail)
+        ok = check is not None and check.reason is None
+        out["sha256"].append(check.sha256 if ok else None)  # type: ignore[union-attr]
+        out["phash"].append(check.phash if ok else None)  # type: ignore[union-attr]
+        out["width"].append(check.width if ok else None)  # type: ignore[union-attr]
+        out["height"].append(check.height if ok else None)  # type: ignore[union-attr]
+        out["ext"].append(check.ext if ok else None)  # type: ignore[union-attr]
+        out["data"].append(check.data if ok else None)  # type: ignore[union-attr]
+    schema = pa.schema(
+        [LISTING_SCHEMA.field(c) for c in _META_COLS]
+        + [
+            ("part", pa.int32()),
+            ("row", pa.int32()),
+            ("status", pa.string()),
+            ("detail", pa.string()),
+            ("sha256", pa.string()),
+            ("phash", pa.uint64()),
+            ("width", pa.int32()),
+            ("height", pa.int32()),
+            ("ext", pa.string()),
+            ("data", pa.binary()),
+        ]
+    )
+    fs.write_parquet(layout.decoded_part(part), pa.table(out, schema=schema))
+
+
+_DECISION_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("orig_path", pa.string()),
+        ("part", pa.int32()),
+        ("row", pa.int32()),
+        ("split", pa.string()),
+        ("duplicate_of", pa.string()),
+        ("leak_with", pa.string()),
+    ]
+)
+
+
+def _exact_group(group: pa.Table) -> pa.Table:
+    """Exact twins: within a role keep the first listed, quarantine the rest; across roles flag leakage."""
+    if group.num_rows < 2:
+        return _DECISION_SCHEMA.empty_table()
+    rows = sorted(group.to_pylist(), key=lambda r: (SPLIT_ORDER[r["split"]], r["part"], r["row"]))
+    first_of_role: dict[str, str] = {}
+    out = []
+    for r in rows:
+        role = ROLE[r["split"]]
+        rep = first_of_role.setdefault(role, r["key"])
+        others = sorted({x["split"] for x in rows if ROLE[x["split"]] != role})
+        out.append(
+            {
+                "key": r["key"],
+                "orig_path": r["orig_path"],
+                "part": r["part"],
+                "row": r["row"],
+                "split": r["split"],
+                "duplicate_of": rep if rep != r["key"] else None,
+                "leak_with": ",".join(others) or None,
+            }
+        )
+    out = [o for o in out if o["duplicate_of"] or o["leak_with"]]
+    return pa.Table.from_pylist(out, schema=_DECISION_SCHEMA)
+
+
+def _near_group(group: pa.Table) -> pa.Table:
+    """Perceptual twins across roles are flagged as leakage (never quarantined)."""
+    roles = {ROLE[s] for s in group["split"].to_pylist()}
+    if len(roles) < 2:
+        return _DECISION_SCHEMA.empty_table()
+    rows = group.to_pylist()
+    out = [
+        {
+            "key": r["key"],
+            "orig_path": r["orig_path"],
+            "part": r["part"],
+            "row": r["row"],
+            "split": r["split"],
+            "duplicate_of": None,
+            "leak_with": ",".join(sorted({x["split"] for x in rows if ROLE[x["split"]] != ROLE[r["split"]]})),
+        }
+        for r in rows
+    ]
+    return pa.Table.from_pylist(out, schema=_DECISION_SCHEMA)
+
+
+def _merge_decisions(exact: list[dict[str, Any]], near: list[dict[str, Any]]) -> pa.Table:
+    merged: dict[str, dict[str, Any]] = {}
+    for r in [*exact, *near]:
+        cur = merged.setdefault(r["key"], {**r, "leak_with": None})
+        if r["duplicate_of"]:
+            cur["duplicate_of"] = r["duplicate_of"]
+        if r["leak_with"]:
+            splits = set((cur["leak_with"] or "").split(",")) | set(r["leak_with"].split(","))
+            cur["leak_with"] = ",".join(sorted(s for s in splits if s))
+    rows = sorted(merged.values(), key=lambda r: r["key"])
+    return pa.Table.from_pylist(rows, schema=_DECISION_SCHEMA)
+
+
+def _write_shard_row(job: dict[str, Any], *, layout: SourceLayout, source: str) -> dict[str, Any]:
+    write_shard(layout, source, job)
+    return {"shard": job["shard"]}
+
+
+def write_shard(layout: SourceLayout, source: str, job: dict[str, Any]) -> None:
+    """Write one tar (fixed mtime, members sorted per key) and then its manifest part."""
+    decisions = fs.read_parquet(f"{layout.work_dir}/decisions.parquet")
+    dup_keys = set(decisions.filter(pc.is_valid(decisions["duplicate_of"]))["key"].to_pylist())
+    leaks = {
+        k: v
+        for k, v in zip(decisions["key"].to_pylist(), decisions["leak_with"].to_pylist(), strict=True)
+        if v is not None
+    }
+    name = shard_name(source, job["shard"])
+    rows: list[dict[str, Any]] = []
+    for part, offset in zip(job["parts"], job["offsets"], strict=True):
+        t = fs.read_parquet(layout.decoded_part(part))
+        t = t.filter(pc.equal(t["status"], "ok"))
+        kept = [r for r in t.to_pylist() if r["key"] not in dup_keys]
+        lo, hi = max(job["lo"] - offset, 0), job["hi"] - offset
+        rows.extend(kept[lo:hi])
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for r in rows:
+            meta = {c: r[c] for c in _META_COLS} | {"source": source}
+            _add_member(tar, f"{r['key']}.json", json.dumps(meta, sort_keys=True).encode())
+            _add_member(tar, f"{r['key']}.{r['ext']}", r["data"])
+    fs.write_bytes(layout.shard(job["shard"]), buf.getvalue())
+    manifest = {
+        "key": [r["key"] for r in rows],
+        "shard": [name] * len(rows),
+        "source": [source] * len(rows),
+        "orig_path": [r["orig_path"] for r in rows],
+        "sha256": [r["sha256"] for r in rows],
+        "phash": [r["phash"] for r in rows],
+        "width": [r["width"] for r in rows],
+        "height": [r["height"] for r in rows],
+        "label": [r["label"] for r in rows],
+        "split": [r["split"] for r in rows],
+        "group": [r["group"] for r in rows],
+        "frame": [r["frame"] for r in rows],
+        "valence": [r["valence"] for r in rows],
+        "arousal": [r["arousal"] for r in rows],
+        "leak_with": [leaks.get(r["key"]) for r in rows],
+    }
+    fs.write_parquet(layout.manifest_part(job["shard"]), pa.table(manifest, schema=MANIFEST_SCHEMA))
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0
+    info.mode = 0o644
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _listing_table(rows: list[Any]) -> pa.Table:
+    cols: dict[str, list[Any]] = {f.name: [] for f in LISTING_SCHEMA}
+    for r in rows:
+        for c in cols:
+            v = getattr(r, c)
+            cols[c].append(list(v) if c == "box" and v is not None else v)
+    return pa.table(cols, schema=LISTING_SCHEMA)
+
+
+def _chunks(it: Iterator[Any], n: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for x in it:
+        chunk.append(x)
+        if len(chunk) == n:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _value_counts(arr: pa.ChunkedArray) -> dict[str, int]:
+    return {str(d["values"]): int(d["counts"]) for d in pc.value_counts(arr).to_pylist()}
+
+
+def run_ingest(root: str, source: SourceConfig, cfg: IngestConfig, *, on_existing: str = "error") -> Any:
+    """Ingest ``source`` under ``root`` (skipped when committed with the same fingerprint)."""
+    return IngestStage(root, source, cfg, on_existing=on_existing).execute()
