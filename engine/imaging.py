@@ -65,9 +65,11 @@ def process_image(data: bytes, policy: ImagePolicy, box: tuple[int, int, int, in
                 return ImageCheck("too_large", f"header claims {width}x{height} > max_pixels {policy.max_pixels}")
             fmt = img.format
             img.load()
+    except Image.DecompressionBombError as exc:
+        return ImageCheck("too_large", f"decompression bomb: {exc}"[:200])
     except UnidentifiedImageError:
         return ImageCheck("not_an_image", "not a decodable image format")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except (OSError, SyntaxError, ValueError) as exc:
         reason = "truncated" if "truncat" in str(exc).lower() or "end of" in str(exc).lower() else "decode_error"
         return ImageCheck(reason, f"{type(exc).__name__}: {exc}"[:200])
     changed = False

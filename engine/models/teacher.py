@@ -1,0 +1,193 @@
+"""Teachers: uint8 face images in, class probabilities out (one checkpoint, flip TTA, weighted ensembles)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from engine.errors import ConfigError
+from engine.fingerprint import fingerprint as _fingerprint
+
+if TYPE_CHECKING:
+    import torch
+
+    from engine.labels import LabelSpace
+
+logger = logging.getLogger(__name__)
+
+Images = Sequence[npt.NDArray[np.uint8]] | npt.NDArray[np.uint8]
+"""A batch of uint8 images: a list of (H, W) / (H, W, C) arrays or one (B, H, W[, C]) array."""
+
+
+@dataclass(frozen=True)
+class TeacherOutput:
+    """What a teacher says about one batch."""
+
+    probs: npt.NDArray[np.float32]
+    """(B, C) class probabilities; rows sum to 1."""
+    branch_probs: npt.NDArray[np.float32] | None = None
+    """(B, M, C) probabilities of each of the M ensemble members, or None for a single model."""
+
+
+@runtime_checkable
+class Teacher(Protocol):
+    """Anything that turns a batch of uint8 images into class probabilities in ``label_space``."""
+
+    label_space: LabelSpace
+    fingerprint: str
+    """Identifies the predictions: weights, config, TTA and ensemble weights all enter it."""
+
+    def predict(self, images: Images) -> TeacherOutput:
+        """Probabilities for a batch of B images."""
+        ...
+
+
+def teacher_fingerprint(member_fingerprints: Sequence[str], weights: Sequence[float] | None, tta_flip: bool) -> str:
+    """sha256 over the member fingerprints (in order), the normalised weights and the TTA flag."""
+    return _fingerprint("teacher", list(member_fingerprints), None if weights is None else list(weights), tta_flip)
+
+
+class CheckpointTeacher:
+    """One checkpoint on one device, optionally with horizontal-flip TTA (mean of the two probability vectors)."""
+
+    def __init__(
+        self,
+        path: str,
+        device: str | torch.device = "cpu",
+        tta_flip: bool = False,
+        mixed_precision: bool = True,
+        *,
+        expect_label_space: LabelSpace | str | None = None,
+    ) -> None:
+        """Load ``path`` (see ``load_checkpoint``); ``mixed_precision`` autocasts on CUDA only (bf16 if supported)."""
+        from engine.models.checkpoint import load_checkpoint
+
+        loaded = load_checkpoint(path, expect_label_space=expect_label_space, device=device)
+        self.path = path
+        self.model = loaded.model
+        self.model_cfg = loaded.model_cfg
+        self.label_space: LabelSpace = loaded.label_space
+        self.checkpoint_fingerprint = loaded.fingerprint
+        self.device = device
+        self.tta_flip = tta_flip
+        self.mixed_precision = mixed_precision
+        self.fingerprint: str = teacher_fingerprint([loaded.fingerprint], None, tta_flip)
+
+    def predict(self, images: Images) -> TeacherOutput:
+        """Probabilities (B, C) float32 for B uint8 images of any size (resized to the checkpoint's input size)."""
+        import torch
+
+        from engine.data.transforms import to_model_input
+
+        x = to_model_input(images, self.model_cfg, device=self.device)
+        b = x.shape[0]
+        if b == 0:
+            return TeacherOutput(np.zeros((0, len(self.label_space)), dtype=np.float32))
+        if self.tta_flip:
+            x = torch.cat([x, x.flip(-1)])
+        with torch.inference_mode(), self._autocast():
+            probs = self.model(x).float().softmax(dim=-1)
+        if self.tta_flip:
+            probs = (probs[:b] + probs[b:]) / 2
+        return TeacherOutput(probs.cpu().numpy().astype(np.float32, copy=False))
+
+    @contextlib.contextmanager
+    def _autocast(self) -> Iterator[None]:
+        import torch
+
+        dev = torch.device(self.device)
+        if self.mixed_precision and dev.type == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            with torch.autocast("cuda", dtype=dtype):
+                yield
+        else:
+            yield
+
+
+class EnsembleTeacher:
+    """Weighted mean of member probabilities; each member's probabilities are kept in ``branch_probs``."""
+
+    def __init__(self, members: Sequence[Teacher], weights: Sequence[float] | None = None) -> None:
+        """Combine ``members`` (all in one label space); ``weights`` are non-negative, normalised to sum 1.
+
+        Raises:
+            ConfigError: no members, label spaces differ, or weights have the wrong length / sign / zero sum.
+        """
+        if not members:
+            raise ConfigError("an ensemble teacher needs at least one member checkpoint")
+        first = members[0].label_space
+        for m in members[1:]:
+            if (m.label_space.name, tuple(m.label_space.classes)) != (first.name, tuple(first.classes)):
+                raise ConfigError(
+                    f"ensemble members disagree on the label space: {first.name} {list(first.classes)} vs "
+                    f"{m.label_space.name} {list(m.label_space.classes)}; use members trained on one label space"
+                )
+        self.members = list(members)
+        self.weights = normalize_weights(weights, len(members))
+        self.label_space: LabelSpace = first
+        self.fingerprint: str = teacher_fingerprint([m.fingerprint for m in members], self.weights, False)
+
+    def predict(self, images: Images) -> TeacherOutput:
+        """probs (B, C) = sum_m w_m * p_m; branch_probs (B, M, C) = the members' probs, in member order."""
+        if not isinstance(images, np.ndarray):
+            images = list(images)  # members each iterate over the batch
+        branch = np.stack([m.predict(images).probs for m in self.members], axis=1).astype(np.float32)
+        w = np.asarray(self.weights, dtype=np.float64)
+        probs = np.einsum("bmc,m->bc", branch.astype(np.float64), w).astype(np.float32)
+        return TeacherOutput(probs=probs, branch_probs=branch)
+
+
+def normalize_weights(weights: Sequence[float] | None, n: int) -> tuple[float, ...]:
+    """``weights`` divided by their sum (equal weights when None).
+
+    Raises:
+        ConfigError: wrong length, a negative or non-finite weight, or a zero sum.
+    """
+    if weights is None:
+        return tuple([1.0 / n] * n)
+    w = [float(v) for v in weights]
+    if len(w) != n:
+        raise ConfigError(f"got {len(w)} ensemble weights for {n} members; give one weight per member")
+    if any(not np.isfinite(v) or v < 0 for v in w) or sum(w) <= 0:
+        raise ConfigError(f"ensemble weights must be finite, non-negative and not all zero, got {w}")
+    total = sum(w)
+    return tuple(v / total for v in w)
+
+
+def load_teacher(
+    paths: Sequence[str],
+    *,
+    weights: Sequence[float] | None = None,
+    tta_flip: bool = False,
+    device: str | torch.device = "cpu",
+    mixed_precision: bool = True,
+    expect_label_space: LabelSpace | str | None = None,
+) -> Teacher:
+    """A CheckpointTeacher for one path (and no weights), else an EnsembleTeacher of one per path.
+
+    The fingerprint is the sha256 of the member checkpoint fingerprints, the normalised weights and the TTA flag
+    (for an ensemble, through each member's own teacher fingerprint).
+    """
+    if isinstance(paths, str):
+        paths = [paths]
+    if not paths:
+        raise ConfigError("no teacher checkpoint given; set campaign.teacher_checkpoint or train round 0 first")
+    members = [
+        CheckpointTeacher(p, device, tta_flip, mixed_precision, expect_label_space=expect_label_space) for p in paths
+    ]
+    if len(members) == 1 and weights is None:
+        return members[0]
+    teacher = EnsembleTeacher(members, weights)
+    logger.info(
+        "ensemble teacher of %d checkpoints, weights %s, fingerprint %s",
+        len(members),
+        teacher.weights,
+        teacher.fingerprint[:8],
+    )
+    return teacher

@@ -1,0 +1,320 @@
+"""Source adapter contract: SourceRow, keys, locators, the adapter registry and the shared row listing."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.config import SPLITS, SourceConfig
+from engine.errors import ConfigError, SourceFormatError
+from engine.labels import LabelSpace, get_label_space
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
+"""File suffixes (lower-cased) listed as images by folder-based adapters."""
+
+SPLIT_ALIASES: dict[str, str] = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+    "unlabelled": "unlabelled",
+    "unlabeled": "unlabelled",
+}
+"""Lower-cased split names found in folder layouts and CSV columns → engine split."""
+
+TAR_SCHEME = "tar://"
+_KEY_PART = re.compile(r"[A-Za-z0-9-]+")
+_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_NOT_KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SourceRow:
+    """One sample of a source as listed on disk (nothing decoded yet)."""
+
+    key: str
+    """Stable across runs, unique in the source, only ``[A-Za-z0-9_-]``; starts with ``<source>_``."""
+    orig_path: str
+    """Path relative to the source root (or tar member name), for lineage."""
+    locator: str
+    """Absolute file path, or ``tar://<abs tar path>#<offset>:<size>`` (byte range of a tar member)."""
+    split: str
+    """train | val | test | unlabelled."""
+    label: int = -1
+    """Index into the source's label space; -1 = no label (never guessed)."""
+    group: str | None = None
+    """Subject or video id."""
+    frame: int | None = None
+    """Frame number within ``group`` (Aff-Wild2: the 1-based number in the frame's file name)."""
+    valence: float | None = None
+    arousal: float | None = None
+    box: tuple[int, int, int, int] | None = None
+    """(left, top, right, bottom) face crop in pixels, applied at decode time."""
+
+
+# ---------------------------------------------------------------- keys and locators
+
+
+def make_key(source: str, *parts: str | int) -> str:
+    """Deterministic row key ``<source>_<part>_<part>...``.
+
+    A part is kept verbatim when it matches ``[A-Za-z0-9-]+``. Otherwise every run of characters outside
+    ``[A-Za-z0-9-]`` (underscores and dots included) becomes ``-``, and ``_<8 hex>`` (sha1 of the original
+    parts joined by ``/``) is appended to the key. Keys are therefore unique whenever the adapter's parts
+    are: clean keys split back into their parts unambiguously (``_`` only separates parts), and rewritten
+    parts are told apart by the hash (two rewritten ids share a key only on a 32-bit sha1 prefix collision
+    of ids that also sanitise identically). The source name is sanitised without a hash (it is constant).
+
+    Args:
+        source: the source name (``SourceConfig.name``).
+        parts: the native id of the sample, e.g. (folder, stem, suffix) or (video, frame).
+    """
+    texts = [str(p) for p in parts]
+    if not texts:
+        raise ValueError("make_key needs at least one part")
+    clean = [
+        t if _KEY_PART.fullmatch(t) else _NOT_KEY_CHARS.sub("-", t.replace("_", "-")).strip("-") or "x" for t in texts
+    ]
+    key = "_".join([_NOT_KEY_CHARS.sub("-", source) or "source", *clean])
+    if clean != texts:
+        key += "_" + hashlib.sha1("/".join(texts).encode()).hexdigest()[:8]
+    return key
+
+
+def path_key(source: str, rel_path: str) -> str:
+    """Key of a file from its path relative to the source root: parts = folders, stem, suffix.
+
+    ``happy/img001.png`` → ``<source>_happy_img001_png``. Every listed file has an image suffix, so the
+    suffix is always the last part and (folders, stem, suffix) is unique per path.
+    """
+    rel = rel_path.replace(os.sep, "/").strip("/")
+    *folders, name = rel.split("/")
+    stem, dot, suffix = name.rpartition(".")
+    parts = [*folders, stem, suffix] if dot and stem else [*folders, name]
+    return make_key(source, *parts)
+
+
+def tar_locator(tar_path: str | os.PathLike[str], offset: int, size: int) -> str:
+    """Locator of a tar member's data: ``tar://<abs tar path>#<offset>:<size>`` (bytes)."""
+    return f"{TAR_SCHEME}{os.path.abspath(tar_path)}#{offset}:{size}"
+
+
+def locator_size(locator: str) -> int:
+    """Byte size a locator points at, without reading it (tar range size, or the file's size on disk).
+
+    Raises:
+        SourceFormatError: a malformed ``tar://`` locator.
+        OSError: the plain file cannot be stat-ed.
+    """
+    if locator.startswith(TAR_SCHEME):
+        return _parse_tar_locator(locator)[2]
+    return os.stat(locator).st_size
+
+
+def _parse_tar_locator(locator: str) -> tuple[str, int, int]:
+    path, sep, rng = locator[len(TAR_SCHEME) :].rpartition("#")
+    offset_s, colon, size_s = rng.partition(":")
+    if not (sep and colon and path and offset_s.isdigit() and size_s.isdigit()):
+        raise SourceFormatError(
+            f"malformed tar locator {locator!r}; expected tar://<absolute tar path>#<offset>:<size>"
+        )
+    return path, int(offset_s), int(size_s)
+
+
+def read_bytes(locator: str) -> bytes:
+    """The bytes a locator points at: a whole plain file, or a tar member's byte range.
+
+    Raises:
+        SourceFormatError: a malformed ``tar://`` locator, or a range that runs past the end of the tar.
+        OSError: the file cannot be read (missing, permissions).
+    """
+    if not locator.startswith(TAR_SCHEME):
+        with open(locator, "rb") as fh:
+            return fh.read()
+    path, offset, size = _parse_tar_locator(locator)
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        data = fh.read(size)
+    if len(data) != size:
+        raise SourceFormatError(
+            f"tar locator {locator!r} asks for {size} bytes at {offset} but {path} ends after {len(data)}; "
+            "the tar changed or is truncated since listing: re-run the listing"
+        )
+    return data
+
+
+def iter_image_files(root: Path) -> Iterator[Path]:
+    """Image files under ``root`` (recursive), in sorted path order; hidden files and folders are skipped."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
+                yield Path(dirpath) / name
+
+
+def parse_split(value: str, *, where: str) -> str:
+    """Engine split of a split name (``Training``, ``valid``, ``unlabeled`` ...).
+
+    Raises:
+        SourceFormatError: an unknown split name.
+    """
+    split = SPLIT_ALIASES.get(value.strip().lower())
+    if split is None:
+        raise SourceFormatError(f"{where}: unknown split {value!r}; use one of {', '.join(sorted(SPLIT_ALIASES))}")
+    return split
+
+
+class Occurrences:
+    """Counts repeats of a native id so that repeated ids get distinct keys (``<id>``, ``<id>_2`` ...)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, int] = {}
+
+    def suffix(self, native_id: str) -> tuple[str, ...]:
+        """() the first time ``native_id`` is seen, then ("2",), ("3",) ... (extra key parts)."""
+        n = self._seen.get(native_id, 0) + 1
+        self._seen[native_id] = n
+        return () if n == 1 else (str(n),)
+
+
+# ---------------------------------------------------------------- adapters
+
+
+class SourceAdapter:
+    """Lists the rows of one source in its original on-disk format.
+
+    Subclasses implement :meth:`list_rows` as a generator in a deterministic order and never hold the
+    whole listing in memory. Consumers call :meth:`rows` (or :func:`list_source_rows`), which applies
+    ``cfg.limit`` and checks every row.
+    """
+
+    format_name: str = ""
+
+    def __init__(self, cfg: SourceConfig) -> None:
+        self.cfg = cfg
+        self.name: str = cfg.name or cfg.format
+        """Source name used as key prefix (``cfg.name``, or the format name when the config has none)."""
+        self.space: LabelSpace = get_label_space(cfg.label_space)
+        self.root = Path(cfg.path).expanduser().absolute()
+
+    def list_rows(self) -> Iterator[SourceRow]:
+        """Every row of the source, deterministic order, no limit applied."""
+        raise NotImplementedError
+
+    def rows(self) -> Iterator[SourceRow]:
+        """:meth:`list_rows` with ``cfg.limit`` applied per split and each row validated."""
+        return limit_rows(_checked(self.list_rows(), self), self.cfg.limit)
+
+    # helpers shared by adapters
+
+    def require(self, path: Path, what: str) -> Path:
+        """``path`` if it exists, else a SourceFormatError naming the format and the expected layout."""
+        if not path.exists():
+            raise SourceFormatError(
+                f"source {self.name!r} ({self.cfg.format}): {what} not found at {path}; "
+                "check sources.<name>.path and the layout in shared/reference/formats.md"
+            )
+        return path
+
+    def rel(self, path: Path) -> str:
+        """``path`` relative to the source root, with ``/`` separators."""
+        return path.relative_to(self.root).as_posix()
+
+
+_ADAPTERS: dict[str, type[SourceAdapter]] = {}
+
+
+def register_adapter(name: str) -> Callable[[type[SourceAdapter]], type[SourceAdapter]]:
+    """Class decorator registering an adapter under a ``SourceConfig.format`` name."""
+
+    def deco(cls: type[SourceAdapter]) -> type[SourceAdapter]:
+        if name in _ADAPTERS and _ADAPTERS[name] is not cls:
+            raise ValueError(f"source format {name!r} registered twice ({_ADAPTERS[name].__name__}, {cls.__name__})")
+        cls.format_name = name
+        _ADAPTERS[name] = cls
+        return cls
+
+    return deco
+
+
+def adapter_names() -> tuple[str, ...]:
+    """Registered format names, sorted."""
+    return tuple(sorted(_ADAPTERS))
+
+
+def get_adapter(cfg: SourceConfig) -> SourceAdapter:
+    """The adapter for ``cfg.format``, built on ``cfg``.
+
+    Raises:
+        ConfigError: an unknown format, with the closest valid name.
+        UnknownLabelError: an unknown ``cfg.label_space``.
+    """
+    cls = _ADAPTERS.get(cfg.format)
+    if cls is None:
+        close = difflib.get_close_matches(cfg.format, list(_ADAPTERS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"sources.{cfg.name or '?'}.format: unknown format {cfg.format!r}{hint}; "
+            f"valid: {', '.join(adapter_names())}"
+        )
+    return cls(cfg)
+
+
+def list_source_rows(cfg: SourceConfig) -> Iterator[SourceRow]:
+    """Rows of the source ``cfg`` describes: adapter listing, ``cfg.limit`` per split, row checks."""
+    return get_adapter(cfg).rows()
+
+
+def limit_rows(rows: Iterable[SourceRow], limit: int | None) -> Iterator[SourceRow]:
+    """At most ``limit`` rows per split, in listing order (None keeps all); stops once every split is full."""
+    if limit is None:
+        yield from rows
+        return
+    counts = dict.fromkeys(SPLITS, 0)
+    for row in rows:
+        if counts[row.split] < limit:
+            counts[row.split] += 1
+            yield row
+            if all(c >= limit for c in counts.values()):
+                return
+
+
+def _checked(rows: Iterable[SourceRow], adapter: SourceAdapter) -> Iterator[SourceRow]:
+    """Validate each row (key charset and prefix, split, label range, box) and reject duplicate keys.
+
+    Keys are remembered as 8-byte digests (a few tens of bytes per row), not as rows.
+    """
+    prefix = make_key(adapter.name, "x")[:-1]
+    n_classes = len(adapter.space)
+    seen: set[bytes] = set()
+    for row in rows:
+        problem = ""
+        if not (_KEY.fullmatch(row.key) and row.key.startswith(prefix)):
+            problem = f"key must match [A-Za-z0-9_-]+ and start with {prefix!r}"
+        elif row.split not in SPLITS:
+            problem = f"split must be one of {', '.join(SPLITS)}"
+        elif not -1 <= row.label < n_classes:
+            problem = f"label must be -1 or an index < {n_classes} of label space {adapter.space.name!r}"
+        elif row.box is not None and (len(row.box) != 4 or not all(isinstance(v, int) for v in row.box)):
+            problem = "box must be 4 ints (left, top, right, bottom)"
+        if problem:
+            raise SourceFormatError(f"source {adapter.name!r}: bad row {row!r}: {problem} (adapter bug)")
+        digest = hashlib.blake2b(row.key.encode(), digest_size=8).digest()
+        if digest in seen:
+            raise SourceFormatError(
+                f"source {adapter.name!r}: key {row.key!r} listed twice (from {row.orig_path!r}); "
+                "the listing repeats a sample: fix the annotation file or report an adapter bug"
+            )
+        seen.add(digest)
+        yield row

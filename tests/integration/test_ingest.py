@@ -1,0 +1,122 @@
+"""Ingest on a local Ray with real FER2013 images: exact counts, idempotence, crash-resume, bad inputs, readers."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from engine.config import IngestConfig, SourceConfig
+from engine.layout import SourceLayout
+from engine.stages import ingest as ingest_mod
+from engine.stages.ingest import IngestStage
+from tests.fixtures import make_bad_inputs
+
+LIMIT = 60  # rows per split: 180 real images
+
+
+def _fer_source(fer2013_dir, limit=LIMIT):
+    return SourceConfig(name="fer", format="fer2013", path=str(fer2013_dir), limit=limit)
+
+
+def _expected(fer2013_dir, limit):
+    """Independent reference: the first `limit` members per folder, exact pixel twins within a role."""
+    per_folder: dict[str, list[bytes]] = {}
+    with tarfile.open(fer2013_dir / "fer2013_ferplus_png.tar") as tar:
+        for m in tar:
+            folder = m.name.split("/")[0]
+            if len(per_folder.setdefault(folder, [])) < limit:
+                px = np.asarray(Image.open(io.BytesIO(tar.extractfile(m).read())))
+                per_folder[folder].append(hashlib.sha256(px.tobytes()).digest())
+    dups = sum(len(v) - len(set(v)) for v in per_folder.values())
+    return 3 * limit, dups
+
+
+def _files(root):
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_fer2013_counts_idempotence_and_readers(ray_local, fer2013_dir, tmp_path):
+    cfg = IngestConfig(samples_per_shard=50, list_chunk_rows=40)
+    res = IngestStage(str(tmp_path), _fer_source(fer2013_dir), cfg).execute()
+    inputs, dups = _expected(fer2013_dir, LIMIT)
+    c = res.counts
+    assert c["inputs"] == inputs
+    assert c["duplicates"] == dups
+    assert c["kept"] == inputs - dups
+    assert c["kept"] + c["quarantined"] == c["inputs"]
+    assert c["shards"] == -(-c["kept"] // 50)
+    assert set(c["by_split"]) == {"train", "val", "test"}
+
+    lay = SourceLayout(str(tmp_path), "fer")
+    manifest = pq.read_table(lay.manifest_dir)
+    assert manifest.num_rows == c["kept"]
+    assert len(set(manifest["key"].to_pylist())) == c["kept"]
+    assert manifest.schema.field("phash").type == "uint64"
+    assert all(k.startswith("fer_") and "." not in k for k in manifest["key"].to_pylist())
+
+    import webdataset as wds
+
+    shards = sorted(str(p) for p in (tmp_path / "sources/fer/shards").glob("*.tar"))
+    wkeys = [s["__key__"] for s in wds.WebDataset(shards, shardshuffle=False)]
+    assert sorted(wkeys) == sorted(manifest["key"].to_pylist())
+    rkeys = ray_local.data.read_webdataset(shards).select_columns(["__key__"]).take_all()
+    assert sorted(r["__key__"] for r in rkeys) == sorted(wkeys)
+
+    before = _files(tmp_path / "sources")
+    again = IngestStage(str(tmp_path), _fer_source(fer2013_dir), cfg).execute()
+    assert again.skipped
+    assert _files(tmp_path / "sources") == before
+
+
+def test_crash_then_resume_is_byte_identical(ray_local, fer2013_dir, tmp_path, monkeypatch):
+    cfg = IngestConfig(samples_per_shard=40, list_chunk_rows=50)
+    clean = tmp_path / "clean"
+    IngestStage(str(clean), _fer_source(fer2013_dir), cfg).execute()
+
+    crashed = tmp_path / "crashed"
+    real = ingest_mod.IngestStage._shard
+
+    def crash_after_decode(self, *a, **k):
+        raise RuntimeError("simulated crash after the decode phase")
+
+    monkeypatch.setattr(ingest_mod.IngestStage, "_shard", crash_after_decode)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        IngestStage(str(crashed), _fer_source(fer2013_dir), cfg).execute()
+    # drop one decoded part, as if the process died while decoding it
+    decoded = sorted((crashed / "sources/fer/_work/decoded").glob("part-*.parquet"))
+    assert len(decoded) == 4
+    decoded[-1].unlink()
+    monkeypatch.setattr(ingest_mod.IngestStage, "_shard", real)
+    IngestStage(str(crashed), _fer_source(fer2013_dir), cfg).execute()
+    for sub in ("shards", "manifest"):
+        a, b = _files(clean / "sources/fer" / sub), _files(crashed / "sources/fer" / sub)
+        assert a == b and len(a) > 0
+    assert (clean / "sources/fer/quarantine.parquet").read_bytes() == (crashed / "sources/fer/quarantine.parquet").read_bytes()
+
+
+def test_bad_inputs_are_quarantined_with_reasons(ray_local, tmp_path):
+    bad = make_bad_inputs(tmp_path / "in")
+    from tests.fixtures import face
+
+    for i in range(3):
+        (tmp_path / "in" / f"good{i}.png").write_bytes(face(i))
+    src = SourceConfig(name="mixed", format="flat_folder", path=str(tmp_path / "in"), split="unlabelled")
+    res = IngestStage(str(tmp_path / "root"), src, IngestConfig()).execute()
+    assert res.counts["inputs"] == len(bad) + 3
+    assert res.counts["kept"] == 3
+    q = pq.read_table(tmp_path / "root/sources/mixed/quarantine.parquet").to_pylist()
+    reasons = {r["orig_path"]: r["reason"] for r in q}
+    assert reasons == {
+        "empty.png": "empty",
+        "truncated.png": "truncated",
+        "text.jpg": "not_an_image",
+        "tiny.png": "too_small",
+        "bomb.png": "too_large",
+    }
+    assert all(r["detail"] for r in q)
