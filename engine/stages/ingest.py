@@ -162,8 +162,9 @@ class IngestStage(Stage):
         paths = [self.layout.decoded_part(i) for i in range(n_parts)]
         cols = ["key", "orig_path", "part", "row", "split", "status", "sha256", "phash"]
         ds = ray.data.read_parquet(paths, columns=cols).filter(expr=_col("status") == "ok")
-        exact = ds.groupby("sha256").map_groups(_exact_group, batch_format="pyarrow").take_all()
-        near = ds.groupby("phash").map_groups(_near_group, batch_format="pyarrow").take_all() if self.cfg.phash_leakage else []
+        parts = max(2, min(64, n_parts))
+        exact = ds.groupby("sha256", num_partitions=parts).map_groups(_exact_group, batch_format="pyarrow").take_all()
+        near = ds.groupby("phash", num_partitions=parts).map_groups(_near_group, batch_format="pyarrow").take_all() if self.cfg.phash_leakage else []
         return _merge_decisions(exact, near)
 
     # ------------------------------------------------------------------ phase 4: shards + manifest
