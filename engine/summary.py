@@ -24,3 +24,38 @@ def print_ingest_summary(source: str, result: Any) -> None:
         f"  time         {c['seconds']:>10.1f} s   {c['images_per_s']:,.0f} images/s",
     ]
     print("\n".join(lines), flush=True)
+
+
+def print_campaign_summary(cfg: Any, state: dict[str, Any]) -> None:
+    """Per round: each stage (ran or skipped, counts), thresholds, selection and the student's macro-F1."""
+    from engine.io import fs
+    from engine.layout import CampaignLayout
+
+    lay = CampaignLayout(cfg.storage.root, cfg.campaign.name)
+    out = [f"campaign {cfg.campaign.name}  (storage {cfg.storage.root}; MLflow run {state.get('mlflow_run_id')})"]
+    ran_any = False
+    for r in sorted(state["rounds"], key=int):
+        doc = fs.read_json_or_none(lay.round(int(r)).state)
+        if doc is None:
+            continue
+        out.append(f"round r{int(r):03d}:")
+        for name, st in doc["stages"].items():
+            ran_any |= not st["skipped"]
+            counts = ", ".join(f"{k}={v}" for k, v in st["counts"].items() if not isinstance(v, (dict, list)))
+            ran = "skipped" if st["skipped"] else f"ran {st['seconds']:.1f} s"
+            out.append(f"  {name:<10} {ran:<12} {counts}")
+        if doc.get("thresholds"):
+            thr = ", ".join(f"{c} {t:.3f}" if t is not None else f"{c} never" for c, t in doc["thresholds"].items())
+            out.append(f"  thresholds {thr}")
+            q = doc["quality"]
+            out.append(f"  selected   {q['selected']:,} of {q['pool']:,} (mask rate {q['mask_rate']:.3f}, "
+                       f"pseudo-label precision {q['precision']})")
+        m = doc["metrics"]
+        out.append("  student    " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                              for k, v in m.items() if not k.endswith("/n")))
+        out.append(f"  promoted   {state['rounds'][r].get('promoted')}")
+    if state.get("stopped"):
+        out.append(f"stopped: {state['stopped']}")
+    if not ran_any:
+        out.append("nothing to do: every stage was already committed")
+    print("\n".join(out), flush=True)

@@ -1,0 +1,109 @@
+"""A campaign: ingest its sources, partition them, then N rounds with teacher promotion and early stop.
+
+``campaign.json`` is the campaign's state (MLflow parent run id, each round's child run id, the current teacher,
+the stop reason); ids are stored before a round's work starts, so a re-run logs into the same runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from engine.config import Config, flatten
+from engine.io import fs
+from engine.layout import CampaignLayout
+from engine.round import TeacherRef, run_round
+
+log = logging.getLogger(__name__)
+
+
+def _tracker(cfg: Config) -> Any:
+    from engine.tracking import Tracker, default_artifact_root, default_uri
+
+    uri = cfg.tracking.uri or default_uri(cfg.storage.root)
+    return Tracker(uri, cfg.tracking.experiment, default_artifact_root(cfg.storage.root))
+
+
+def prepare(cfg: Config) -> tuple[Any, str]:
+    """Ingest every source the campaign uses and commit its partition; returns (rule, partition fingerprint)."""
+    from engine.partition import PartitionStage, load_rule
+    from engine.stages.ingest import run_ingest
+
+    c = cfg.campaign
+    used = list(dict.fromkeys([*c.labelled, *c.unlabelled, *c.eval]))
+    if not c.labelled:
+        raise ValueError("campaign.labelled is empty: name at least one labelled source")
+    fps = {s: run_ingest(cfg.storage.root, cfg.source(s), cfg.ingest, on_existing=cfg.storage.on_existing).fingerprint
+           for s in used}
+    part = PartitionStage(cfg.storage.root, c, fps, on_existing=cfg.storage.on_existing).execute()
+    return load_rule(cfg.storage.root, c.name), part.fingerprint
+
+
+def run_campaign(cfg: Config, *, max_rounds: int | None = None) -> dict[str, Any]:
+    """Run rounds 0..``campaign.rounds`` (or only up to ``max_rounds`` new ones); returns ``campaign.json``."""
+    from engine.fingerprint import fingerprint
+
+    lay = CampaignLayout(cfg.storage.root, cfg.campaign.name)
+    rule, part_fp = prepare(cfg)
+    tracker = _tracker(cfg)
+    state = fs.read_json_or_none(lay.state) or {"name": cfg.campaign.name, "rounds": {}, "teacher": None,
+                                                "stopped": None}
+    state["mlflow_run_id"] = tracker.ensure_campaign_run(
+        cfg.campaign.name, state.get("mlflow_run_id"),
+        params={**flatten(cfg), "config_fingerprint": fingerprint(cfg)}, tags={"engine.campaign": cfg.campaign.name},
+    )
+    fs.write_json(lay.state, state)
+    fs.write_json(lay.config, flatten(cfg))
+    new = 0
+    for r in range(cfg.campaign.rounds + 1):
+        if state["stopped"]:
+            break
+        entry = state["rounds"].get(str(r), {})
+        if entry.get("status") == "done":
+            continue
+        if max_rounds is not None and new >= max_rounds:
+            break
+        teacher = _teacher(state, cfg)
+        if r > 0 and teacher is None:
+            raise RuntimeError("no teacher to score round 1: round 0 did not complete")
+        run_id = tracker.ensure_round_run(state["mlflow_run_id"], r, entry.get("mlflow_run_id"),
+                                          params={"round": r, "policy": cfg.threshold.policy})
+        state["rounds"][str(r)] = {**entry, "mlflow_run_id": run_id, "status": "running"}
+        fs.write_json(lay.state, state)
+        doc = run_round(cfg, r, teacher=teacher, rule=rule, partition_fp=part_fp, tracker=tracker, run_id=run_id)
+        tracker.set_terminated(run_id, "FINISHED")
+        _promote(state, doc, cfg)
+        fs.write_json(lay.state, state)
+        new += 1
+    tracker.log_metrics(state["mlflow_run_id"], {"campaign/best_val_macro_f1": (state["teacher"] or {}).get("val_macro_f1")},
+                        step=max((int(k) for k in state["rounds"]), default=0))
+    return dict(state)
+
+
+def _teacher(state: dict[str, Any], cfg: Config) -> TeacherRef | None:
+    t = state.get("teacher")
+    if t:
+        return TeacherRef(tuple(t["paths"]), t["fingerprint"], t["round"])
+    if cfg.campaign.teacher_checkpoint:
+        from engine.models.checkpoint import checkpoint_fingerprint
+
+        path = cfg.campaign.teacher_checkpoint
+        return TeacherRef((path,), checkpoint_fingerprint(path), -1)
+    return None
+
+
+def _promote(state: dict[str, Any], doc: dict[str, Any], cfg: Config) -> None:
+    """The student becomes the teacher when it beats it on val macro-F1 (round 0 always becomes the teacher)."""
+    r = doc["round"]
+    f1 = doc["metrics"].get("val/macro_f1")
+    cur = state.get("teacher")
+    better = cur is None or (f1 is not None and f1 > (cur.get("val_macro_f1") or -1.0))
+    state["rounds"][str(r)].update(status="done", val_macro_f1=f1, test_macro_f1=doc["metrics"].get("test/macro_f1"),
+                                   promoted=bool(better))
+    if better:
+        state["teacher"] = {"paths": [doc["student"]["path"]], "fingerprint": doc["student"]["fingerprint"],
+                            "round": r, "val_macro_f1": f1}
+        log.info("round r%03d: student promoted to teacher (val macro-F1 %.4f)", r, f1 or 0.0)
+    elif cfg.campaign.stop_when_no_gain:
+        state["stopped"] = f"round {r}: student val macro-F1 {f1} did not beat the teacher's {cur.get('val_macro_f1')}"
+        log.warning("campaign stopped: %s", state["stopped"])

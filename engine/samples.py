@@ -1,0 +1,59 @@
+"""Ray Datasets of training samples read back from the shards: labelled set, selection, unlabelled pool."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow.compute as pc
+
+from engine.io import fs
+from engine.layout import SourceLayout
+
+
+def _shard_tar(root: str, shard: str) -> str:
+    source, idx = shard.rsplit("-", 1)
+    return SourceLayout(root, source).shard(int(idx))
+
+
+def _read_members(tar_path: str, wanted: set[str]) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    fobj = io.BytesIO(fs.read_bytes(tar_path))
+    with tarfile.open(fileobj=fobj, mode="r") as tar:
+        for m in tar:
+            key, _, ext = m.name.partition(".")
+            if key in wanted and ext in ("png", "jpg", "jpeg"):
+                f = tar.extractfile(m)
+                if f is not None:
+                    out[key] = f.read()
+    return out
+
+
+def _rows_of_shard(item: dict[str, Any], *, root: str) -> Iterator[dict[str, Any]]:
+    t = fs.read_parquet(item["table"])
+    t = t.filter(pc.equal(t["shard"], item["shard"]))
+    rows = t.to_pylist()
+    images = _read_members(_shard_tar(root, item["shard"]), {r["key"] for r in rows})
+    for r in sorted(rows, key=lambda r: r["key"]):
+        for _ in range(int(r.get("repeat") or 1)):
+            row = {"key": r["key"], "image": images[r["key"]], "label": int(r["label"]),
+                   "weight": float(r.get("weight") or 1.0)}
+            if "idx" in r:
+                row["idx"] = int(r["idx"])
+            yield row
+
+
+def samples_dataset(root: str, table_path: str) -> Any:
+    """A Ray Dataset (key, image bytes, label, weight) of the rows of a (key, shard, label[, weight, repeat]) table.
+
+    One task per shard reads the shard's tar once; rows with ``repeat`` > 1 appear that many times.
+    """
+    import ray
+
+    shards = sorted(set(fs.read_parquet(table_path, columns=["shard"])["shard"].to_pylist()))
+    items = [{"shard": s, "table": table_path} for s in shards]
+    return ray.data.from_items(items, override_num_blocks=max(1, len(items))).flat_map(
+        _rows_of_shard, fn_kwargs={"root": root}
+    )

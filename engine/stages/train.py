@@ -1,0 +1,65 @@
+"""Train stage: the round's student on labelled ∪ selected samples (Ray Train underneath, resumable)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from engine.config import ModelConfig, ThresholdConfig, TrainConfig
+from engine.labels import LabelSpace
+from engine.layout import RoundLayout, join
+from engine.stages.base import RunOutput, Stage
+
+
+class TrainStage(Stage):
+    """Train a student and write ``train/student.pt`` (engine checkpoint format)."""
+
+    name = "train"
+    VERSION = 1
+
+    def __init__(self, root: str, round_layout: RoundLayout, train_cfg: TrainConfig, model_cfg: ModelConfig,
+                 space: LabelSpace, *, labelled_path: str, selection_path: str | None, pool_dataset: Any | None,
+                 num_unlabelled: int, threshold_cfg: ThresholdConfig, init_checkpoint: str | None,
+                 campaign: str, upstream: dict[str, str], mlflow: dict[str, str] | None = None,
+                 on_existing: str = "error") -> None:
+        super().__init__(round_layout.train_dir, on_existing=on_existing, label=f"train r{round_layout.index:03d}")
+        self.root, self.layout, self.train_cfg, self.model_cfg, self.space = root, round_layout, train_cfg, model_cfg, space
+        self.labelled_path, self.selection_path, self.pool_dataset = labelled_path, selection_path, pool_dataset
+        self.num_unlabelled, self.threshold_cfg, self.init_checkpoint = num_unlabelled, threshold_cfg, init_checkpoint
+        self.campaign, self.upstream, self.mlflow = campaign, upstream, mlflow
+
+    def fingerprint_inputs(self) -> dict[str, Any]:
+        fp: dict[str, Any] = {"train": asdict(self.train_cfg), "model": asdict(self.model_cfg),
+                              "label_space": self.space.name, "upstream": self.upstream}
+        if self.train_cfg.online_policy:
+            fp["online_threshold"] = asdict(self.threshold_cfg)
+        return fp
+
+    def run(self) -> RunOutput:
+        from engine.samples import samples_dataset
+        from engine.train.trainer import train_student
+
+        labelled = samples_dataset(self.root, self.labelled_path).select_columns(["image", "label"])
+        pseudo = samples_dataset(self.root, self.selection_path) if self.selection_path else None
+        if pseudo is not None:
+            pseudo = pseudo.select_columns(["image", "label", "weight"])
+        online = self.train_cfg.online_policy is not None and self.pool_dataset is not None
+        params = {k: v for k, v in asdict(self.threshold_cfg).items() if k not in ("policy", "never_label")}
+        params["never_label"] = [self.space.index(n) for n in self.threshold_cfg.never_label]
+        result = train_student(
+            train_cfg=self.train_cfg,
+            model_cfg=self.model_cfg,
+            label_space=self.space,
+            labelled=labelled,
+            pseudo=pseudo,
+            unlabelled=self.pool_dataset if online else None,
+            num_unlabelled=self.num_unlabelled if online else 0,
+            storage_path=join(self.out_dir, "ray"),
+            run_name=f"{self.campaign}-r{self.layout.index:03d}-{self.fingerprint()[:8]}",
+            init_checkpoint=self.init_checkpoint if self.train_cfg.warm_start else None,
+            out_checkpoint=self.layout.student,
+            mlflow=self.mlflow,
+            policy_params=params if online else None,
+        )
+        counts = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        return RunOutput(counts=counts, extra={"checkpoint": self.layout.student})

@@ -1,0 +1,368 @@
+"""The Ray Train per-worker loop: build the student, resume or warm-start it, train epochs, checkpoint and report.
+
+``train_loop_per_worker`` receives only the plain dict of :func:`make_loop_config` (no closures over datasets or
+models) and reads its data with ``ray.train.get_dataset_shard("train" / "unlabelled")``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from engine.config import ModelConfig, TrainConfig, build, to_dict
+from engine.errors import ConfigError, EngineError
+from engine.labels import LabelSpace
+from engine.train.batch import Augmenters, NumpyBatch, cycle_batches
+from engine.train.state import TrainState, read_train_state, write_train_state
+from engine.train.step import StepContext, train_step
+
+if TYPE_CHECKING:
+    import torch
+
+    from engine.thresholds import ThresholdPolicy
+
+logger = logging.getLogger(__name__)
+
+SUPERVISED = "train"
+"""Ray Train dataset name of the supervised stream (labelled ∪ pseudo)."""
+UNLABELLED = "unlabelled"
+"""Ray Train dataset name of the online branch's unlabelled stream."""
+MOMENTUM = 0.9
+
+
+@dataclass(frozen=True)
+class LoopSpec:
+    """The worker's typed view of :func:`make_loop_config`'s dict."""
+
+    train: TrainConfig
+    model: ModelConfig
+    label_space: LabelSpace
+    steps_per_epoch: int
+    call_id: str
+    init_checkpoint: str | None = None
+    num_unlabelled: int = 0
+    policy_params: Mapping[str, Any] | None = None
+    mlflow: Mapping[str, str] | None = None
+    fault_after_epoch: int | None = None
+
+    @property
+    def online(self) -> bool:
+        """Whether the FixMatch-style unlabelled branch runs."""
+        return self.train.online_policy is not None
+
+
+def make_loop_config(spec: LoopSpec) -> dict[str, Any]:
+    """The plain, JSON-able ``train_loop_config`` for :func:`train_loop_per_worker`."""
+    return {
+        "train": to_dict(spec.train),
+        "model": to_dict(spec.model),
+        "label_space": {"name": spec.label_space.name, "classes": list(spec.label_space.classes)},
+        "steps_per_epoch": spec.steps_per_epoch,
+        "call_id": spec.call_id,
+        "init_checkpoint": spec.init_checkpoint,
+        "num_unlabelled": spec.num_unlabelled,
+        "policy_params": None if spec.policy_params is None else dict(spec.policy_params),
+        "mlflow": None if spec.mlflow is None else dict(spec.mlflow),
+        "fault_after_epoch": spec.fault_after_epoch,
+    }
+
+
+def parse_loop_config(config: Mapping[str, Any]) -> LoopSpec:
+    """Inverse of :func:`make_loop_config`."""
+    ls = config["label_space"]
+    return LoopSpec(
+        train=build(TrainConfig, config["train"], where="train_loop_config", prefix="train."),
+        model=build(ModelConfig, config["model"], where="train_loop_config", prefix="model."),
+        label_space=LabelSpace(ls["name"], tuple(ls["classes"])),
+        steps_per_epoch=int(config["steps_per_epoch"]),
+        call_id=str(config["call_id"]),
+        init_checkpoint=config.get("init_checkpoint"),
+        num_unlabelled=int(config.get("num_unlabelled") or 0),
+        policy_params=config.get("policy_params"),
+        mlflow=config.get("mlflow"),
+        fault_after_epoch=config.get("fault_after_epoch"),
+    )
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Train the student on this worker's shards; report metrics and a checkpoint after every epoch.
+
+    Resumes from ``ray.train.get_checkpoint()`` (model, optimiser, scheduler, grad scaler, epoch, online policy
+    state, history) when the run has one, else warm-starts from ``init_checkpoint`` when given. Only rank 0 writes
+    the checkpoint directory and logs to MLflow.
+    """
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from engine.models.factory import create_model
+
+    spec = parse_loop_config(config)
+    rank = ray.train.get_context().get_world_rank()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(derive_seed(spec.train.seed, 0, 0, 0))  # identical initial weights on every rank
+    model = create_model(spec.model, len(spec.label_space))
+    restored: TrainState | None = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            restored = read_train_state(directory)
+        model.load_state_dict(restored.model)
+    elif spec.init_checkpoint:
+        warm_start(model, spec)
+    model = ray.train.torch.prepare_model(model)
+    optimizer = build_optimizer(model, spec.train)
+    total_steps = spec.train.epochs * spec.steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(cosine_factor, total_steps=total_steps))
+    amp_dtype = autocast_dtype(spec.train, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    policy = build_online_policy(spec) if spec.online else None
+    history: list[dict[str, Any]] = []
+    start = 0
+    if restored is not None:
+        optimizer.load_state_dict(restored.optimizer)
+        scheduler.load_state_dict(restored.scheduler)
+        if restored.scaler:
+            scaler.load_state_dict(restored.scaler)
+        if policy is not None and restored.policy is not None:
+            policy.load_state_dict(restored.policy)
+        history, start = list(restored.history), restored.epoch + 1
+        logger.info("resumed at epoch %d of %d", start, spec.train.epochs)
+    ctx = StepContext(spec.model, Augmenters.default(), device, spec.train.lambda_u, amp_dtype, policy)
+    unlabelled = _unlabelled_stream(spec, rank) if policy is not None else None
+    for epoch in range(start, spec.train.epochs):
+        record = run_epoch(epoch, model, optimizer, scheduler, scaler, ctx, spec, rank, unlabelled)
+        history.append(record)
+        state = TrainState(
+            model=_bare(model).state_dict(),
+            optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(),
+            scaler=scaler.state_dict() if scaler.is_enabled() else None,
+            epoch=epoch,
+            global_step=int(scheduler.last_epoch),
+            policy=None if policy is None else _jsonable_policy_state(policy),
+            history=history,
+        )
+        _report(record, state, rank)
+        if rank == 0 and spec.mlflow:
+            log_epoch_to_mlflow(spec.mlflow, record, spec.label_space)
+        if spec.fault_after_epoch is not None and epoch == spec.fault_after_epoch:
+            raise RuntimeError(f"injected test fault after epoch {epoch} (fault_after_epoch)")
+
+
+def run_epoch(
+    epoch: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: Any,
+    ctx: StepContext,
+    spec: LoopSpec,
+    rank: int,
+    unlabelled: Iterator[NumpyBatch] | None,
+) -> dict[str, Any]:
+    """One pass over this worker's supervised shard; returns the epoch record (summed over all workers)."""
+    import ray.train
+    import torch
+
+    from engine.thresholds import thresholds_to_json
+
+    torch.manual_seed(derive_seed(spec.train.seed, epoch, rank, 1))  # augmentation draws: reproducible per epoch
+    model.train()
+    bs = spec.train.batch_size
+    sums = np.zeros(7, dtype=np.float64)  # loss, loss_s, loss_u, steps, rows, unlabelled rows, weight sum
+    lr = float(optimizer.param_groups[0]["lr"])
+    t0 = time.perf_counter()
+    shard = ray.train.get_dataset_shard(SUPERVISED)
+    for batch in shard.iter_batches(
+        batch_size=bs,
+        batch_format="numpy",
+        prefetch_batches=2,
+        local_shuffle_buffer_size=max(4 * bs, 1024),
+        local_shuffle_seed=derive_seed(spec.train.seed, epoch, rank, 2),
+    ):
+        st = train_step(model, optimizer, scaler, batch, next(unlabelled) if unlabelled else None, ctx)
+        scheduler.step()
+        sums += (st.loss, st.loss_s, st.loss_u, 1, st.rows, st.unlabelled_rows, st.weight_sum)
+    seconds = time.perf_counter() - t0
+    sums = _sum_over_workers(sums, ctx.device)
+    steps, rows, u_rows = int(sums[3]), int(sums[4]), int(sums[5])
+    if steps == 0:
+        raise EngineError(
+            f"epoch {epoch}: the supervised shards are empty, nothing to train on; give more labelled rows than "
+            f"train.num_workers={spec.train.num_workers}"
+        )
+    return {
+        "epoch": epoch,
+        "call_id": spec.call_id,
+        "train_loss": sums[0] / steps,
+        "loss_s": sums[1] / steps,
+        "loss_u": sums[2] / steps,
+        "lr": lr,
+        "steps": steps,
+        "images": rows,
+        "unlabelled_images": u_rows,
+        "seconds": seconds,
+        "images_per_s": rows / seconds if seconds > 0 else 0.0,
+        "mask_rate": sums[6] / u_rows if u_rows else None,
+        "thresholds": None if ctx.policy is None else thresholds_to_json(ctx.policy.thresholds()),
+    }
+
+
+def cosine_factor(step: int, *, total_steps: int) -> float:
+    """FixMatch's cosine LR factor ``cos(7*pi*k / (16*K))``: 1 at step 0, about 0.2 at the last step K."""
+    return math.cos(7.0 * math.pi * min(step, total_steps) / (16.0 * max(total_steps, 1)))
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (Nesterov, momentum 0.9) or AdamW; weight decay on weight matrices / kernels only, not on biases or norms.
+
+    Raises:
+        ConfigError: ``cfg.optimizer`` is neither ``sgd`` nor ``adamw``.
+    """
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+    ]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=MOMENTUM, nesterov=True)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    raise ConfigError(f"train.optimizer must be sgd or adamw, got {cfg.optimizer!r}")
+
+
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """bf16 (fp16 where bf16 is unsupported) on CUDA with ``mixed_precision``; None (full fp32) otherwise."""
+    import torch
+
+    if not cfg.mixed_precision or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def build_online_policy(spec: LoopSpec) -> ThresholdPolicy:
+    """The online threshold policy ``train.online_policy`` with ``policy_params`` (class names in ``never_label``
+    are mapped to indices of the label space), ``num_classes`` and ``num_unlabelled``.
+
+    Raises:
+        ConfigError: unknown or offline-only policy, invalid parameters, or no unlabelled pool size.
+    """
+    from engine.thresholds import get_policy, policy_class
+
+    name = spec.train.online_policy
+    assert name is not None
+    if not policy_class(name).supports_online:
+        raise ConfigError(f"train.online_policy={name!r} has no online form; use dtm_r, flexmatch, fixed, ...")
+    if spec.num_unlabelled < 1:
+        raise ConfigError(f"train.online_policy={name!r} needs num_unlabelled >= 1 (the pool size N_u)")
+    params = dict(spec.policy_params or {})
+    never = [spec.label_space.index(c) if isinstance(c, str) else int(c) for c in params.pop("never_label", ())]
+    return get_policy(
+        name, params, num_classes=len(spec.label_space), num_unlabelled=spec.num_unlabelled, never_label=never
+    )
+
+
+def warm_start(model: torch.nn.Module, spec: LoopSpec) -> None:
+    """Load the weights of the engine checkpoint ``spec.init_checkpoint`` (same architecture, labels, input size).
+
+    Raises:
+        ConfigError: the checkpoint's architecture, label space or input size differ from the student's.
+    """
+    from engine.models.checkpoint import load_checkpoint
+
+    path = spec.init_checkpoint
+    assert path is not None
+    loaded = load_checkpoint(path, expect_label_space=spec.label_space, expect_input_size=spec.model.input_size)
+    if loaded.model_cfg.name != spec.model.name or loaded.model_cfg.in_chans != spec.model.in_chans:
+        raise ConfigError(
+            f"warm start: {path} holds {loaded.model_cfg.name} (in_chans={loaded.model_cfg.in_chans}) but the "
+            f"student is {spec.model.name} (in_chans={spec.model.in_chans}); use the same model section as the "
+            "teacher or set train.warm_start=false"
+        )
+    model.load_state_dict(loaded.model.state_dict())
+    logger.info("warm start from %s (fingerprint %s)", path, loaded.fingerprint[:8])
+
+
+def log_epoch_to_mlflow(tracking: Mapping[str, str], record: Mapping[str, Any], label_space: LabelSpace) -> None:
+    """Log one epoch record to the MLflow run ``tracking["run_id"]`` at step ``epoch`` (keys ``train/<metric>``,
+    per-class thresholds as ``train/tau/<class>``; missing and infinite values are skipped)."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    ts = int(time.time() * 1000)
+    step = int(record["epoch"])
+    values = {f"train/{k}": record[k] for k in ("train_loss", "loss_s", "loss_u", "lr", "images_per_s", "mask_rate")}
+    for name, tau in zip(label_space.classes, record.get("thresholds") or [], strict=False):
+        values[f"train/tau/{name}"] = tau
+    metrics = [
+        Metric(k, float(v), ts, step) for k, v in values.items() if v is not None and math.isfinite(float(v))
+    ]
+    MlflowClient(tracking_uri=tracking["tracking_uri"]).log_batch(tracking["run_id"], metrics=metrics)
+
+
+def derive_seed(seed: int, *parts: int) -> int:
+    """A 32-bit seed derived from the run seed and (epoch, rank, stream) parts (numpy SeedSequence)."""
+    return int(np.random.SeedSequence([seed, *parts]).generate_state(1)[0])
+
+
+def _unlabelled_stream(spec: LoopSpec, rank: int) -> Iterator[NumpyBatch]:
+    import ray.train
+
+    shard = ray.train.get_dataset_shard(UNLABELLED)
+    size = spec.train.mu * spec.train.batch_size
+
+    def passes(k: int) -> Any:
+        return shard.iter_batches(
+            batch_size=size,
+            batch_format="numpy",
+            local_shuffle_buffer_size=max(4 * size, 1024),
+            local_shuffle_seed=derive_seed(spec.train.seed, k, rank, 3),
+        )
+
+    return cycle_batches(passes, size)
+
+
+def _sum_over_workers(values: np.ndarray, device: torch.device) -> np.ndarray:
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return values
+    t = torch.as_tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.cpu().numpy()
+
+
+def _bare(model: torch.nn.Module) -> torch.nn.Module:
+    from engine.models.checkpoint import unwrap_model
+
+    return unwrap_model(model)
+
+
+def _jsonable_policy_state(policy: ThresholdPolicy) -> dict[str, Any]:
+    from engine.thresholds import to_jsonable
+
+    return to_jsonable(policy.state_dict())
+
+
+def _report(record: Mapping[str, Any], state: TrainState, rank: int) -> None:
+    import ray.train
+
+    metrics = {k: v for k, v in record.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+    if rank != 0:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory(prefix="engine-train-") as directory:
+        write_train_state(directory, state)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))

@@ -1,0 +1,147 @@
+"""One optimiser step of the student: supervised loss on labelled ∪ pseudo rows plus the online unlabelled loss.
+
+Losses (reference thresholds.md section 1), for a supervised batch of B rows and an unlabelled batch of U = mu * B:
+
+- ``L_s = (1/B) * sum_b w_b * CE(f(aug_b(x_b)), y_b)``: ``w_b`` is 1 for labelled rows and ``lambda_u * weight_b``
+  for offline pseudo-labelled rows; ``aug_b`` is weak for labelled rows and strong for pseudo rows.
+- ``L_u = (1/U) * sum_u m_u * CE(f(A(u)), argmax q_u)`` with ``q_u = softmax(f(alpha(u)))`` (no gradient) and
+  ``m_u`` the online policy's weight; the normaliser is the whole unlabelled batch, accepted or not.
+- ``L = L_s + lambda_u * L_u``.
+
+Labelled, weak and strong views go through the network in one concatenated forward (FixMatch / USB), so batch norm
+sees all three.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from engine.train.batch import Augmenters, NumpyBatch, supervised_input, unlabelled_views
+
+if TYPE_CHECKING:
+    import torch
+
+    from engine.config import ModelConfig
+    from engine.thresholds import ThresholdPolicy
+
+
+@dataclass
+class StepContext:
+    """What every step needs besides the model, the optimiser and the data."""
+
+    model_cfg: ModelConfig
+    aug: Augmenters
+    device: torch.device
+    lambda_u: float
+    amp_dtype: torch.dtype | None
+    """Autocast dtype on GPU (bf16 or fp16), None for full precision."""
+    policy: ThresholdPolicy | None = None
+    """Online threshold policy (None: no unlabelled branch)."""
+
+
+@dataclass
+class StepStats:
+    """Sums over one step; epoch statistics are sums of these (and across workers)."""
+
+    loss: float
+    loss_s: float
+    loss_u: float
+    rows: int
+    unlabelled_rows: int
+    weight_sum: float
+    """Sum of the unlabelled weights m_u (the accepted count for hard masks)."""
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: Any,
+    sup: NumpyBatch,
+    unl: NumpyBatch | None,
+    ctx: StepContext,
+) -> StepStats:
+    """Forward, backward and one optimiser step (the caller steps the LR scheduler).
+
+    Args:
+        sup: supervised numpy batch (``image``, ``label``, ``weight``, ``strong``).
+        unl: unlabelled numpy batch (``image``, ``idx``) of U rows, or None without the online branch.
+        scaler: a ``torch.amp.GradScaler`` (disabled unless fp16).
+    """
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+
+    x, y, w = supervised_input(sup, ctx.model_cfg, ctx.aug)
+    parts = [x]
+    idx: npt.NDArray[np.int64] | None = None
+    if unl is not None:
+        u_weak, u_strong, idx = unlabelled_views(unl, ctx.model_cfg, ctx.aug)
+        parts += [u_weak, u_strong]
+    inputs = torch.cat(parts).to(ctx.device, non_blocking=True)
+    y, w = y.to(ctx.device), w.to(ctx.device)
+    autocast = (
+        torch.autocast(device_type=ctx.device.type, dtype=ctx.amp_dtype)
+        if ctx.amp_dtype is not None
+        else contextlib.nullcontext()
+    )
+    with autocast:
+        logits = model(inputs).float()
+    n = x.shape[0]
+    loss_s = (w * F.cross_entropy(logits[:n], y, reduction="none")).mean()
+    loss_u = torch.zeros((), device=ctx.device)
+    weight_sum = 0.0
+    u = 0
+    if unl is not None:
+        assert ctx.policy is not None and idx is not None
+        u = idx.shape[0]
+        logits_weak, logits_strong = logits[n : n + u], logits[n + u :]
+        q = torch.softmax(logits_weak.detach(), dim=1)
+        m = online_weights(ctx.policy, q, idx)
+        loss_u = (m * F.cross_entropy(logits_strong, q.argmax(dim=1), reduction="none")).sum() / u
+        weight_sum = float(m.sum())
+    loss = loss_s + ctx.lambda_u * loss_u
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return StepStats(
+        loss=float(loss.detach()),
+        loss_s=float(loss_s.detach()),
+        loss_u=float(loss_u.detach()),
+        rows=n,
+        unlabelled_rows=u,
+        weight_sum=weight_sum,
+    )
+
+
+def online_weights(policy: ThresholdPolicy, q: torch.Tensor, idx: npt.NDArray[np.int64]) -> torch.Tensor:
+    """Per-row weights m_u of this worker's unlabelled batch from the online policy (updates its state).
+
+    ``policy.step`` applies the method's own order (DTM-R / FlexMatch mask with the previous state, then update;
+    FreeMatch / SoftMatch update first). With several workers the (U, C) probabilities and indices of every worker
+    are all-gathered first, so each worker's policy sees the same global batch and every copy of the state stays
+    identical; each worker keeps the weights of its own rows.
+
+    Returns:
+        float32 (U,) tensor on q's device.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        world, rank = dist.get_world_size(), dist.get_rank()
+        idx_t = torch.as_tensor(idx, device=q.device)
+        qs = [torch.empty_like(q) for _ in range(world)]
+        ids = [torch.empty_like(idx_t) for _ in range(world)]
+        dist.all_gather(qs, q.contiguous())
+        dist.all_gather(ids, idx_t)
+        all_w = policy.step(torch.cat(qs).float().cpu().numpy(), torch.cat(ids).cpu().numpy())
+        u = q.shape[0]
+        w = all_w[rank * u : (rank + 1) * u]
+    else:
+        w = policy.step(q.float().cpu().numpy(), idx)
+    return torch.as_tensor(np.asarray(w, dtype=np.float32), device=q.device)

@@ -1,0 +1,236 @@
+"""Driver side of student training: prepare the streams, run a resumable TorchTrainer, export the final model."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from engine.config import ModelConfig, TrainConfig
+from engine.errors import ConfigError, EngineError
+from engine.labels import LabelSpace
+from engine.train import data
+from engine.train.loop import SUPERVISED, UNLABELLED, LoopSpec, build_online_policy, make_loop_config
+
+if TYPE_CHECKING:
+    import ray.data
+
+logger = logging.getLogger(__name__)
+
+
+def train_student(
+    *,
+    train_cfg: TrainConfig,
+    model_cfg: ModelConfig,
+    label_space: LabelSpace,
+    labelled: ray.data.Dataset,
+    pseudo: ray.data.Dataset | None,
+    unlabelled: ray.data.Dataset | None,
+    num_unlabelled: int = 0,
+    storage_path: str,
+    run_name: str,
+    init_checkpoint: str | None,
+    out_checkpoint: str,
+    mlflow: Mapping[str, str] | None = None,
+    policy_params: Mapping[str, Any] | None = None,
+    fault_after_epoch: int | None = None,
+) -> dict[str, Any]:
+    """Train the student on Ray Train and write its final engine checkpoint.
+
+    Data. Each epoch is one pass over labelled ∪ pseudo (block order reshuffled each epoch, plus a local shuffle
+    buffer). Labelled rows get loss weight 1 and the weak augmentation; pseudo rows get loss weight
+    ``lambda_u * weight`` and the strong augmentation. The supervised loss is the plain batch mean
+    ``L_s = (1/B) * sum_b w_b * CE_b`` (not divided by the sum of weights, so a pseudo row of weight 0.5 counts half a
+    labelled row). With ``train_cfg.balanced_sampling`` the labelled rows are resampled every epoch with per-class
+    repeat factors ``r_c = (N / K) / n_c`` (K classes present, stochastic rounding): each class contributes N/K rows in
+    expectation and the epoch keeps N labelled rows; pseudo rows are not resampled.
+
+    Online branch (``train_cfg.online_policy`` set and ``unlabelled`` given): each step also draws ``mu * B``
+    unlabelled rows (the worker's unlabelled shard, cycled), and adds ``lambda_u * L_u`` with
+    ``L_u = sum_u m_u * CE(f(strong(u)), argmax q_u) / (mu * B)``; see engine.train.step.
+
+    Optimisation: SGD Nesterov (momentum 0.9) or AdamW, ``lr`` and ``weight_decay`` from ``train_cfg`` (no decay on
+    biases and norm layers), cosine factor ``cos(7*pi*k / (16*K))`` over the K steps of the epoch budget, bf16/fp16
+    autocast on GPU when ``mixed_precision``.
+
+    Resume. Every epoch ends with a Ray Train checkpoint under ``storage_path/run_name`` (model, optimiser,
+    scheduler, epoch, online policy state, per-epoch history; the 2 newest kept). Calling again with the same
+    ``run_name`` continues after the last finished epoch, and a finished run does not train again.
+
+    Args:
+        labelled: columns ``image`` (encoded bytes) and ``label`` (int64 in [0, len(label_space))).
+        pseudo: columns ``image``, ``label``, ``weight`` (float32), or None.
+        unlabelled: columns ``image``, ``idx`` (int64 in [0, num_unlabelled)); used only by the online branch.
+        num_unlabelled: the unlabelled pool size N_u (indices' range; DTM-R's cache size).
+        storage_path: Ray Train storage root (local path or URI); the run lives in ``storage_path/run_name``.
+        run_name: Ray Train run name; give every round its own.
+        init_checkpoint: engine checkpoint to warm-start from (same architecture); ignored when resuming.
+        out_checkpoint: where the final engine checkpoint is written (atomically).
+        mlflow: ``{"tracking_uri": ..., "run_id": ...}`` of an existing run; rank 0 logs ``train/*`` per epoch.
+        policy_params: online policy parameters (e.g. ``to_dict(cfg.threshold)``; ``never_label`` may hold class
+            names); only the keys the policy declares are used.
+        fault_after_epoch: test-only: raise in the worker after that epoch's checkpoint.
+
+    Returns:
+        ``epochs`` (finished epochs of the run), ``epochs_run`` and ``resumed_from_epoch`` (this call: how many
+        epochs it trained and the epoch it started at), ``train_loss`` (mean step loss of the last epoch),
+        ``seconds`` (this call's wall time), ``images_per_s`` (supervised rows per second of epoch time, over all
+        epochs), ``online_policy``, ``mask_rate`` (mean unlabelled weight m_u in the last epoch, None offline),
+        ``thresholds`` (per-class online thresholds after the last epoch, None offline), ``history`` (per-epoch
+        records), ``fingerprint`` (of ``out_checkpoint``), ``run_path`` and ``ray_checkpoint`` (its directory).
+
+    Raises:
+        ConfigError: invalid configuration or datasets (missing columns, labels outside the label space).
+        EngineError: training failed (the message gives the run path to resume from).
+    """
+    t0 = time.monotonic()
+    num_classes = len(label_space)
+    online = train_cfg.online_policy is not None
+    _check_config(train_cfg, online=online, unlabelled=unlabelled, num_unlabelled=num_unlabelled)
+    data.check_columns(labelled, ("image", "label"), "labelled")
+    counts = data.label_counts(labelled, num_classes, "labelled")
+    rows = int(counts.sum())
+    if pseudo is not None:
+        data.check_columns(pseudo, ("image", "label", "weight"), "pseudo-labelled")
+        rows += int(data.label_counts(pseudo, num_classes, "pseudo-labelled").sum())
+    if rows < train_cfg.num_workers:
+        raise ConfigError(f"{rows} training rows cannot feed train.num_workers={train_cfg.num_workers} workers")
+    spec = LoopSpec(
+        train=train_cfg,
+        model=model_cfg,
+        label_space=label_space,
+        steps_per_epoch=data.steps_per_epoch(rows, batch_size=train_cfg.batch_size, num_workers=train_cfg.num_workers),
+        call_id=uuid.uuid4().hex,
+        init_checkpoint=init_checkpoint,
+        num_unlabelled=num_unlabelled if online else 0,
+        policy_params=policy_params,
+        mlflow=mlflow,
+        fault_after_epoch=fault_after_epoch,
+    )
+    datasets = {
+        SUPERVISED: data.build_supervised_dataset(
+            labelled,
+            pseudo,
+            lambda_u=train_cfg.lambda_u,
+            repeat_factors=data.balanced_repeat_factors(counts) if train_cfg.balanced_sampling else None,
+            seed=train_cfg.seed,
+        )
+    }
+    if online:
+        assert unlabelled is not None
+        build_online_policy(spec)  # fail fast on the driver with the same parameters the workers use
+        data.check_columns(unlabelled, ("image", "idx"), "unlabelled")
+        datasets[UNLABELLED] = data.build_unlabelled_dataset(unlabelled, seed=train_cfg.seed)
+    elif unlabelled is not None:
+        logger.info("train.online_policy is null: the unlabelled dataset is not used")
+    result = _fit(spec, datasets, storage_path=storage_path, run_name=run_name)
+    return _export(result, spec, out_checkpoint=out_checkpoint, seconds_since=t0)
+
+
+def _check_config(
+    cfg: TrainConfig, *, online: bool, unlabelled: ray.data.Dataset | None, num_unlabelled: int
+) -> None:
+    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.num_workers < 1 or cfg.mu < 1:
+        raise ConfigError(
+            "train.epochs, train.batch_size, train.num_workers and train.mu must be >= 1; got "
+            f"{cfg.epochs}, {cfg.batch_size}, {cfg.num_workers}, {cfg.mu}"
+        )
+    if cfg.optimizer not in ("sgd", "adamw"):
+        raise ConfigError(f"train.optimizer must be sgd or adamw, got {cfg.optimizer!r}")
+    if online and (unlabelled is None or num_unlabelled < 1):
+        raise ConfigError(
+            f"train.online_policy={cfg.online_policy!r} needs the unlabelled dataset and num_unlabelled >= 1 (got "
+            f"{'no dataset' if unlabelled is None else 'a dataset'}, num_unlabelled={num_unlabelled}); pass them or "
+            "set train.online_policy=null"
+        )
+
+
+def _fit(spec: LoopSpec, datasets: dict[str, ray.data.Dataset], *, storage_path: str, run_name: str) -> Any:
+    import ray.train
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from engine.train.loop import train_loop_per_worker
+
+    cfg = spec.train
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=make_loop_config(spec),
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+        datasets=datasets,
+    )
+    run_path = f"{storage_path.rstrip('/')}/{run_name}"
+    logger.info("training %s for %d epochs (run %s)", spec.model.name, cfg.epochs, run_path)
+    try:
+        return trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        raise EngineError(
+            f"student training failed in run {run_path} ({type(exc).__name__}: {str(exc)[:500]}); fix the cause and "
+            f"call again with run_name={run_name!r} to resume from its last finished epoch"
+        ) from exc
+
+
+def _export(result: Any, spec: LoopSpec, *, out_checkpoint: str, seconds_since: float) -> dict[str, Any]:
+    from engine.models.checkpoint import save_checkpoint
+    from engine.models.factory import create_model
+    from engine.train.state import read_train_state
+
+    if result.checkpoint is None:
+        raise EngineError(f"run {result.path} finished without a checkpoint; start it again under a new run name")
+    with result.checkpoint.as_directory() as directory:
+        state = read_train_state(directory)
+    model = create_model(spec.model, len(spec.label_space))
+    model.load_state_dict(state.model)
+    summary = summarise_history(state.history, call_id=spec.call_id)
+    summary.update(
+        seconds=time.monotonic() - seconds_since,
+        online_policy=spec.train.online_policy,
+        run_path=str(result.path),
+        ray_checkpoint=str(result.checkpoint.path),
+    )
+    extra = {k: v for k, v in summary.items() if k not in ("history", "run_path", "ray_checkpoint")}
+    summary["fingerprint"] = save_checkpoint(
+        out_checkpoint, model, model_cfg=spec.model, label_space=spec.label_space, extra={"train": extra}
+    )
+    summary["history"] = state.history
+    logger.info(
+        "student %s: %d epochs (%d this call), loss %.4f, %.1f s",
+        out_checkpoint,
+        summary["epochs"],
+        summary["epochs_run"],
+        summary["train_loss"],
+        summary["seconds"],
+    )
+    return summary
+
+
+def summarise_history(history: Sequence[Mapping[str, Any]], *, call_id: str) -> dict[str, Any]:
+    """Final metrics from the per-epoch records of a run (oldest first) for the call ``call_id``.
+
+    Returns:
+        ``epochs``, ``epochs_run`` (records written by this call), ``resumed_from_epoch`` (first epoch this call
+        trained; ``epochs`` when it trained none), ``train_loss``, ``images_per_s`` (all epochs), ``mask_rate`` and
+        ``thresholds`` (last epoch).
+    """
+    if not history:
+        raise EngineError("the run's checkpoint has no finished epoch; start it again under a new run name")
+    last = history[-1]
+    mine = [r["epoch"] for r in history if r.get("call_id") == call_id]
+    seconds = sum(float(r["seconds"]) for r in history)
+    return {
+        "epochs": int(last["epoch"]) + 1,
+        "epochs_run": len(mine),
+        "resumed_from_epoch": int(min(mine)) if mine else int(last["epoch"]) + 1,
+        "train_loss": float(last["train_loss"]),
+        "images_per_s": sum(int(r["images"]) for r in history) / seconds if seconds > 0 else 0.0,
+        "mask_rate": last.get("mask_rate"),
+        "thresholds": last.get("thresholds"),
+    }

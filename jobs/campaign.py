@@ -1,0 +1,28 @@
+"""Run a whole campaign (ingest, partition, round 0, rounds 1..N): ``python jobs/campaign.py --config conf/demo.yaml``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine import cli  # noqa: E402
+from engine.runtime import init_ray  # noqa: E402
+
+
+def run(args: argparse.Namespace) -> None:
+    cfg = cli.load(args)
+    init_ray()
+    from engine.campaign import run_campaign
+    from engine.summary import print_campaign_summary
+
+    state = run_campaign(cfg, max_rounds=args.max_rounds)
+    print_campaign_summary(cfg, state)
+
+
+if __name__ == "__main__":
+    p = cli.parser(__doc__ or "")
+    p.add_argument("--max-rounds", type=int, default=None, help="run at most this many new rounds, then stop")
+    cli.main(run, p)
