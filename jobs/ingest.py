@@ -8,9 +8,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine import cli  # noqa: E402
-from engine.runtime import init_ray  # noqa: E402
-from engine.summary import print_ingest_summary  # noqa: E402
+from engine import cli
+from engine.runtime import init_ray
+from engine.summary import print_ingest_summary
 
 
 def run(args: argparse.Namespace) -> None:

@@ -17,7 +17,7 @@ from engine.data.transforms import (
     match_channels,
     normalize_batch,
 )
-from engine.errors import EngineError
+from engine.errors import ConfigError, EngineError
 
 if TYPE_CHECKING:
     import torch
@@ -47,7 +47,7 @@ def images_to_uint8(images: Sequence[bytes], *, size: int, in_chans: int) -> tor
     (bilinear, antialiased, rounded back to uint8), so augmentation runs on a stacked uint8 batch.
     """
     import torch
-    import torch.nn.functional as F  # noqa: N812
+    import torch.nn.functional as F
 
     if len(images) == 0:
         return torch.empty((0, in_chans, size, size), dtype=torch.uint8)
@@ -65,11 +65,14 @@ def images_to_uint8(images: Sequence[bytes], *, size: int, in_chans: int) -> tor
 
 
 def supervised_input(
-    batch: NumpyBatch, model_cfg: ModelConfig, aug: Augmenters
+    batch: NumpyBatch, model_cfg: ModelConfig, aug: Augmenters, *, num_classes: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Model input, labels and loss weights of one supervised batch.
 
     Rows with ``strong`` set (pseudo-labelled) get the strong augmentation, the others (labelled) the weak one.
+
+    Raises:
+        ConfigError: a label outside ``[0, num_classes)``.
 
     Returns:
         ``(x, y, w)``: float32 (B, in_chans, S, S) normalised input, int64 (B,) labels, float32 (B,) weights.
@@ -83,8 +86,14 @@ def supervised_input(
         out[~strong] = aug.weak(x8[~strong])
     if strong.any():
         out[strong] = aug.strong(x8[strong])
-    y = torch.from_numpy(np.asarray(batch["label"], dtype=np.int64))
-    w = torch.from_numpy(np.asarray(batch["weight"], dtype=np.float32))
+    y = torch.tensor(np.asarray(batch["label"], dtype=np.int64))
+    w = torch.tensor(np.asarray(batch["weight"], dtype=np.float32))
+    bad = (y < 0) | (y >= num_classes)
+    if bad.any():
+        raise ConfigError(
+            f"training label {int(y[bad][0])} is outside the label space's [0, {num_classes}); map labels into the "
+            "campaign's label space (and drop unlabelled rows, label -1) before training"
+        )
     return normalize_uint8(out, model_cfg), y, w
 
 

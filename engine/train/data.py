@@ -7,6 +7,7 @@ rows (loss weight ``lambda_u * weight``, strong augmentation), with columns ``im
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -132,16 +133,15 @@ def build_supervised_dataset(
     """
     from ray.data import RandomSeedConfig
 
-    ds = labelled.select_columns(["image", "label"]).map_batches(
-        _to_supervised, batch_format="pyarrow", batch_size=None, fn_kwargs={"scale": 1.0, "strong": False}
-    )
+    labelled_fn = functools.partial(_to_supervised, scale=1.0, strong=False)
+    ds = labelled.select_columns(["image", "label"]).map_batches(labelled_fn, batch_format="pyarrow", batch_size=None)
     if repeat_factors is not None:
-        ds = ds.map_batches(
-            _resample_batch, batch_format="pyarrow", batch_size=None, fn_kwargs={"factors": list(repeat_factors)}
-        )
+        resample_fn = functools.partial(_resample_batch, factors=list(repeat_factors))
+        ds = ds.map_batches(resample_fn, batch_format="pyarrow", batch_size=None)
     if pseudo is not None:
+        pseudo_fn = functools.partial(_to_supervised, scale=lambda_u, strong=True)
         ps = pseudo.select_columns(["image", "label", "weight"]).map_batches(
-            _to_supervised, batch_format="pyarrow", batch_size=None, fn_kwargs={"scale": lambda_u, "strong": True}
+            pseudo_fn, batch_format="pyarrow", batch_size=None
         )
         ds = ds.union(ps)
     return ds.randomize_block_order(seed=RandomSeedConfig(seed=seed, reseed_after_execution=True))
@@ -159,4 +159,3 @@ def build_unlabelled_dataset(unlabelled: ray.data.Dataset, *, seed: int) -> ray.
 def steps_per_epoch(rows: int, *, batch_size: int, num_workers: int) -> int:
     """Optimiser steps per epoch on each worker: Ray Train splits a dataset into equal shards of rows // workers."""
     return max(1, math.ceil((rows // num_workers) / batch_size))
-

@@ -136,20 +136,32 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             policy.load_state_dict(restored.policy)
         history, start = list(restored.history), restored.epoch + 1
         logger.info("resumed at epoch %d of %d", start, spec.train.epochs)
-    ctx = StepContext(spec.model, Augmenters.default(), device, spec.train.lambda_u, amp_dtype, policy)
+    ctx = StepContext(
+        model_cfg=spec.model,
+        aug=Augmenters.default(),
+        device=device,
+        num_classes=len(spec.label_space),
+        lambda_u=spec.train.lambda_u,
+        amp_dtype=amp_dtype,
+        policy=policy,
+    )
     unlabelled = _unlabelled_stream(spec, rank) if policy is not None else None
     for epoch in range(start, spec.train.epochs):
         record = run_epoch(epoch, model, optimizer, scheduler, scaler, ctx, spec, rank, unlabelled)
         history.append(record)
-        state = TrainState(
-            model=_bare(model).state_dict(),
-            optimizer=optimizer.state_dict(),
-            scheduler=scheduler.state_dict(),
-            scaler=scaler.state_dict() if scaler.is_enabled() else None,
-            epoch=epoch,
-            global_step=int(scheduler.last_epoch),
-            policy=None if policy is None else _jsonable_policy_state(policy),
-            history=history,
+        state = (
+            None
+            if rank != 0
+            else TrainState(
+                model=_bare(model).state_dict(),
+                optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict(),
+                scaler=scaler.state_dict() if scaler.is_enabled() else None,
+                epoch=epoch,
+                global_step=int(scheduler.last_epoch),
+                policy=None if policy is None else _jsonable_policy_state(policy),
+                history=history,
+            )
         )
         _report(record, state, rank)
         if rank == 0 and spec.mlflow:
@@ -169,7 +181,13 @@ def run_epoch(
     rank: int,
     unlabelled: Iterator[NumpyBatch] | None,
 ) -> dict[str, Any]:
-    """One pass over this worker's supervised shard; returns the epoch record (summed over all workers)."""
+    """One pass over this worker's supervised shard; returns the epoch record (summed over all workers).
+
+    The record holds the mean step losses (``train_loss``, ``loss_s``, ``loss_u``), the LR at the epoch start,
+    ``steps``, ``images`` (supervised rows), ``unlabelled_images``, ``seconds``, ``images_per_s``, ``mask_rate``
+    (mean unlabelled weight) and the online policy's per-class thresholds at the start and the end of the epoch
+    (``thresholds_start`` / ``thresholds``; None for never-labelled classes and without the online branch).
+    """
     import ray.train
     import torch
 
@@ -180,6 +198,7 @@ def run_epoch(
     bs = spec.train.batch_size
     sums = np.zeros(7, dtype=np.float64)  # loss, loss_s, loss_u, steps, rows, unlabelled rows, weight sum
     lr = float(optimizer.param_groups[0]["lr"])
+    thresholds_start = None if ctx.policy is None else thresholds_to_json(ctx.policy.thresholds())
     t0 = time.perf_counter()
     shard = ray.train.get_dataset_shard(SUPERVISED)
     for batch in shard.iter_batches(
@@ -213,6 +232,7 @@ def run_epoch(
         "seconds": seconds,
         "images_per_s": rows / seconds if seconds > 0 else 0.0,
         "mask_rate": sums[6] / u_rows if u_rows else None,
+        "thresholds_start": thresholds_start,
         "thresholds": None if ctx.policy is None else thresholds_to_json(ctx.policy.thresholds()),
     }
 
@@ -305,9 +325,7 @@ def log_epoch_to_mlflow(tracking: Mapping[str, str], record: Mapping[str, Any], 
     values = {f"train/{k}": record[k] for k in ("train_loss", "loss_s", "loss_u", "lr", "images_per_s", "mask_rate")}
     for name, tau in zip(label_space.classes, record.get("thresholds") or [], strict=False):
         values[f"train/tau/{name}"] = tau
-    metrics = [
-        Metric(k, float(v), ts, step) for k, v in values.items() if v is not None and math.isfinite(float(v))
-    ]
+    metrics = [Metric(k, float(v), ts, step) for k, v in values.items() if v is not None and math.isfinite(float(v))]
     MlflowClient(tracking_uri=tracking["tracking_uri"]).log_batch(tracking["run_id"], metrics=metrics)
 
 
@@ -356,11 +374,12 @@ def _jsonable_policy_state(policy: ThresholdPolicy) -> dict[str, Any]:
     return to_jsonable(policy.state_dict())
 
 
-def _report(record: Mapping[str, Any], state: TrainState, rank: int) -> None:
+def _report(record: Mapping[str, Any], state: TrainState | None, rank: int) -> None:
+    """Report the epoch; rank 0 (the only one given a ``state``) attaches the checkpoint, the others only metrics."""
     import ray.train
 
     metrics = {k: v for k, v in record.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
-    if rank != 0:
+    if state is None:
         ray.train.report(metrics, checkpoint=None)
         return
     with tempfile.TemporaryDirectory(prefix="engine-train-") as directory:

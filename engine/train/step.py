@@ -37,6 +37,7 @@ class StepContext:
     model_cfg: ModelConfig
     aug: Augmenters
     device: torch.device
+    num_classes: int
     lambda_u: float
     amp_dtype: torch.dtype | None
     """Autocast dtype on GPU (bf16 or fp16), None for full precision."""
@@ -73,9 +74,9 @@ def train_step(
         scaler: a ``torch.amp.GradScaler`` (disabled unless fp16).
     """
     import torch
-    import torch.nn.functional as F  # noqa: N812
+    import torch.nn.functional as F
 
-    x, y, w = supervised_input(sup, ctx.model_cfg, ctx.aug)
+    x, y, w = supervised_input(sup, ctx.model_cfg, ctx.aug, num_classes=ctx.num_classes)
     parts = [x]
     idx: npt.NDArray[np.int64] | None = None
     if unl is not None:

@@ -82,7 +82,8 @@ def train_student(
         records), ``fingerprint`` (of ``out_checkpoint``), ``run_path`` and ``ray_checkpoint`` (its directory).
 
     Raises:
-        ConfigError: invalid configuration or datasets (missing columns, labels outside the label space).
+        ConfigError: invalid configuration or datasets (missing columns; with balanced sampling, labels outside the
+            label space, which are otherwise caught by the workers and fail the run).
         EngineError: training failed (the message gives the run path to resume from).
     """
     t0 = time.monotonic()
@@ -90,11 +91,12 @@ def train_student(
     online = train_cfg.online_policy is not None
     _check_config(train_cfg, online=online, unlabelled=unlabelled, num_unlabelled=num_unlabelled)
     data.check_columns(labelled, ("image", "label"), "labelled")
-    counts = data.label_counts(labelled, num_classes, "labelled")
-    rows = int(counts.sum())
+    # Per-class counts need a pass over the label column; a plain count is metadata for parquet / in-memory data.
+    counts = data.label_counts(labelled, num_classes, "labelled") if train_cfg.balanced_sampling else None
+    rows = int(counts.sum()) if counts is not None else labelled.count()
     if pseudo is not None:
         data.check_columns(pseudo, ("image", "label", "weight"), "pseudo-labelled")
-        rows += int(data.label_counts(pseudo, num_classes, "pseudo-labelled").sum())
+        rows += pseudo.count()
     if rows < train_cfg.num_workers:
         raise ConfigError(f"{rows} training rows cannot feed train.num_workers={train_cfg.num_workers} workers")
     spec = LoopSpec(
@@ -109,12 +111,12 @@ def train_student(
         mlflow=mlflow,
         fault_after_epoch=fault_after_epoch,
     )
-    datasets = {
+    datasets: dict[str, Any] = {
         SUPERVISED: data.build_supervised_dataset(
             labelled,
             pseudo,
             lambda_u=train_cfg.lambda_u,
-            repeat_factors=data.balanced_repeat_factors(counts) if train_cfg.balanced_sampling else None,
+            repeat_factors=None if counts is None else data.balanced_repeat_factors(counts),
             seed=train_cfg.seed,
         )
     }
@@ -129,9 +131,7 @@ def train_student(
     return _export(result, spec, out_checkpoint=out_checkpoint, seconds_since=t0)
 
 
-def _check_config(
-    cfg: TrainConfig, *, online: bool, unlabelled: ray.data.Dataset | None, num_unlabelled: int
-) -> None:
+def _check_config(cfg: TrainConfig, *, online: bool, unlabelled: ray.data.Dataset | None, num_unlabelled: int) -> None:
     if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.num_workers < 1 or cfg.mu < 1:
         raise ConfigError(
             "train.epochs, train.batch_size, train.num_workers and train.mu must be >= 1; got "
@@ -147,7 +147,7 @@ def _check_config(
         )
 
 
-def _fit(spec: LoopSpec, datasets: dict[str, ray.data.Dataset], *, storage_path: str, run_name: str) -> Any:
+def _fit(spec: LoopSpec, datasets: dict[str, Any], *, storage_path: str, run_name: str) -> Any:
     import ray.train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer

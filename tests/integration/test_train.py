@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 
 from engine.config import ModelConfig, TrainConfig
-from engine.errors import EngineError
+from engine.errors import ConfigError, EngineError
 from engine.labels import get_label_space
 from engine.train.batch import cycle_batches, images_to_uint8
 from engine.train.data import balanced_repeat_factors, draw_repeats, steps_per_epoch
@@ -30,14 +29,9 @@ N_LABELLED, N_PSEUDO, N_UNLABELLED = 120, 40, 40
 
 
 @pytest.fixture(scope="module")
-def ray_session(fer2013_dir: Path) -> Iterator[None]:
-    import ray
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+def ray_session(fer2013_dir: Path, ray_local) -> Iterator[None]:
+    """The session's local Ray (tests/integration/conftest.py), once the data is known to exist."""
     yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +54,9 @@ def datasets(ray_session: None, faces: list[tuple[bytes, int]]) -> dict[str, Any
         "pseudo": ray.data.from_items(
             [{"image": b, "label": y, "weight": np.float32(0.5)} for b, y in pse], override_num_blocks=1
         ),
-        "unlabelled": ray.data.from_items([{"image": b, "idx": i} for i, (b, _) in enumerate(unl)], override_num_blocks=1),
+        "unlabelled": ray.data.from_items(
+            [{"image": b, "idx": i} for i, (b, _) in enumerate(unl)], override_num_blocks=1
+        ),
     }
 
 
@@ -137,83 +133,121 @@ def test_images_to_uint8_resizes_and_converts(faces: list[tuple[bytes, int]]) ->
 # ---------------------------------------------------------------- Ray Train
 
 
-def test_crash_resume_then_finished_run_is_not_retrained(tmp_path: Path, datasets: dict[str, Any]) -> None:
+def test_invalid_inputs_fail_before_training(tmp_path: Path, datasets: dict[str, Any]) -> None:
+    import ray
+
+    online = TrainConfig(epochs=1, online_policy="dtm_r")
+    with pytest.raises(ConfigError, match="needs the unlabelled dataset and num_unlabelled"):
+        _train(tmp_path, "bad-online", online, datasets)
+    with pytest.raises(ConfigError, match="no online form"):
+        _train(
+            tmp_path,
+            "bad-policy",
+            TrainConfig(epochs=1, online_policy="quantile"),
+            datasets,
+            unlabelled=datasets["unlabelled"],
+            num_unlabelled=N_UNLABELLED,
+        )
+    bad = {**datasets, "labelled": ray.data.from_items([{"image": b"x", "label": 7}, {"image": b"y", "label": 0}])}
+    with pytest.raises(ConfigError, match="holds label 7, outside"):
+        _train(tmp_path, "bad-label", TrainConfig(epochs=1, balanced_sampling=True), bad)
+    assert not (tmp_path / "ray").exists()
+
+
+def test_supervised_stream_weights_flags_and_repeats(datasets: dict[str, Any], faces: list[tuple[bytes, int]]) -> None:
+    from engine.train.data import SUPERVISED_SCHEMA, build_supervised_dataset
+
+    # Integer repeat factors make the class-balanced resampling exact: class 0 twice, class 1 never, others once.
+    factors = [2.0, 0.0] + [1.0] * (len(BASIC7) - 2)
+    ds = build_supervised_dataset(
+        datasets["labelled"], datasets["pseudo"], lambda_u=0.8, repeat_factors=factors, seed=0
+    )
+    assert ds.schema().names == SUPERVISED_SCHEMA.names
+    rows = ds.take_all()
+    lab = np.bincount([y for _, y in faces[:N_LABELLED]], minlength=len(BASIC7))
+    got = np.bincount([r["label"] for r in rows if not r["strong"]], minlength=len(BASIC7))
+    assert got.tolist() == [2 * lab[0], 0, *lab[2:].tolist()]
+    assert {r["weight"] for r in rows if not r["strong"]} == {1.0}
+    pseudo = [r for r in rows if r["strong"]]
+    assert len(pseudo) == N_PSEUDO and {r["weight"] for r in pseudo} == {np.float32(0.8) * np.float32(0.5)}
+    assert sorted(r["image"] for r in pseudo) == sorted(b for b, _ in faces[N_LABELLED : N_LABELLED + N_PSEUDO])
+
+
+def test_online_crash_resume_then_finished_run_is_not_retrained(tmp_path: Path, datasets: dict[str, Any]) -> None:
+    """Online DTM-R + offline pseudo rows: a crash after epoch 0, a resumed call, then a call that trains nothing."""
     import torch
+    from mlflow.tracking import MlflowClient
 
     from engine.models.checkpoint import load_checkpoint
+    from engine.thresholds import get_policy, learning_effect, thresholds_to_json
 
-    cfg = TrainConfig(epochs=2, batch_size=32, lr=0.03, max_failures=0, seed=3)
+    # warmup=False: as soon as one prediction reaches tau, the most cached class gets beta = 1, threshold tau.
+    params = {"tau": 0.25, "tau_min": 0.1, "mapping": "convex", "warmup": False, "never_label": ["Disgust"]}
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=0.03, online_policy="dtm_r", mu=1, max_failures=0, seed=3)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    run_id = client.create_run(client.create_experiment("t", artifact_location=str(tmp_path / "art"))).info.run_id
+    kw = {
+        "unlabelled": datasets["unlabelled"],
+        "num_unlabelled": N_UNLABELLED,
+        "policy_params": params,
+        "mlflow": {"tracking_uri": uri, "run_id": run_id},
+    }
     out = tmp_path / "student.pt"
     with pytest.raises(EngineError, match=f"(?s){tmp_path / 'ray' / 'student'}.*run_name='student'"):
-        _train(tmp_path, "student", cfg, datasets, fault_after_epoch=0)
+        _train(tmp_path, "student", cfg, datasets, fault_after_epoch=0, **kw)
     assert not out.exists()
 
-    resumed = _train(tmp_path, "student", cfg, datasets)
-    assert (resumed["epochs"], resumed["epochs_run"], resumed["resumed_from_epoch"]) == (2, 1, 1)
-    assert [r["epoch"] for r in resumed["history"]] == [0, 1]
-    assert len({r["call_id"] for r in resumed["history"]}) == 2  # epoch 0 by the crashed call, epoch 1 by this one
-    for rec in resumed["history"]:
-        assert (rec["images"], rec["steps"], rec["unlabelled_images"]) == (N_LABELLED + N_PSEUDO, 5, 0)
-        assert rec["mask_rate"] is None and rec["thresholds"] is None
-    assert math.isfinite(resumed["train_loss"]) and resumed["train_loss"] > 0
-    assert resumed["history"][0]["lr"] == pytest.approx(0.03)
-    assert resumed["history"][1]["lr"] == pytest.approx(0.03 * cosine_factor(5, total_steps=10))
-    assert resumed["mask_rate"] is None and resumed["online_policy"] is None
-    assert (Path(resumed["ray_checkpoint"]) / STATE_FILE).is_file()
-    assert not (Path(resumed["ray_checkpoint"]) / POLICY_FILE).exists()
+    res = _train(tmp_path, "student", cfg, datasets, **kw)
+    hist = res["history"]
+    assert (res["epochs"], res["epochs_run"], res["resumed_from_epoch"]) == (2, 1, 1)
+    assert [r["epoch"] for r in hist] == [0, 1]
+    assert len({r["call_id"] for r in hist}) == 2  # epoch 0 by the crashed call, epoch 1 by this one
+    for rec in hist:
+        assert (rec["images"], rec["steps"], rec["unlabelled_images"]) == (N_LABELLED + N_PSEUDO, 5, 5 * 32)
+        assert 0.0 <= rec["mask_rate"] <= 1.0 and rec["loss_u"] >= 0.0
+    assert math.isfinite(res["train_loss"]) and res["train_loss"] > 0
+    assert 0.0 <= res["mask_rate"] <= 1.0 and res["mask_rate"] == hist[1]["mask_rate"]
+    assert hist[0]["lr"] == pytest.approx(0.03)
+    assert hist[1]["lr"] == pytest.approx(0.03 * cosine_factor(5, total_steps=10))  # scheduler restored
+
+    # The policy state was restored on resume: epoch 1 starts from epoch 0's final thresholds, not fresh ones.
+    disgust = BASIC7.index("Disgust")
+    fresh = [None if c == disgust else 0.1 for c in range(len(BASIC7))]
+    assert hist[0]["thresholds_start"] == fresh
+    assert max(t for t in hist[0]["thresholds"] if t is not None) == 0.25
+    assert hist[1]["thresholds_start"] == hist[0]["thresholds"]
+
+    # The saved policy state reproduces the reported thresholds, through the policy and from the formula.
+    state = json.loads((Path(res["ray_checkpoint"]) / POLICY_FILE).read_text())
+    assert state["policy"] == "dtm_r" and state["params"]["never_label"] == [disgust]
+    cache = np.array(state["state"]["cache"])
+    assert cache.shape == (N_UNLABELLED,) and cache.min() >= -1 and cache.max() < len(BASIC7)
+    policy = get_policy("dtm_r", state["params"], num_classes=len(BASIC7))
+    policy.load_state_dict(state)
+    assert thresholds_to_json(policy.thresholds()) == res["thresholds"] == hist[1]["thresholds"]
+    counts = np.bincount(cache + 1, minlength=len(BASIC7) + 1)
+    beta = learning_effect(counts[1:], int(counts[0]), warmup=False)
+    expected = np.maximum(0.1, 0.25 * beta / (2 - beta))
+    expected[disgust] = np.inf
+    assert thresholds_to_json(expected) == res["thresholds"]
+    assert (Path(res["ray_checkpoint"]) / STATE_FILE).is_file()
 
     loaded = load_checkpoint(str(out), expect_label_space=BASIC7, expect_input_size=48)
-    assert loaded.fingerprint == resumed["fingerprint"]
-    assert loaded.extra["train"]["epochs"] == 2
+    assert loaded.fingerprint == res["fingerprint"]
+    assert loaded.extra["train"]["epochs"] == 2 and loaded.extra["train"]["online_policy"] == "dtm_r"
     with torch.no_grad():
         assert loaded.model(torch.zeros(3, 1, 48, 48)).shape == (3, len(BASIC7))
 
-    again = _train(tmp_path, "student", cfg, datasets)
+    # Rank 0 logged each epoch once to MLflow, across the crash.
+    assert [m.step for m in client.get_metric_history(run_id, "train/train_loss")] == [0, 1]
+    logged = client.get_run(run_id).data.metrics
+    assert logged["train/train_loss"] == pytest.approx(res["train_loss"])
+    assert logged["train/mask_rate"] == pytest.approx(res["mask_rate"])
+    assert logged["train/tau/Neutral"] == pytest.approx(res["thresholds"][0])
+    assert "train/tau/Disgust" not in logged  # never-label class: infinite threshold, not logged
+
+    again = _train(tmp_path, "student", cfg, datasets, **kw)
     assert (again["epochs"], again["epochs_run"], again["resumed_from_epoch"]) == (2, 0, 2)
-    assert again["fingerprint"] == resumed["fingerprint"]
-    assert again["history"] == resumed["history"]
-
-
-def test_online_dtm_r_reports_mask_rate_and_checkpoints_policy(tmp_path: Path, datasets: dict[str, Any]) -> None:
-    from engine.thresholds import get_policy, learning_effect
-
-    params = {"tau": 0.3, "tau_min": 0.2, "mapping": "convex", "warmup": True, "never_label": ["Disgust"]}
-    cfg = TrainConfig(
-        epochs=1, batch_size=32, lr=0.03, online_policy="dtm_r", mu=1, balanced_sampling=True, max_failures=0
-    )
-    res = _train(
-        tmp_path,
-        "online",
-        cfg,
-        datasets,
-        pseudo=None,
-        unlabelled=datasets["unlabelled"],
-        num_unlabelled=N_UNLABELLED,
-        policy_params=params,
-    )
-    rec = res["history"][-1]
-    assert (res["epochs"], res["epochs_run"], res["online_policy"]) == (1, 1, "dtm_r")
-    assert rec["unlabelled_images"] == 32 * rec["steps"]
-    assert 0.0 <= res["mask_rate"] <= 1.0
-    assert math.isfinite(res["train_loss"]) and rec["loss_u"] >= 0.0
-
-    state = json.loads((Path(res["ray_checkpoint"]) / POLICY_FILE).read_text())
-    assert state["policy"] == "dtm_r" and state["params"]["never_label"] == [BASIC7.index("Disgust")]
-    cache = np.array(state["state"]["cache"])
-    assert cache.shape == (N_UNLABELLED,) and cache.min() >= -1 and cache.max() < len(BASIC7)
-    # The saved state reproduces the reported thresholds, both through the policy and from the formula.
-    policy = get_policy("dtm_r", state["params"], num_classes=len(BASIC7))
-    policy.load_state_dict(state)
-    assert _json_thresholds(policy.thresholds()) == res["thresholds"]
-    counts = np.bincount(cache + 1, minlength=len(BASIC7) + 1)
-    beta = learning_effect(counts[1:], int(counts[0]), warmup=True) if (cache >= 0).any() else np.zeros(7)
-    expected = np.maximum(0.2, 0.3 * beta / (2 - beta))
-    expected[BASIC7.index("Disgust")] = np.inf
-    assert _json_thresholds(expected) == res["thresholds"]
-
-
-def _json_thresholds(t: np.ndarray) -> list[float | None]:
-    from engine.thresholds import thresholds_to_json
-
-    return thresholds_to_json(t)
-
+    assert again["fingerprint"] == res["fingerprint"] and again["history"] == hist
+    assert [m.step for m in client.get_metric_history(run_id, "train/train_loss")] == [0, 1]
