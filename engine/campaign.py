@@ -33,8 +33,10 @@ def prepare(cfg: Config) -> tuple[Any, str]:
     used = list(dict.fromkeys([*c.labelled, *c.unlabelled, *c.eval]))
     if not c.labelled:
         raise ValueError("campaign.labelled is empty: name at least one labelled source")
-    fps = {s: run_ingest(cfg.storage.root, cfg.source(s), cfg.ingest, on_existing=cfg.storage.on_existing).fingerprint
-           for s in used}
+    fps = {
+        s: run_ingest(cfg.storage.root, cfg.source(s), cfg.ingest, on_existing=cfg.storage.on_existing).fingerprint
+        for s in used
+    }
     part = PartitionStage(cfg.storage.root, c, fps, on_existing=cfg.storage.on_existing).execute()
     return load_rule(cfg.storage.root, c.name), part.fingerprint
 
@@ -46,11 +48,17 @@ def run_campaign(cfg: Config, *, max_rounds: int | None = None) -> dict[str, Any
     lay = CampaignLayout(cfg.storage.root, cfg.campaign.name)
     rule, part_fp = prepare(cfg)
     tracker = _tracker(cfg)
-    state = fs.read_json_or_none(lay.state) or {"name": cfg.campaign.name, "rounds": {}, "teacher": None,
-                                                "stopped": None}
+    state = fs.read_json_or_none(lay.state) or {
+        "name": cfg.campaign.name,
+        "rounds": {},
+        "teacher": None,
+        "stopped": None,
+    }
     state["mlflow_run_id"] = tracker.ensure_campaign_run(
-        cfg.campaign.name, state.get("mlflow_run_id"),
-        params={**flatten(cfg), "config_fingerprint": fingerprint(cfg)}, tags={"engine.campaign": cfg.campaign.name},
+        cfg.campaign.name,
+        state.get("mlflow_run_id"),
+        params={**flatten(cfg), "config_fingerprint": fingerprint(cfg)},
+        tags={"engine.campaign": cfg.campaign.name},
     )
     fs.write_json(lay.state, state)
     fs.write_json(lay.config, flatten(cfg))
@@ -66,8 +74,9 @@ def run_campaign(cfg: Config, *, max_rounds: int | None = None) -> dict[str, Any
         teacher = _teacher(state, cfg)
         if r > 0 and teacher is None:
             raise RuntimeError("no teacher to score round 1: round 0 did not complete")
-        run_id = tracker.ensure_round_run(state["mlflow_run_id"], r, entry.get("mlflow_run_id"),
-                                          params={"round": r, "policy": cfg.threshold.policy})
+        run_id = tracker.ensure_round_run(
+            state["mlflow_run_id"], r, entry.get("mlflow_run_id"), params={"round": r, "policy": cfg.threshold.policy}
+        )
         state["rounds"][str(r)] = {**entry, "mlflow_run_id": run_id, "status": "running"}
         fs.write_json(lay.state, state)
         doc = run_round(cfg, r, teacher=teacher, rule=rule, partition_fp=part_fp, tracker=tracker, run_id=run_id)
@@ -75,8 +84,11 @@ def run_campaign(cfg: Config, *, max_rounds: int | None = None) -> dict[str, Any
         _promote(state, doc, cfg)
         fs.write_json(lay.state, state)
         new += 1
-    tracker.log_metrics(state["mlflow_run_id"], {"campaign/best_val_macro_f1": (state["teacher"] or {}).get("val_macro_f1")},
-                        step=max((int(k) for k in state["rounds"]), default=0))
+    tracker.log_metrics(
+        state["mlflow_run_id"],
+        {"campaign/best_val_macro_f1": (state["teacher"] or {}).get("val_macro_f1")},
+        step=max((int(k) for k in state["rounds"]), default=0),
+    )
     return dict(state)
 
 
@@ -98,11 +110,16 @@ def _promote(state: dict[str, Any], doc: dict[str, Any], cfg: Config) -> None:
     f1 = doc["metrics"].get("val/macro_f1")
     cur = state.get("teacher")
     better = cur is None or (f1 is not None and f1 > (cur.get("val_macro_f1") or -1.0))
-    state["rounds"][str(r)].update(status="done", val_macro_f1=f1, test_macro_f1=doc["metrics"].get("test/macro_f1"),
-                                   promoted=bool(better))
+    state["rounds"][str(r)].update(
+        status="done", val_macro_f1=f1, test_macro_f1=doc["metrics"].get("test/macro_f1"), promoted=bool(better)
+    )
     if better:
-        state["teacher"] = {"paths": [doc["student"]["path"]], "fingerprint": doc["student"]["fingerprint"],
-                            "round": r, "val_macro_f1": f1}
+        state["teacher"] = {
+            "paths": [doc["student"]["path"]],
+            "fingerprint": doc["student"]["fingerprint"],
+            "round": r,
+            "val_macro_f1": f1,
+        }
         log.info("round r%03d: student promoted to teacher (val macro-F1 %.4f)", r, f1 or 0.0)
     elif cfg.campaign.stop_when_no_gain:
         state["stopped"] = f"round {r}: student val macro-F1 {f1} did not beat the teacher's {cur.get('val_macro_f1')}"

@@ -16,8 +16,14 @@ def parser(description: str) -> argparse.ArgumentParser:
     """An ArgumentParser with the common ``--config`` (repeatable) and ``--set a.b=c`` (repeatable) options."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--config", action="append", default=[], help="YAML config file; later files override earlier")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config value, e.g. --set storage.root=/data/runs")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config value, e.g. --set storage.root=/data/runs",
+    )
     return p
 
 
@@ -26,7 +32,9 @@ def load(args: argparse.Namespace) -> Config:
     return load_config(args.config, args.overrides)
 
 
-def main(run: Callable[[argparse.Namespace], Any], p: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> None:
+def main(
+    run: Callable[[argparse.Namespace], Any], p: argparse.ArgumentParser, argv: Sequence[str] | None = None
+) -> None:
     """Parse, set up logging, call ``run``; an EngineError becomes one clear line and exit code 2."""
     args = p.parse_args(argv)
     setup_logging()

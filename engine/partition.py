@@ -48,20 +48,26 @@ class PartitionRule:
     eval_fraction: float
     labelled_keys_path: str
 
-    def pool_mask(self, source: str, keys: list[str], splits: list[str], leak: list[Any], labelled: set[str]) -> np.ndarray:
+    def pool_mask(
+        self, source: str, keys: list[str], splits: list[str], leak: list[Any], labelled: set[str]
+    ) -> np.ndarray:
         """Boolean (N,) mask of pool members among rows of one shard of ``source``."""
         if source not in self.pool_sources:
             return np.zeros(len(keys), dtype=bool)
         base = np.array(
-            [s in POOL_SPLITS and lw is None and k not in labelled for k, s, lw in zip(keys, splits, leak, strict=True)],
+            [
+                s in POOL_SPLITS and lw is None and k not in labelled
+                for k, s, lw in zip(keys, splits, leak, strict=True)
+            ],
             dtype=bool,
         )
         if self.pool_fraction < 1.0:
             base &= keys_uniform(self.seed + 1, keys) < self.pool_fraction
         return base
 
-    def eval_mask(self, source: str, split: str, keys: list[str], splits: list[str], labels: list[int],
-                  leak: list[Any]) -> np.ndarray:
+    def eval_mask(
+        self, source: str, split: str, keys: list[str], splits: list[str], labels: list[int], leak: list[Any]
+    ) -> np.ndarray:
         """Boolean (N,) mask of rows of ``split`` evaluated: labelled, deduplicated against training (and test
         against val), capped by the seeded eval fraction."""
         if source not in self.eval_sources:
@@ -127,7 +133,9 @@ class PartitionStage(Stage):
         cand = pa.concat_tables(lab_tables) if lab_tables else None
         labelled = _stratified(cand, c.labelled_fraction, c.max_labelled, c.seed) if cand is not None else None
         if labelled is None or labelled.num_rows == 0:
-            raise ValueError(f"campaign {c.name}: the labelled set is empty; set campaign.labelled to a labelled source")
+            raise ValueError(
+                f"campaign {c.name}: the labelled set is empty; set campaign.labelled to a labelled source"
+            )
         labelled = labelled.select(["key", "shard", "source", "label"]).sort_by("key")
         path = join(self.out_dir, "labelled.parquet")
         fs.write_parquet(path, labelled)
@@ -137,14 +145,20 @@ class PartitionStage(Stage):
         eval_sources = tuple(c.eval or c.labelled)
         pool_n = eval_n = 0
         for s in sorted(set(pool_sources) | set(eval_sources)):
-            m = fs.read_parquet(SourceLayout(self.root, s).manifest_dir, columns=["key", "split", "label", "leak_with"])
+            m = fs.read_parquet(
+                SourceLayout(self.root, s).manifest_dir, columns=["key", "split", "label", "leak_with"]
+            )
             if s in pool_sources:
                 is_pool = pc.and_(pc.is_in(m["split"], pa.array(POOL_SPLITS)), pc.is_null(m["leak_with"]))
                 pool_keys = m.filter(is_pool)["key"].to_pylist()
                 pool_n += sum(1 for k in pool_keys if k not in labelled_keys)
             if s in eval_sources:
-                eval_n += int(pc.sum(pc.and_(pc.is_in(m["split"], pa.array(["val", "test"])),
-                                             pc.greater_equal(m["label"], 0))).as_py() or 0)
+                eval_n += int(
+                    pc.sum(
+                        pc.and_(pc.is_in(m["split"], pa.array(["val", "test"])), pc.greater_equal(m["label"], 0))
+                    ).as_py()
+                    or 0
+                )
         rule = PartitionRule(
             seed=c.seed,
             pool_sources=pool_sources,

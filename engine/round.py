@@ -37,8 +37,10 @@ def campaign_space(cfg: Config) -> LabelSpace:
 
 
 def _results_doc(results: dict[str, StageResult]) -> dict[str, Any]:
-    return {k: {"fingerprint": r.fingerprint, "counts": r.counts, "skipped": r.skipped, "seconds": r.seconds}
-            for k, r in results.items()}
+    return {
+        k: {"fingerprint": r.fingerprint, "counts": r.counts, "skipped": r.skipped, "seconds": r.seconds}
+        for k, r in results.items()
+    }
 
 
 def pool_table(root: str, rule: PartitionRule, path: str) -> int:
@@ -51,15 +53,29 @@ def pool_table(root: str, rule: PartitionRule, path: str) -> int:
         k = pool_keys(rule, ref, labelled)
         keys += k
         shards += [ref.name] * len(k)
-    t = pa.table({"key": keys, "shard": shards, "label": pa.array(np.full(len(keys), -1), pa.int16()),
-                  "idx": pa.array(np.arange(len(keys)), pa.int64())})
+    t = pa.table(
+        {
+            "key": keys,
+            "shard": shards,
+            "label": pa.array(np.full(len(keys), -1), pa.int16()),
+            "idx": pa.array(np.arange(len(keys)), pa.int64()),
+        }
+    )
     if not fs.exists(path):
         fs.write_parquet(path, t)
     return len(keys)
 
 
-def run_round(cfg: Config, index: int, *, teacher: TeacherRef | None, rule: PartitionRule, partition_fp: str,
-              tracker: Any = None, run_id: str | None = None) -> dict[str, Any]:
+def run_round(
+    cfg: Config,
+    index: int,
+    *,
+    teacher: TeacherRef | None,
+    rule: PartitionRule,
+    partition_fp: str,
+    tracker: Any = None,
+    run_id: str | None = None,
+) -> dict[str, Any]:
     """Run (or resume, or skip) round ``index`` and return its ``round.json`` document."""
     from engine.stages.evaluate import EvaluateStage
     from engine.stages.select import SelectStage
@@ -83,21 +99,35 @@ def run_round(cfg: Config, index: int, *, teacher: TeacherRef | None, rule: Part
         from engine.stages.score import ScoreStage
 
         assert teacher is not None
-        results["score"] = ScoreStage(root, lay, cfg.score, teacher_paths=teacher.paths,
-                                      teacher_fingerprint=teacher.fingerprint, rule=rule, upstream=upstream,
-                                      on_existing=oe).execute()
-        results["threshold"] = ThresholdStage(lay, cfg.threshold, space, score_fp=results["score"].fingerprint,
-                                              on_existing=oe).execute()
+        results["score"] = ScoreStage(
+            root,
+            lay,
+            cfg.score,
+            teacher_paths=teacher.paths,
+            teacher_fingerprint=teacher.fingerprint,
+            rule=rule,
+            upstream=upstream,
+            on_existing=oe,
+        ).execute()
+        results["threshold"] = ThresholdStage(
+            lay, cfg.threshold, space, score_fp=results["score"].fingerprint, on_existing=oe
+        ).execute()
         thr = load_thresholds(lay)
         from engine.thresholds.base import thresholds_from_json
 
         items = _select_items(root, rule, lay)
         lab = fs.read_parquet(labelled_path, columns=["label"])["label"].to_numpy()
         results["select"] = SelectStage(
-            lay, cfg.select, items=items, thresholds=thresholds_from_json(thr["thresholds"]),
-            labelled_counts=np.bincount(lab, minlength=len(space.classes)), labelled_keys=frozenset(rule.labelled_keys()),
-            policy=cfg.threshold.policy, class_names=list(space.classes),
-            upstream={"threshold": results["threshold"].fingerprint, "partition": partition_fp}, on_existing=oe,
+            lay,
+            cfg.select,
+            items=items,
+            thresholds=thresholds_from_json(thr["thresholds"]),
+            labelled_counts=np.bincount(lab, minlength=len(space.classes)),
+            labelled_keys=frozenset(rule.labelled_keys()),
+            policy=cfg.threshold.policy,
+            class_names=list(space.classes),
+            upstream={"threshold": results["threshold"].fingerprint, "partition": partition_fp},
+            on_existing=oe,
         ).execute()
         selection_path = lay.selection if results["select"].counts["selected"] else None
         upstream = {"select": results["select"].fingerprint, "partition": partition_fp}
@@ -112,18 +142,37 @@ def run_round(cfg: Config, index: int, *, teacher: TeacherRef | None, rule: Part
         student, student_fp = cfg.campaign.teacher_checkpoint, teacher.fingerprint if teacher else ""
     else:
         results["train"] = TrainStage(
-            root, lay, cfg.train, cfg.model, space, labelled_path=labelled_path, selection_path=selection_path,
-            pool_dataset=pool_ds, num_unlabelled=n_pool, threshold_cfg=cfg.threshold,
-            init_checkpoint=teacher.paths[0] if teacher else None, campaign=name,
+            root,
+            lay,
+            cfg.train,
+            cfg.model,
+            space,
+            labelled_path=labelled_path,
+            selection_path=selection_path,
+            pool_dataset=pool_ds,
+            num_unlabelled=n_pool,
+            threshold_cfg=cfg.threshold,
+            init_checkpoint=teacher.paths[0] if teacher else None,
+            campaign=name,
             upstream={**upstream, "teacher": teacher.fingerprint if (teacher and cfg.train.warm_start) else ""},
-            mlflow=mlflow, on_existing=oe,
+            mlflow=mlflow,
+            on_existing=oe,
         ).execute()
         from engine.models.checkpoint import checkpoint_fingerprint
 
         student, student_fp = lay.student, checkpoint_fingerprint(lay.student)
-    results["evaluate"] = EvaluateStage(lay.eval_dir, root, cfg.eval, space, checkpoint=student,
-                                        checkpoint_fp=student_fp, rule=rule, upstream={"partition": partition_fp},
-                                        on_existing=oe, label=f"evaluate r{index:03d}").execute()
+    results["evaluate"] = EvaluateStage(
+        lay.eval_dir,
+        root,
+        cfg.eval,
+        space,
+        checkpoint=student,
+        checkpoint_fp=student_fp,
+        rule=rule,
+        upstream={"partition": partition_fp},
+        on_existing=oe,
+        label=f"evaluate r{index:03d}",
+    ).execute()
     metrics = fs.read_json(join(lay.eval_dir, "metrics.json"))
     doc = {
         "round": index,
@@ -132,8 +181,12 @@ def run_round(cfg: Config, index: int, *, teacher: TeacherRef | None, rule: Part
         "student": {"path": student, "fingerprint": student_fp},
         "policy": cfg.threshold.policy if index > 0 else None,
         "stages": _results_doc(results),
-        "metrics": {f"{s}/{k}": metrics[s][k] for s in cfg.eval.splits if s in metrics
-                    for k in ("macro_f1", "accuracy", "abaw2021", "n")},
+        "metrics": {
+            f"{s}/{k}": metrics[s][k]
+            for s in cfg.eval.splits
+            if s in metrics
+            for k in ("macro_f1", "accuracy", "abaw2021", "n")
+        },
         "mlflow_run_id": run_id,
     }
     if index > 0:
@@ -148,8 +201,11 @@ def run_round(cfg: Config, index: int, *, teacher: TeacherRef | None, rule: Part
 def _select_items(root: str, rule: PartitionRule, lay: RoundLayout) -> list[dict[str, Any]]:
     from engine.stages.score import list_shards
 
-    return [{"shard": s.name, "part": lay.score_part(s.name), "manifest": s.manifest}
-            for s in list_shards(root, rule.pool_sources) if fs.exists(lay.score_part(s.name))]
+    return [
+        {"shard": s.name, "part": lay.score_part(s.name), "manifest": s.manifest}
+        for s in list_shards(root, rule.pool_sources)
+        if fs.exists(lay.score_part(s.name))
+    ]
 
 
 def _log_round(tracker: Any, run_id: str, lay: RoundLayout, doc: dict[str, Any], space: LabelSpace) -> None:
@@ -170,7 +226,12 @@ def _log_round(tracker: Any, run_id: str, lay: RoundLayout, doc: dict[str, Any],
             if v.get("precision") is not None:
                 metrics[f"select/precision/{c}"] = float(v["precision"])
     tracker.log_metrics(run_id, metrics, step=step)
-    for path in [lay.thresholds, lay.quality, join(lay.eval_dir, "metrics.json"),
-                 join(lay.eval_dir, "confusion_val.png"), join(lay.eval_dir, "confusion_test.png")]:
+    for path in [
+        lay.thresholds,
+        lay.quality,
+        join(lay.eval_dir, "metrics.json"),
+        join(lay.eval_dir, "confusion_val.png"),
+        join(lay.eval_dir, "confusion_test.png"),
+    ]:
         if fs.exists(path):
             tracker.log_artifact(run_id, path)

@@ -38,8 +38,12 @@ def _rows_of_shard(item: dict[str, Any], *, root: str) -> Iterator[dict[str, Any
     images = _read_members(_shard_tar(root, item["shard"]), {r["key"] for r in rows})
     for r in sorted(rows, key=lambda r: r["key"]):
         for _ in range(int(r.get("repeat") or 1)):
-            row = {"key": r["key"], "image": images[r["key"]], "label": int(r["label"]),
-                   "weight": float(r.get("weight") or 1.0)}
+            row = {
+                "key": r["key"],
+                "image": images[r["key"]],
+                "label": int(r["label"]),
+                "weight": float(r.get("weight") or 1.0),
+            }
             if "idx" in r:
                 row["idx"] = int(r["idx"])
             yield row

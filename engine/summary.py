@@ -48,11 +48,17 @@ def print_campaign_summary(cfg: Any, state: dict[str, Any]) -> None:
             thr = ", ".join(f"{c} {t:.3f}" if t is not None else f"{c} never" for c, t in doc["thresholds"].items())
             out.append(f"  thresholds {thr}")
             q = doc["quality"]
-            out.append(f"  selected   {q['selected']:,} of {q['pool']:,} (mask rate {q['mask_rate']:.3f}, "
-                       f"pseudo-label precision {q['precision']})")
+            out.append(
+                f"  selected   {q['selected']:,} of {q['pool']:,} (mask rate {q['mask_rate']:.3f}, "
+                f"pseudo-label precision {q['precision']})"
+            )
         m = doc["metrics"]
-        out.append("  student    " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                                              for k, v in m.items() if not k.endswith("/n")))
+        out.append(
+            "  student    "
+            + ", ".join(
+                f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items() if not k.endswith("/n")
+            )
+        )
         out.append(f"  promoted   {state['rounds'][r].get('promoted')}")
     if state.get("stopped"):
         out.append(f"stopped: {state['stopped']}")

@@ -55,7 +55,9 @@ def listdir(path: str, suffix: str = "") -> list[str]:
         return []
     infos = fs.get_file_info(pafs.FileSelector(p, recursive=False))
     base = path.rstrip("/")
-    return sorted(f"{base}/{i.base_name}" for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(suffix))
+    return sorted(
+        f"{base}/{i.base_name}" for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(suffix)
+    )
 
 
 def remove(path: str) -> None:

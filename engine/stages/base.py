@@ -144,4 +144,6 @@ def _changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def _fmt_counts(counts: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in counts.items() if not isinstance(v, dict))
+    return ", ".join(
+        f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in counts.items() if not isinstance(v, dict)
+    )

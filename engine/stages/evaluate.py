@@ -15,8 +15,9 @@ from engine.stages.base import RunOutput, Stage
 from engine.stages.score import ShardRef, _manifest_cols, list_shards
 
 
-def _predict_shard(item: dict[str, Any], *, checkpoint: str, rule: dict[str, Any], split: str,
-                   batch_size: int) -> dict[str, Any]:
+def _predict_shard(
+    item: dict[str, Any], *, checkpoint: str, rule: dict[str, Any], split: str, batch_size: int
+) -> dict[str, Any]:
     import torch
 
     from engine.imaging import decode_pixels
@@ -35,14 +36,17 @@ def _predict_shard(item: dict[str, Any], *, checkpoint: str, rule: dict[str, Any
     images = _read_members(ref.tar, set(keys))
     teacher = load_teacher([checkpoint])
     probs = np.concatenate(
-        [teacher.predict([decode_pixels(images[k]) for k in keys[i : i + batch_size]]).probs
-         for i in range(0, len(keys), batch_size)]
+        [
+            teacher.predict([decode_pixels(images[k]) for k in keys[i : i + batch_size]]).probs
+            for i in range(0, len(keys), batch_size)
+        ]
     )
     return {"keys": keys, "y": np.asarray(labels, np.int64), "probs": probs}
 
 
-def predict_split(root: str, rule: PartitionRule, checkpoint: str, split: str, batch_size: int = 512
-                  ) -> tuple[list[str], np.ndarray, np.ndarray]:
+def predict_split(
+    root: str, rule: PartitionRule, checkpoint: str, split: str, batch_size: int = 512
+) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(keys, true labels, probabilities) of every evaluated row of ``split``, ordered by key."""
     import ray
 
@@ -51,8 +55,10 @@ def predict_split(root: str, rule: PartitionRule, checkpoint: str, split: str, b
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     keys: list[str] = []
     ys, ps = [], []
-    for out in ds.map(_predict_shard, fn_kwargs={"checkpoint": checkpoint, "rule": rule.to_json(), "split": split,
-                                                  "batch_size": batch_size}).iter_rows():
+    for out in ds.map(
+        _predict_shard,
+        fn_kwargs={"checkpoint": checkpoint, "rule": rule.to_json(), "split": split, "batch_size": batch_size},
+    ).iter_rows():
         if len(out["keys"]):
             keys += list(out["keys"])
             ys.append(np.asarray(out["y"]))
@@ -69,9 +75,20 @@ class EvaluateStage(Stage):
     name = "evaluate"
     VERSION = 1
 
-    def __init__(self, out_dir: str, root: str, cfg: EvalConfig, space: LabelSpace, *, checkpoint: str,
-                 checkpoint_fp: str, rule: PartitionRule, upstream: dict[str, str], on_existing: str = "error",
-                 label: str = "evaluate") -> None:
+    def __init__(
+        self,
+        out_dir: str,
+        root: str,
+        cfg: EvalConfig,
+        space: LabelSpace,
+        *,
+        checkpoint: str,
+        checkpoint_fp: str,
+        rule: PartitionRule,
+        upstream: dict[str, str],
+        on_existing: str = "error",
+        label: str = "evaluate",
+    ) -> None:
         super().__init__(out_dir, on_existing=on_existing, label=label)
         self.root, self.cfg, self.space, self.checkpoint = root, cfg, space, checkpoint
         self.checkpoint_fp, self.rule, self.upstream = checkpoint_fp, rule, upstream
@@ -95,7 +112,11 @@ class EvaluateStage(Stage):
             counts[f"{split}_n"] = int(m["n"])
             counts[f"{split}_macro_f1"] = round(float(m["macro_f1"]), 4)
             counts[f"{split}_accuracy"] = round(float(m["accuracy"]), 4)
-            confusion_png(np.asarray(m["confusion"]), names, join(self.out_dir, f"confusion_{split}.png"),
-                          title=f"{split}: macro-F1 {m['macro_f1']:.3f}, acc {m['accuracy']:.3f}")
+            confusion_png(
+                np.asarray(m["confusion"]),
+                names,
+                join(self.out_dir, f"confusion_{split}.png"),
+                title=f"{split}: macro-F1 {m['macro_f1']:.3f}, acc {m['accuracy']:.3f}",
+            )
         fs.write_json(join(self.out_dir, "metrics.json"), metrics)
         return RunOutput(counts=counts)

@@ -164,7 +164,11 @@ class IngestStage(Stage):
         ds = ray.data.read_parquet(paths, columns=cols).filter(expr=_col("status") == "ok")
         parts = max(2, min(64, n_parts))
         exact = ds.groupby("sha256", num_partitions=parts).map_groups(_exact_group, batch_format="pyarrow").take_all()
-        near = ds.groupby("phash", num_partitions=parts).map_groups(_near_group, batch_format="pyarrow").take_all() if self.cfg.phash_leakage else []
+        near = (
+            ds.groupby("phash", num_partitions=parts).map_groups(_near_group, batch_format="pyarrow").take_all()
+            if self.cfg.phash_leakage
+            else []
+        )
         return _merge_decisions(exact, near)
 
     # ------------------------------------------------------------------ phase 4: shards + manifest
@@ -185,7 +189,9 @@ class IngestStage(Stage):
             for s in pending:
                 lo, hi = s * n, min((s + 1) * n, total)
                 parts = [i for i in range(len(kept_per_part)) if offsets[i] < hi and offsets[i + 1] > lo]
-                jobs.append({"shard": s, "lo": lo, "hi": hi, "parts": parts, "offsets": [int(offsets[i]) for i in parts]})
+                jobs.append(
+                    {"shard": s, "lo": lo, "hi": hi, "parts": parts, "offsets": [int(offsets[i]) for i in parts]}
+                )
             ds = ray.data.from_items(jobs, override_num_blocks=len(jobs))
             list(ds.map(_write_shard_row, fn_kwargs={"layout": self.layout, "source": self.source.name}).iter_rows())
         return n_shards
@@ -196,7 +202,11 @@ class IngestStage(Stage):
         for i in range(n_parts):
             t = fs.read_parquet(self.layout.decoded_part(i), columns=["key", "orig_path", "split", "status", "detail"])
             rejected.append(t.filter(pc.not_equal(t["status"], "ok")))
-        rej = pa.concat_tables(rejected) if rejected else pa.table({c: [] for c in ("key", "orig_path", "split", "status", "detail")})
+        rej = (
+            pa.concat_tables(rejected)
+            if rejected
+            else pa.table({c: [] for c in ("key", "orig_path", "split", "status", "detail")})
+        )
         dups = decisions.filter(pc.is_valid(decisions["duplicate_of"]))
         quarantine = pa.table(
             {
@@ -204,11 +214,18 @@ class IngestStage(Stage):
                 "source": [self.source.name] * (rej.num_rows + dups.num_rows),
                 "orig_path": pa.concat_arrays([rej["orig_path"].combine_chunks(), dups["orig_path"].combine_chunks()]),
                 "split": pa.concat_arrays([rej["split"].combine_chunks(), dups["split"].combine_chunks()]),
-                "reason": pa.concat_arrays([rej["status"].combine_chunks(), pa.array(["duplicate"] * dups.num_rows, pa.string())]),
-                "detail": pa.concat_arrays(
-                    [rej["detail"].combine_chunks(), pc.binary_join_element_wise("duplicate of ", dups["duplicate_of"], "").combine_chunks()]
+                "reason": pa.concat_arrays(
+                    [rej["status"].combine_chunks(), pa.array(["duplicate"] * dups.num_rows, pa.string())]
                 ),
-                "duplicate_of": pa.concat_arrays([pa.nulls(rej.num_rows, pa.string()), dups["duplicate_of"].combine_chunks()]),
+                "detail": pa.concat_arrays(
+                    [
+                        rej["detail"].combine_chunks(),
+                        pc.binary_join_element_wise("duplicate of ", dups["duplicate_of"], "").combine_chunks(),
+                    ]
+                ),
+                "duplicate_of": pa.concat_arrays(
+                    [pa.nulls(rej.num_rows, pa.string()), dups["duplicate_of"].combine_chunks()]
+                ),
             },
             schema=QUARANTINE_SCHEMA,
         ).sort_by("key")
@@ -227,7 +244,9 @@ class IngestStage(Stage):
             has_fit = pc.match_substring_regex(leaky["leak_with"], "train|unlabelled")
             eval_twins = int(pc.sum(pc.and_(is_eval, has_fit)).as_py() or 0)
         if kept + quarantine.num_rows != inputs:
-            raise RuntimeError(f"ingest {self.source.name}: kept {kept} + quarantined {quarantine.num_rows} != {inputs}")
+            raise RuntimeError(
+                f"ingest {self.source.name}: kept {kept} + quarantined {quarantine.num_rows} != {inputs}"
+            )
         return {
             "inputs": inputs,
             "kept": kept,
@@ -260,8 +279,10 @@ def decode_part(layout: SourceLayout, part: int, policy: ImagePolicy) -> None:
     from engine.sources.base import read_bytes
 
     listing = fs.read_parquet(layout.listing_part(part)).to_pylist()
-    out: dict[str, list[Any]] = {c: [] for c in [*_META_COLS, "part", "row", "status", "detail", "sha256", "phash",
-                                                   "width", "height", "ext", "data"]}
+    out: dict[str, list[Any]] = {
+        c: []
+        for c in [*_META_COLS, "part", "row", "status", "detail", "sha256", "phash", "width", "height", "ext", "data"]
+    }
     for i, r in enumerate(listing):
         try:
             data = read_bytes(r["locator"])

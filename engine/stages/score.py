@@ -114,11 +114,20 @@ class ScoreStage(Stage):
     ) -> None:
         super().__init__(round_layout.score_dir, on_existing=on_existing, label=f"score r{round_layout.index:03d}")
         self.root, self.layout, self.cfg = root, round_layout, cfg
-        self.teacher_paths, self.teacher_fp, self.rule, self.upstream = teacher_paths, teacher_fingerprint, rule, upstream
+        self.teacher_paths, self.teacher_fp, self.rule, self.upstream = (
+            teacher_paths,
+            teacher_fingerprint,
+            rule,
+            upstream,
+        )
 
     def fingerprint_inputs(self) -> dict[str, Any]:
-        return {"tta_flip": self.cfg.tta_flip, "hist_bins": self.cfg.hist_bins, "teacher": self.teacher_fp,
-                "upstream": self.upstream}
+        return {
+            "tta_flip": self.cfg.tta_flip,
+            "hist_bins": self.cfg.hist_bins,
+            "teacher": self.teacher_fp,
+            "upstream": self.upstream,
+        }
 
     def stats_path(self, shard: str) -> str:
         return join(self.out_dir, "stats", f"{shard}.json")
@@ -148,8 +157,12 @@ class ScoreStage(Stage):
         fs.write_json(self.layout.score_stats, total.to_json())
         seconds = time.perf_counter() - t0
         return RunOutput(
-            counts={"rows": int(total.n), "shards": len(shards), "scored_now": scored,
-                    "images_per_s": round(scored / max(seconds, 1e-9), 1)},
+            counts={
+                "rows": int(total.n),
+                "shards": len(shards),
+                "scored_now": scored,
+                "images_per_s": round(scored / max(seconds, 1e-9), 1),
+            },
             extra={"pred_counts": [int(x) for x in total.pred_counts]},
         )
 
@@ -181,13 +194,17 @@ class ScoreStage(Stage):
         for batch in scored_ds.iter_batches(batch_size=None, batch_format="numpy"):
             for i, key in enumerate(batch["key"]):
                 shard = str(batch["shard"][i])
-                buffers[shard][str(key)] = {"probs": batch["probs"][i],
-                                            **({"branch_probs": batch["branch_probs"][i]} if "branch_probs" in batch else {})}
+                buffers[shard][str(key)] = {
+                    "probs": batch["probs"][i],
+                    **({"branch_probs": batch["branch_probs"][i]} if "branch_probs" in batch else {}),
+                }
             for shard in [s for s, rows in buffers.items() if len(rows) >= len(expected[s])]:
                 rows = buffers.pop(shard)
                 missing = expected[shard] - rows.keys()
                 if missing:
-                    raise RuntimeError(f"{self.label}: shard {shard} got unexpected keys; missing {sorted(missing)[:3]}")
+                    raise RuntimeError(
+                        f"{self.label}: shard {shard} got unexpected keys; missing {sorted(missing)[:3]}"
+                    )
                 self._commit(shard, rows, 0, teacher_id)
                 done += len(rows)
         if buffers:
@@ -225,8 +242,9 @@ class ScoreStage(Stage):
 class PoolScorer:
     """Ray Data actor: loads the teacher once, keeps pool rows, returns their probabilities."""
 
-    def __init__(self, teacher_paths: tuple[str, ...], tta_flip: bool, threads: int, use_gpu: bool,
-                 rule: dict[str, Any]) -> None:
+    def __init__(
+        self, teacher_paths: tuple[str, ...], tta_flip: bool, threads: int, use_gpu: bool, rule: dict[str, Any]
+    ) -> None:
         import torch
 
         from engine.models.teacher import load_teacher
@@ -259,8 +277,11 @@ class PoolScorer:
                 images.append(decode_pixels(bytes(data)))
         c = len(self.teacher.label_space.classes)
         if not images:
-            return {"key": np.array([], dtype=object), "shard": np.array([], dtype=object),
-                    "probs": np.zeros((0, c), np.float32)}
+            return {
+                "key": np.array([], dtype=object),
+                "shard": np.array([], dtype=object),
+                "probs": np.zeros((0, c), np.float32),
+            }
         out = self.teacher.predict(images)
         result = {"key": np.array(keys, dtype=object), "shard": np.array(shards, dtype=object), "probs": out.probs}
         if out.branch_probs is not None:

@@ -73,12 +73,26 @@ def _guarded(part: str, manifest: str, labelled: frozenset[str], thresholds: np.
     passing = allowed & (conf >= thresholds[pred])
     y = np.full(len(keys), -1, dtype=np.int64)
     y[in_manifest] = true[pos[in_manifest]]
-    return {"keys": keys, "pred": pred, "conf": conf, "passing": passing, "allowed": allowed, "true": y,
-            "leak": int(is_leak.sum()), "labelled": int(is_lab.sum()), "unknown": int((~in_manifest).sum())}
+    return {
+        "keys": keys,
+        "pred": pred,
+        "conf": conf,
+        "passing": passing,
+        "allowed": allowed,
+        "true": y,
+        "leak": int(is_leak.sum()),
+        "labelled": int(is_lab.sum()),
+        "unknown": int((~in_manifest).sum()),
+    }
 
 
-def _pass1(item: dict[str, Any], *, labelled: frozenset[str], thresholds: np.ndarray, num_classes: int,
-           ) -> dict[str, Any]:
+def _pass1(
+    item: dict[str, Any],
+    *,
+    labelled: frozenset[str],
+    thresholds: np.ndarray,
+    num_classes: int,
+) -> dict[str, Any]:
     g = _guarded(item["part"], item["manifest"], labelled, thresholds)
     pred, conf, passing, allowed, true = g["pred"], g["conf"], g["passing"], g["allowed"], g["true"]
     flat = pred[passing] * HIST_BINS + conf_bin(conf[passing])
@@ -92,8 +106,13 @@ def _pass1(item: dict[str, Any], *, labelled: frozenset[str], thresholds: np.nda
     }
 
 
-def _boundary(item: dict[str, Any], *, labelled: frozenset[str], thresholds: np.ndarray, cut_bin: np.ndarray,
-              ) -> dict[str, Any]:
+def _boundary(
+    item: dict[str, Any],
+    *,
+    labelled: frozenset[str],
+    thresholds: np.ndarray,
+    cut_bin: np.ndarray,
+) -> dict[str, Any]:
     """Rows of one shard that sit exactly in their class's boundary bin."""
     g = _guarded(item["part"], item["manifest"], labelled, thresholds)
     b = conf_bin(g["conf"])
@@ -102,9 +121,20 @@ def _boundary(item: dict[str, Any], *, labelled: frozenset[str], thresholds: np.
     return {"keys": [g["keys"][i] for i in idx], "pred": g["pred"][idx], "conf": g["conf"][idx]}
 
 
-def _pass2(item: dict[str, Any], *, labelled: frozenset[str], thresholds: np.ndarray, cut_bin: np.ndarray,
-           boundary_keys: frozenset[str], repeat: np.ndarray, weight: float, policy: str, round_index: int,
-           out_dir: str, num_classes: int) -> dict[str, Any]:
+def _pass2(
+    item: dict[str, Any],
+    *,
+    labelled: frozenset[str],
+    thresholds: np.ndarray,
+    cut_bin: np.ndarray,
+    boundary_keys: frozenset[str],
+    repeat: np.ndarray,
+    weight: float,
+    policy: str,
+    round_index: int,
+    out_dir: str,
+    num_classes: int,
+) -> dict[str, Any]:
     g = _guarded(item["part"], item["manifest"], labelled, thresholds)
     pred, conf, passing, true = g["pred"], g["conf"], g["passing"], g["true"]
     b = conf_bin(conf)
@@ -139,7 +169,9 @@ def _pass2(item: dict[str, Any], *, labelled: frozenset[str], thresholds: np.nda
     }
 
 
-def quotas(passing: np.ndarray, labelled_counts: np.ndarray, cfg: SelectConfig) -> tuple[np.ndarray, dict[str, list[int]]]:
+def quotas(
+    passing: np.ndarray, labelled_counts: np.ndarray, cfg: SelectConfig
+) -> tuple[np.ndarray, dict[str, list[int]]]:
     """Per-class number of rows to keep after the caps, and the per-class counts after each rule."""
     k = passing.astype(np.int64).copy()
     steps: dict[str, list[int]] = {"passed_threshold": k.tolist()}
@@ -180,9 +212,20 @@ class SelectStage(Stage):
     name = "select"
     VERSION = 1
 
-    def __init__(self, round_layout: RoundLayout, cfg: SelectConfig, *, items: list[dict[str, Any]],
-                 thresholds: np.ndarray, labelled_counts: np.ndarray, labelled_keys: frozenset[str], policy: str,
-                 class_names: list[str], upstream: dict[str, str], on_existing: str = "error") -> None:
+    def __init__(
+        self,
+        round_layout: RoundLayout,
+        cfg: SelectConfig,
+        *,
+        items: list[dict[str, Any]],
+        thresholds: np.ndarray,
+        labelled_counts: np.ndarray,
+        labelled_keys: frozenset[str],
+        policy: str,
+        class_names: list[str],
+        upstream: dict[str, str],
+        on_existing: str = "error",
+    ) -> None:
         super().__init__(round_layout.select_dir, on_existing=on_existing, label=f"select r{round_layout.index:03d}")
         self.layout, self.cfg, self.items = round_layout, cfg, items
         self.thresholds = np.asarray(thresholds, dtype=np.float64)
@@ -214,19 +257,30 @@ class SelectStage(Stage):
         boundary: list[tuple[float, str, int]] = []
         if (take > 0).any():
             for r in items.map(_boundary, fn_kwargs={**common, "cut_bin": cut}).iter_rows():
-                boundary += [(-float(cf), str(key), int(p)) for key, p, cf in zip(r["keys"], r["pred"], r["conf"], strict=True)]
+                boundary += [
+                    (-float(cf), str(key), int(p)) for key, p, cf in zip(r["keys"], r["pred"], r["conf"], strict=True)
+                ]
         boundary.sort()
         chosen: list[str] = []
         for j in range(c):
             chosen += [key for _, key, p in boundary if p == j][: int(take[j])]
         repeat = np.ones(c, dtype=np.int64)
         if self.cfg.floor_per_class > 0:
-            repeat = np.where((k > 0) & (k < self.cfg.floor_per_class),
-                              np.ceil(self.cfg.floor_per_class / np.maximum(k, 1)), 1).astype(np.int64)
+            repeat = np.where(
+                (k > 0) & (k < self.cfg.floor_per_class), np.ceil(self.cfg.floor_per_class / np.maximum(k, 1)), 1
+            ).astype(np.int64)
         steps["after_floor_rows"] = (k * repeat).tolist()
-        kwargs = {**common, "cut_bin": cut, "boundary_keys": frozenset(chosen), "repeat": repeat,
-                  "weight": self.cfg.weight, "policy": self.policy, "round_index": self.layout.index,
-                  "out_dir": self.out_dir, "num_classes": c}
+        kwargs = {
+            **common,
+            "cut_bin": cut,
+            "boundary_keys": frozenset(chosen),
+            "repeat": repeat,
+            "weight": self.cfg.weight,
+            "policy": self.policy,
+            "round_index": self.layout.index,
+            "out_dir": self.out_dir,
+            "num_classes": c,
+        }
         results = sorted(items.map(_pass2, fn_kwargs=kwargs).iter_rows(), key=lambda r: r["path"])
         selected = np.zeros(c, dtype=np.int64)
         with_truth = np.zeros(c, dtype=np.int64)
@@ -249,15 +303,28 @@ class SelectStage(Stage):
         for j in np.flatnonzero((selected == 0) & (pool > 0)):
             log.warning("%s: class %s has no selected sample", self.label, self.names[j])
         return RunOutput(
-            counts={"pool": int(pool.sum()), "selected": int(selected.sum()), "rows_with_repeats": int((k * repeat).sum()),
-                    "excluded_leakage": int(excluded[0]), "excluded_labelled": int(excluded[1]),
-                    "excluded_unknown": int(excluded[2])},
+            counts={
+                "pool": int(pool.sum()),
+                "selected": int(selected.sum()),
+                "rows_with_repeats": int((k * repeat).sum()),
+                "excluded_leakage": int(excluded[0]),
+                "excluded_labelled": int(excluded[1]),
+                "excluded_unknown": int(excluded[2]),
+            },
             extra={"per_class": quality["per_class"], "steps": quality["steps"]},
         )
 
-    def _quality(self, pool: np.ndarray, true_pool: np.ndarray, selected: np.ndarray, with_truth: np.ndarray,
-                 correct: np.ndarray, true_sel: np.ndarray, steps: dict[str, list[int]], excluded: np.ndarray,
-                 ) -> dict[str, Any]:
+    def _quality(
+        self,
+        pool: np.ndarray,
+        true_pool: np.ndarray,
+        selected: np.ndarray,
+        with_truth: np.ndarray,
+        correct: np.ndarray,
+        true_sel: np.ndarray,
+        steps: dict[str, list[int]],
+        excluded: np.ndarray,
+    ) -> dict[str, Any]:
         names = self.names
         per_class = {}
         for j, n in enumerate(names):
@@ -278,7 +345,8 @@ class SelectStage(Stage):
             "precision": round(float(correct.sum() / total_truth), 4) if total_truth else None,
             "has_ground_truth": bool(total_truth),
             "per_class": per_class,
-            "steps": {name: dict(zip(names, v, strict=True)) for name, v in
-                      {"pool_pred": pool.tolist(), **steps}.items()},
+            "steps": {
+                name: dict(zip(names, v, strict=True)) for name, v in {"pool_pred": pool.tolist(), **steps}.items()
+            },
             "excluded": {"leakage": int(excluded[0]), "labelled": int(excluded[1]), "unknown": int(excluded[2])},
         }

@@ -31,9 +31,18 @@ class ThresholdStage(Stage):
     name = "threshold"
     VERSION = 1
 
-    def __init__(self, round_layout: RoundLayout, cfg: ThresholdConfig, space: LabelSpace, *, score_fp: str,
-                 on_existing: str = "error") -> None:
-        super().__init__(round_layout.threshold_dir, on_existing=on_existing, label=f"threshold r{round_layout.index:03d}")
+    def __init__(
+        self,
+        round_layout: RoundLayout,
+        cfg: ThresholdConfig,
+        space: LabelSpace,
+        *,
+        score_fp: str,
+        on_existing: str = "error",
+    ) -> None:
+        super().__init__(
+            round_layout.threshold_dir, on_existing=on_existing, label=f"threshold r{round_layout.index:03d}"
+        )
         self.layout, self.cfg, self.space, self.score_fp = round_layout, cfg, space, score_fp
 
     def fingerprint_inputs(self) -> dict[str, Any]:
@@ -62,8 +71,10 @@ class ThresholdStage(Stage):
         }
         fs.write_json(self.layout.thresholds, doc)
         fs.write_json(join(self.out_dir, "state.json"), _jsonable(policy.state_dict()))
-        return RunOutput(counts={"pool": int(stats.n), "passing": int(sum(passing))},
-                         extra={"thresholds": doc["thresholds_by_class"]})
+        return RunOutput(
+            counts={"pool": int(stats.n), "passing": int(sum(passing))},
+            extra={"thresholds": doc["thresholds_by_class"]},
+        )
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:

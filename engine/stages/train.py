@@ -17,20 +17,44 @@ class TrainStage(Stage):
     name = "train"
     VERSION = 1
 
-    def __init__(self, root: str, round_layout: RoundLayout, train_cfg: TrainConfig, model_cfg: ModelConfig,
-                 space: LabelSpace, *, labelled_path: str, selection_path: str | None, pool_dataset: Any | None,
-                 num_unlabelled: int, threshold_cfg: ThresholdConfig, init_checkpoint: str | None,
-                 campaign: str, upstream: dict[str, str], mlflow: dict[str, str] | None = None,
-                 on_existing: str = "error") -> None:
+    def __init__(
+        self,
+        root: str,
+        round_layout: RoundLayout,
+        train_cfg: TrainConfig,
+        model_cfg: ModelConfig,
+        space: LabelSpace,
+        *,
+        labelled_path: str,
+        selection_path: str | None,
+        pool_dataset: Any | None,
+        num_unlabelled: int,
+        threshold_cfg: ThresholdConfig,
+        init_checkpoint: str | None,
+        campaign: str,
+        upstream: dict[str, str],
+        mlflow: dict[str, str] | None = None,
+        on_existing: str = "error",
+    ) -> None:
         super().__init__(round_layout.train_dir, on_existing=on_existing, label=f"train r{round_layout.index:03d}")
-        self.root, self.layout, self.train_cfg, self.model_cfg, self.space = root, round_layout, train_cfg, model_cfg, space
+        self.root, self.layout, self.train_cfg, self.model_cfg, self.space = (
+            root,
+            round_layout,
+            train_cfg,
+            model_cfg,
+            space,
+        )
         self.labelled_path, self.selection_path, self.pool_dataset = labelled_path, selection_path, pool_dataset
         self.num_unlabelled, self.threshold_cfg, self.init_checkpoint = num_unlabelled, threshold_cfg, init_checkpoint
         self.campaign, self.upstream, self.mlflow = campaign, upstream, mlflow
 
     def fingerprint_inputs(self) -> dict[str, Any]:
-        fp: dict[str, Any] = {"train": asdict(self.train_cfg), "model": asdict(self.model_cfg),
-                              "label_space": self.space.name, "upstream": self.upstream}
+        fp: dict[str, Any] = {
+            "train": asdict(self.train_cfg),
+            "model": asdict(self.model_cfg),
+            "label_space": self.space.name,
+            "upstream": self.upstream,
+        }
         if self.train_cfg.online_policy:
             fp["online_threshold"] = asdict(self.threshold_cfg)
         return fp

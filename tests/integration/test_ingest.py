@@ -97,7 +97,9 @@ def test_crash_then_resume_is_byte_identical(ray_local, fer2013_dir, tmp_path, m
     for sub in ("shards", "manifest"):
         a, b = _files(clean / "sources/fer" / sub), _files(crashed / "sources/fer" / sub)
         assert a == b and len(a) > 0
-    assert (clean / "sources/fer/quarantine.parquet").read_bytes() == (crashed / "sources/fer/quarantine.parquet").read_bytes()
+    assert (clean / "sources/fer/quarantine.parquet").read_bytes() == (
+        crashed / "sources/fer/quarantine.parquet"
+    ).read_bytes()
 
 
 def test_bad_inputs_are_quarantined_with_reasons(ray_local, tmp_path):

@@ -41,8 +41,9 @@ def test_campaign_round_counts_match_files_and_rerun_skips(ray_local, fer2013_di
 
     manifest = pq.read_table(tmp_path / "sources/fer2013/manifest").to_pandas()
     labelled = pq.read_table(lay.partition_dir + "/labelled.parquet").to_pandas()
-    pool = manifest[manifest.split.isin(["train", "unlabelled"]) & manifest.leak_with.isna()
-                    & ~manifest.key.isin(labelled.key)]
+    pool = manifest[
+        manifest.split.isin(["train", "unlabelled"]) & manifest.leak_with.isna() & ~manifest.key.isin(labelled.key)
+    ]
     assert r1["stages"]["score"]["counts"]["rows"] == len(pool)
     parts = sorted((tmp_path / "campaigns/demo/rounds/r001/score").glob("part-*.parquet"))
     scores = pq.ParquetDataset([str(p) for p in parts]).read(columns=["key", "conf", "pred"]).to_pandas()
@@ -53,8 +54,11 @@ def test_campaign_round_counts_match_files_and_rerun_skips(ray_local, fer2013_di
     assert sorted(selection.key) == sorted(passing.key)
     assert not set(selection.key) & set(manifest[manifest.leak_with.notna()].key)
     metrics = fs.read_json(lay.round(1).metrics)
-    evaluable = manifest[(manifest.split == "val") & (manifest.label >= 0)
-                         & ~manifest.leak_with.fillna("").str.contains("train|unlabelled")]
+    evaluable = manifest[
+        (manifest.split == "val")
+        & (manifest.label >= 0)
+        & ~manifest.leak_with.fillna("").str.contains("train|unlabelled")
+    ]
     assert metrics["val"]["n"] == len(evaluable) == r1["metrics"]["val/n"]
     assert r1["quality"]["selected"] == len(selection)
 
@@ -67,6 +71,14 @@ def test_campaign_round_counts_match_files_and_rerun_skips(ray_local, fer2013_di
     mtimes = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file() and "mlflow" not in p.name}
     again = run_campaign(cfg)
     assert again["rounds"] == state["rounds"]
-    changed = [p for p, t in mtimes.items() if p.exists() and p.stat().st_mtime_ns != t and p.name != "campaign.json"
-               and p.suffix != ".db" and "mlartifacts" not in str(p) and "config.json" not in p.name]
+    changed = [
+        p
+        for p, t in mtimes.items()
+        if p.exists()
+        and p.stat().st_mtime_ns != t
+        and p.name != "campaign.json"
+        and p.suffix != ".db"
+        and "mlartifacts" not in str(p)
+        and "config.json" not in p.name
+    ]
     assert changed == []

@@ -28,7 +28,9 @@ def test_defaults_then_files_then_overrides(tmp_path):
 
 def test_unknown_key_names_it_and_suggests(tmp_path):
     a = _write(tmp_path, "a.yaml", "threshold:\n  polcy: fixed\n")
-    with pytest.raises(ConfigError, match=r"unknown key 'threshold.polcy' in .*a.yaml; did you mean 'threshold.policy'"):
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'threshold.polcy' in .*a.yaml; did you mean 'threshold.policy'"
+    ):
         load_config([a])
 
 
