@@ -21,6 +21,7 @@ from engine.config import ModelConfig, TrainConfig, build, to_dict
 from engine.errors import ConfigError, EngineError
 from engine.labels import LabelSpace
 from engine.train.batch import Augmenters, NumpyBatch, cycle_batches
+from engine.train.optim import autocast_dtype, build_optimizer, cosine_factor
 from engine.train.state import TrainState, read_train_state, write_train_state
 from engine.train.step import StepContext, train_step
 
@@ -35,7 +36,6 @@ SUPERVISED = "train"
 """Ray Train dataset name of the supervised stream (labelled ∪ pseudo)."""
 UNLABELLED = "unlabelled"
 """Ray Train dataset name of the online branch's unlabelled stream."""
-MOMENTUM = 0.9
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,33 @@ def parse_loop_config(config: Mapping[str, Any]) -> LoopSpec:
     )
 
 
+@dataclass
+class Trainee:
+    """The student and everything that steps with it; ``start_epoch`` is where this attempt begins."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: Any
+    """``torch.amp.GradScaler``, enabled only for fp16 autocast."""
+    policy: ThresholdPolicy | None
+    history: list[dict[str, Any]]
+    start_epoch: int
+
+    def state(self, epoch: int) -> TrainState:
+        """The checkpointable state after ``epoch``."""
+        return TrainState(
+            model=_bare(self.model).state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            epoch=epoch,
+            global_step=int(self.scheduler.last_epoch),
+            policy=None if self.policy is None else _jsonable_policy_state(self.policy),
+            history=self.history,
+        )
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Train the student on this worker's shards; report metrics and a checkpoint after every epoch.
 
@@ -101,13 +128,41 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """
     import ray.train
     import ray.train.torch
-    import torch
-
-    from engine.models.factory import create_model
 
     spec = parse_loop_config(config)
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
+    amp_dtype = autocast_dtype(spec.train, device)
+    t = setup_trainee(spec, amp_dtype=amp_dtype)
+    ctx = StepContext(
+        model_cfg=spec.model,
+        aug=Augmenters.default(),
+        device=device,
+        num_classes=len(spec.label_space),
+        lambda_u=spec.train.lambda_u,
+        amp_dtype=amp_dtype,
+        policy=t.policy,
+    )
+    unlabelled = _unlabelled_stream(spec, rank) if t.policy is not None else None
+    for epoch in range(t.start_epoch, spec.train.epochs):
+        record = run_epoch(epoch, t, ctx, spec, rank, unlabelled)
+        t.history.append(record)
+        _report(record, t.state(epoch) if rank == 0 else None)
+        if rank == 0 and spec.mlflow:
+            log_epoch_to_mlflow(spec.mlflow, record, spec.label_space)
+        if spec.fault_after_epoch is not None and epoch == spec.fault_after_epoch:
+            raise RuntimeError(f"injected test fault after epoch {epoch} (fault_after_epoch)")
+
+
+def setup_trainee(spec: LoopSpec, *, amp_dtype: torch.dtype | None) -> Trainee:
+    """Build the student, optimiser, cosine scheduler, grad scaler and online policy on this worker, restored from
+    the run's latest Ray Train checkpoint if there is one, else warm-started from ``spec.init_checkpoint`` if set."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from engine.models.factory import create_model
+
     torch.manual_seed(derive_seed(spec.train.seed, 0, 0, 0))  # identical initial weights on every rank
     model = create_model(spec.model, len(spec.label_space))
     restored: TrainState | None = None
@@ -118,64 +173,35 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         model.load_state_dict(restored.model)
     elif spec.init_checkpoint:
         warm_start(model, spec)
-    model = ray.train.torch.prepare_model(model)
+    model = ray.train.torch.prepare_model(model)  # to the worker's device; DDP with several workers
     optimizer = build_optimizer(model, spec.train)
     total_steps = spec.train.epochs * spec.steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(cosine_factor, total_steps=total_steps))
-    amp_dtype = autocast_dtype(spec.train, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    policy = build_online_policy(spec) if spec.online else None
-    history: list[dict[str, Any]] = []
-    start = 0
-    if restored is not None:
-        optimizer.load_state_dict(restored.optimizer)
-        scheduler.load_state_dict(restored.scheduler)
-        if restored.scaler:
-            scaler.load_state_dict(restored.scaler)
-        if policy is not None and restored.policy is not None:
-            policy.load_state_dict(restored.policy)
-        history, start = list(restored.history), restored.epoch + 1
-        logger.info("resumed at epoch %d of %d", start, spec.train.epochs)
-    ctx = StepContext(
-        model_cfg=spec.model,
-        aug=Augmenters.default(),
-        device=device,
-        num_classes=len(spec.label_space),
-        lambda_u=spec.train.lambda_u,
-        amp_dtype=amp_dtype,
-        policy=policy,
+    t = Trainee(
+        model=model,
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(
+            optimizer, functools.partial(cosine_factor, total_steps=total_steps)
+        ),
+        scaler=torch.amp.GradScaler(enabled=amp_dtype == torch.float16),
+        policy=build_online_policy(spec) if spec.online else None,
+        history=[],
+        start_epoch=0,
     )
-    unlabelled = _unlabelled_stream(spec, rank) if policy is not None else None
-    for epoch in range(start, spec.train.epochs):
-        record = run_epoch(epoch, model, optimizer, scheduler, scaler, ctx, spec, rank, unlabelled)
-        history.append(record)
-        state = (
-            None
-            if rank != 0
-            else TrainState(
-                model=_bare(model).state_dict(),
-                optimizer=optimizer.state_dict(),
-                scheduler=scheduler.state_dict(),
-                scaler=scaler.state_dict() if scaler.is_enabled() else None,
-                epoch=epoch,
-                global_step=int(scheduler.last_epoch),
-                policy=None if policy is None else _jsonable_policy_state(policy),
-                history=history,
-            )
-        )
-        _report(record, state, rank)
-        if rank == 0 and spec.mlflow:
-            log_epoch_to_mlflow(spec.mlflow, record, spec.label_space)
-        if spec.fault_after_epoch is not None and epoch == spec.fault_after_epoch:
-            raise RuntimeError(f"injected test fault after epoch {epoch} (fault_after_epoch)")
+    if restored is not None:
+        t.optimizer.load_state_dict(restored.optimizer)
+        t.scheduler.load_state_dict(restored.scheduler)
+        if restored.scaler:
+            t.scaler.load_state_dict(restored.scaler)
+        if t.policy is not None and restored.policy is not None:
+            t.policy.load_state_dict(restored.policy)
+        t.history, t.start_epoch = list(restored.history), restored.epoch + 1
+        logger.info("resumed at epoch %d of %d", t.start_epoch, spec.train.epochs)
+    return t
 
 
 def run_epoch(
     epoch: int,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    scaler: Any,
+    t: Trainee,
     ctx: StepContext,
     spec: LoopSpec,
     rank: int,
@@ -194,10 +220,10 @@ def run_epoch(
     from engine.thresholds import thresholds_to_json
 
     torch.manual_seed(derive_seed(spec.train.seed, epoch, rank, 1))  # augmentation draws: reproducible per epoch
-    model.train()
+    t.model.train()
     bs = spec.train.batch_size
     sums = np.zeros(7, dtype=np.float64)  # loss, loss_s, loss_u, steps, rows, unlabelled rows, weight sum
-    lr = float(optimizer.param_groups[0]["lr"])
+    lr = float(t.optimizer.param_groups[0]["lr"])
     thresholds_start = None if ctx.policy is None else thresholds_to_json(ctx.policy.thresholds())
     t0 = time.perf_counter()
     shard = ray.train.get_dataset_shard(SUPERVISED)
@@ -208,8 +234,8 @@ def run_epoch(
         local_shuffle_buffer_size=max(4 * bs, 1024),
         local_shuffle_seed=derive_seed(spec.train.seed, epoch, rank, 2),
     ):
-        st = train_step(model, optimizer, scaler, batch, next(unlabelled) if unlabelled else None, ctx)
-        scheduler.step()
+        st = train_step(t.model, t.optimizer, t.scaler, batch, next(unlabelled) if unlabelled else None, ctx)
+        t.scheduler.step()
         sums += (st.loss, st.loss_s, st.loss_u, 1, st.rows, st.unlabelled_rows, st.weight_sum)
     seconds = time.perf_counter() - t0
     sums = _sum_over_workers(sums, ctx.device)
@@ -235,40 +261,6 @@ def run_epoch(
         "thresholds_start": thresholds_start,
         "thresholds": None if ctx.policy is None else thresholds_to_json(ctx.policy.thresholds()),
     }
-
-
-def cosine_factor(step: int, *, total_steps: int) -> float:
-    """FixMatch's cosine LR factor ``cos(7*pi*k / (16*K))``: 1 at step 0, about 0.2 at the last step K."""
-    return math.cos(7.0 * math.pi * min(step, total_steps) / (16.0 * max(total_steps, 1)))
-
-
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (Nesterov, momentum 0.9) or AdamW; weight decay on weight matrices / kernels only, not on biases or norms.
-
-    Raises:
-        ConfigError: ``cfg.optimizer`` is neither ``sgd`` nor ``adamw``.
-    """
-    import torch
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
-    ]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=MOMENTUM, nesterov=True)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
-    raise ConfigError(f"train.optimizer must be sgd or adamw, got {cfg.optimizer!r}")
-
-
-def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """bf16 (fp16 where bf16 is unsupported) on CUDA with ``mixed_precision``; None (full fp32) otherwise."""
-    import torch
-
-    if not cfg.mixed_precision or device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def build_online_policy(spec: LoopSpec) -> ThresholdPolicy:
@@ -374,7 +366,7 @@ def _jsonable_policy_state(policy: ThresholdPolicy) -> dict[str, Any]:
     return to_jsonable(policy.state_dict())
 
 
-def _report(record: Mapping[str, Any], state: TrainState | None, rank: int) -> None:
+def _report(record: Mapping[str, Any], state: TrainState | None) -> None:
     """Report the epoch; rank 0 (the only one given a ``state``) attaches the checkpoint, the others only metrics."""
     import ray.train
 

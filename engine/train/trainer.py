@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.config import ModelConfig, TrainConfig
 from engine.errors import ConfigError, EngineError
+from engine.io import fs
 from engine.labels import LabelSpace
 from engine.train import data
 from engine.train.loop import SUPERVISED, UNLABELLED, LoopSpec, build_online_policy, make_loop_config
@@ -66,7 +67,8 @@ def train_student(
         num_unlabelled: the unlabelled pool size N_u (indices' range; DTM-R's cache size).
         storage_path: Ray Train storage root (local path or URI); the run lives in ``storage_path/run_name``.
         run_name: Ray Train run name; give every round its own.
-        init_checkpoint: engine checkpoint to warm-start from (same architecture); ignored when resuming.
+        init_checkpoint: engine checkpoint to warm-start from (same architecture, label space and input size): the
+            caller passes the teacher's when ``train_cfg.warm_start``; ignored when the run resumes.
         out_checkpoint: where the final engine checkpoint is written (atomically).
         mlflow: ``{"tracking_uri": ..., "run_id": ...}`` of an existing run; rank 0 logs ``train/*`` per epoch.
         policy_params: online policy parameters (e.g. ``to_dict(cfg.threshold)``; ``never_label`` may hold class
@@ -97,6 +99,11 @@ def train_student(
     if pseudo is not None:
         data.check_columns(pseudo, ("image", "label", "weight"), "pseudo-labelled")
         rows += pseudo.count()
+    if init_checkpoint and not fs.exists(init_checkpoint):
+        raise ConfigError(
+            f"warm-start checkpoint {init_checkpoint} does not exist; train or import the teacher first, or set "
+            "train.warm_start=false"
+        )
     if rows < train_cfg.num_workers:
         raise ConfigError(f"{rows} training rows cannot feed train.num_workers={train_cfg.num_workers} workers")
     spec = LoopSpec(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from engine.errors import ConfigError, EngineError
 from engine.labels import get_label_space
 from engine.train.batch import cycle_batches, images_to_uint8
 from engine.train.data import balanced_repeat_factors, draw_repeats, steps_per_epoch
-from engine.train.loop import cosine_factor
+from engine.train.optim import cosine_factor
 from engine.train.state import POLICY_FILE, STATE_FILE
 from tests.fixtures import fer_images
 
@@ -30,8 +32,15 @@ N_LABELLED, N_PSEUDO, N_UNLABELLED = 120, 40, 40
 
 @pytest.fixture(scope="module")
 def ray_session(fer2013_dir: Path, ray_local) -> Iterator[None]:
-    """The session's local Ray (tests/integration/conftest.py), once the data is known to exist."""
-    yield
+    """The session's local Ray (tests/integration/conftest.py), once the data is known to exist.
+
+    Ray Train's controller polls its workers every 2 s and starts a preemption watcher; a faster poll and no
+    watcher (read by ``fit()`` from the driver's environment) cut about a quarter of each tiny run's fixed cost.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+        mp.setenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +125,21 @@ def test_schedule_and_steps() -> None:
     assert steps_per_epoch(161, batch_size=32, num_workers=2) == 3
 
 
+def test_optimizer_decays_only_weight_tensors() -> None:
+    from engine.models.factory import create_model
+    from engine.train.optim import build_optimizer
+
+    model = create_model(ModelConfig(name="tiny_cnn"), len(BASIC7))
+    opt = build_optimizer(model, TrainConfig(lr=0.05, weight_decay=1e-3))
+    decay, no_decay = opt.param_groups
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (1e-3, 0.0)
+    assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim <= 1 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    assert (decay["nesterov"], decay["momentum"], decay["lr"]) == (True, 0.9, 0.05)
+    with pytest.raises(ConfigError, match="sgd or adamw"):
+        build_optimizer(model, TrainConfig(optimizer="adam"))
+
+
 def test_images_to_uint8_resizes_and_converts(faces: list[tuple[bytes, int]]) -> None:
     import io
 
@@ -128,6 +152,34 @@ def test_images_to_uint8_resizes_and_converts(faces: list[tuple[bytes, int]]) ->
     assert x.shape == (2, 1, 48, 48) and str(x.dtype) == "torch.uint8"
     assert np.array_equal(x[0, 0].numpy(), np.asarray(Image.open(io.BytesIO(grey))))
     assert images_to_uint8([grey], size=32, in_chans=3).shape == (1, 3, 32, 32)
+
+
+def test_warm_start_loads_teacher_weights_and_rejects_other_nets(tmp_path: Path) -> None:
+    import torch
+
+    from engine.models.checkpoint import save_checkpoint
+    from engine.models.factory import create_model
+    from engine.train.loop import LoopSpec, warm_start
+
+    teacher = create_model(ModelConfig(name="tiny_cnn"), len(BASIC7))
+    path = str(tmp_path / "teacher.pt")
+    save_checkpoint(path, teacher, model_cfg=ModelConfig(name="tiny_cnn"), label_space=BASIC7)
+    spec = LoopSpec(
+        train=TrainConfig(),
+        model=ModelConfig(name="tiny_cnn"),
+        label_space=BASIC7,
+        steps_per_epoch=1,
+        call_id="x",
+        init_checkpoint=path,
+    )
+    torch.manual_seed(123)
+    student = create_model(spec.model, len(BASIC7))
+    warm_start(student, spec)
+    for key, value in teacher.state_dict().items():
+        assert torch.equal(student.state_dict()[key], value)
+    other = dataclasses.replace(spec, model=ModelConfig(name="mini_xception"))
+    with pytest.raises(ConfigError, match=r"holds tiny_cnn .* but the student is mini_xception"):
+        warm_start(create_model(other.model, len(BASIC7)), other)
 
 
 # ---------------------------------------------------------------- Ray Train
@@ -194,7 +246,7 @@ def test_online_crash_resume_then_finished_run_is_not_retrained(tmp_path: Path, 
         "mlflow": {"tracking_uri": uri, "run_id": run_id},
     }
     out = tmp_path / "student.pt"
-    with pytest.raises(EngineError, match=f"(?s){tmp_path / 'ray' / 'student'}.*run_name='student'"):
+    with pytest.raises(EngineError, match=f"(?s){re.escape(str(tmp_path / 'ray' / 'student'))}.*run_name='student'"):
         _train(tmp_path, "student", cfg, datasets, fault_after_epoch=0, **kw)
     assert not out.exists()
 
