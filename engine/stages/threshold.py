@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.config import ThresholdConfig
 from engine.io import fs
@@ -12,9 +12,15 @@ from engine.layout import RoundLayout, join
 from engine.stages.base import RunOutput, Stage
 from engine.stats import ScoreStats
 
+if TYPE_CHECKING:
+    from engine.thresholds.base import ThresholdPolicy
 
-def build_policy(cfg: ThresholdConfig, space: LabelSpace, *, num_unlabelled: int | None = None) -> Any:
-    """The policy named in ``cfg``, with ``never_label`` names mapped to class indices of ``space``."""
+
+def build_policy(cfg: ThresholdConfig, space: LabelSpace, *, num_unlabelled: int | None = None) -> ThresholdPolicy:
+    """The policy named in ``cfg`` with every parameter it declares taken from ``cfg``.
+
+    ``never_label`` names are mapped to class indices of ``space``; ``num_classes`` is the size of ``space``.
+    """
     from engine.thresholds import get_policy
 
     params = {k: v for k, v in asdict(cfg).items() if k not in ("policy", "never_label")}
@@ -26,7 +32,12 @@ def build_policy(cfg: ThresholdConfig, space: LabelSpace, *, num_unlabelled: int
 
 
 class ThresholdStage(Stage):
-    """Fit the configured policy to the round's score statistics; write ``thresholds.json`` and ``state.json``."""
+    """Fit the configured policy to the round's score statistics; write ``thresholds.json`` and ``state.json``.
+
+    ``thresholds.json`` holds every number used: the policy's parameters (``params``), the whole ``threshold``
+    config section (``config``), the fitted state (e.g. DTM-R's beta, FreeMatch's tau and p~), the per-class
+    thresholds (``null`` = never labelled), and the pool's per-class predicted and passing counts.
+    """
 
     name = "threshold"
     VERSION = 1
@@ -49,38 +60,46 @@ class ThresholdStage(Stage):
         return {"threshold": asdict(self.cfg), "label_space": self.space.name, "score": self.score_fp}
 
     def run(self) -> RunOutput:
-        from engine.thresholds.base import thresholds_to_json
+        from engine.config import to_dict
+        from engine.thresholds.base import thresholds_to_json, to_jsonable
 
         stats = ScoreStats.from_json(fs.read_json(self.layout.score_stats))
         policy = build_policy(self.cfg, self.space)
         thr = policy.fit(stats)
-        passing = stats.count_at_least_per_class(thr) if hasattr(stats, "count_at_least_per_class") else None
-        if passing is None:
-            passing = [int(stats.count_at_least(float(t))[c]) if t <= 1 else 0 for c, t in enumerate(thr)]
+        passing = passing_counts(stats, thr)
         names = list(self.space.classes)
+        state = to_jsonable(policy.state_dict())
         doc = {
             "policy": self.cfg.policy,
-            "params": policy.params(),
+            "params": state["params"],
+            "config": to_dict(self.cfg),
+            "never_label": list(self.cfg.never_label),
             "classes": names,
             "thresholds": thresholds_to_json(thr),
             "thresholds_by_class": dict(zip(names, thresholds_to_json(thr), strict=True)),
+            "state": state["state"],
             "pred_counts": dict(zip(names, [int(x) for x in stats.pred_counts], strict=True)),
             "passing_counts": dict(zip(names, [int(x) for x in passing], strict=True)),
             "pool": int(stats.n),
-            "mean_probs": [round(float(x), 6) for x in stats.mean_probs],
+            "bins": int(stats.bins),
+            "mean_conf": float(stats.mean_conf),
+            "mean_probs": [float(x) for x in stats.mean_probs],
         }
         fs.write_json(self.layout.thresholds, doc)
-        fs.write_json(join(self.out_dir, "state.json"), _jsonable(policy.state_dict()))
+        fs.write_json(join(self.out_dir, "state.json"), state)
         return RunOutput(
             counts={"pool": int(stats.n), "passing": int(sum(passing))},
             extra={"thresholds": doc["thresholds_by_class"]},
         )
 
 
-def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
-    from engine.thresholds.base import to_jsonable
+def passing_counts(stats: ScoreStats, thresholds: Any) -> list[int]:
+    """Per-class rows of the pool with ``conf >= T(c)``, at the stats' bin resolution (0 for never-labelled classes).
 
-    return to_jsonable(d)
+    ``ScoreStats.count_at_least`` rounds a threshold that is not a bin edge up to the next edge, so this may undercount
+    the select stage's exact count by the rows of one bin per class.
+    """
+    return [int(stats.count_at_least(float(t))[c]) if t <= 1 else 0 for c, t in enumerate(thresholds)]
 
 
 def load_thresholds(round_layout: RoundLayout) -> dict[str, Any]:

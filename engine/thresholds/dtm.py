@@ -159,25 +159,19 @@ class FlexMatchPolicy(DTMRPolicy):
 
     ``T(c) = tau * M(beta(c))``; at the start every beta is 0 so T = 0 and every pseudo-label is used (with the
     convex map). Online and offline forms, state and order exactly as :class:`DTMRPolicy`. USB defaults:
-    ``tau = 0.95``, ``mapping = "convex"``, ``warmup = True``.
+    ``tau = 0.95``, ``mapping = "convex"``, ``warmup = True``. Parameters: those of :class:`DTMRPolicy` except
+    ``tau_min`` (fixed at 0; passing it is an error).
     """
 
-    def __init__(
-        self,
-        *,
-        tau: float = 0.95,
-        mapping: str = "convex",
-        warmup: bool = True,
-        num_unlabelled: int | None = None,
-        num_classes: int | None = None,
-        never_label: Sequence[int] = (),
-    ) -> None:
-        super().__init__(
-            tau=tau,
-            tau_min=0.0,
-            mapping=mapping,
-            warmup=warmup,
-            num_unlabelled=num_unlabelled,
-            num_classes=num_classes,
-            never_label=never_label,
-        )
+    def __init__(self, **params: Any) -> None:
+        if "tau_min" in params:
+            raise ConfigError(
+                f"flexmatch has no floor (tau_min = 0 by definition), got tau_min={params['tau_min']}; "
+                "use policy dtm_r for a floor"
+            )
+        super().__init__(tau_min=0.0, **params)
+
+    @classmethod
+    def param_names(cls) -> tuple[str, ...]:
+        """DTM-R's parameters without ``tau_min`` (fixed at 0)."""
+        return tuple(n for n in DTMRPolicy.param_names() if n != "tau_min")

@@ -74,20 +74,39 @@ class FreeMatchPolicy(ThresholdPolicy):
     exact means (the limit of the EMA on a stationary input): ``tau = ScoreStats.mean_conf``,
     ``p~ = ScoreStats.mean_probs``, ``h~ = pred_counts / n``. Rounds are independent (no state carried over).
     ``use_quantile`` and ``clip_thresh`` (off in USB) are not implemented. ``momentum`` is USB's ``ema_p``.
+
+    ``fairness_weight`` is w_f of the SAF term (:func:`fairness_loss`; USB ``ent_loss_ratio``, 0.001 in its classic-CV
+    configs). The policy only carries it: the trainer adds ``fairness_weight * L_f`` to the loss when it is > 0
+    (:attr:`use_fairness`). It does not change thresholds, masks or state.
     """
 
     update_before_mask = True
 
     def __init__(
-        self, *, momentum: float = 0.999, num_classes: int | None = None, never_label: Sequence[int] = ()
+        self,
+        *,
+        momentum: float = 0.999,
+        fairness_weight: float = 0.0,
+        num_classes: int | None = None,
+        never_label: Sequence[int] = (),
     ) -> None:
         super().__init__(num_classes=num_classes, never_label=never_label)
         if not 0.0 <= momentum < 1.0:
             raise ConfigError(f"freematch momentum must be in [0, 1), got {momentum}")
+        if not (fairness_weight >= 0.0 and np.isfinite(fairness_weight)):
+            raise ConfigError(
+                f"freematch fairness_weight must be a finite number >= 0 (0 = off), got {fairness_weight}"
+            )
         self.momentum = float(momentum)
+        self.fairness_weight = float(fairness_weight)
         self._time_p: float | None = None
         self._p_model: npt.NDArray[np.float64] | None = None
         self._label_hist: npt.NDArray[np.float64] | None = None
+
+    @property
+    def use_fairness(self) -> bool:
+        """True when the trainer must add ``fairness_weight * fairness_loss(...)`` (SAF) to the loss."""
+        return self.fairness_weight > 0.0
 
     def _init_state(self) -> None:
         if self._p_model is None:
