@@ -349,3 +349,83 @@ def _png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+# ---------------------------------------------------------------- seed-method fixtures (FER2013 images)
+
+FER_TO_AFFECTNET = (6, 5, 4, 1, 2, 3, 0)
+"""FER2013 code (angry, disgust, fear, happy, sad, surprise, neutral) → AffectNet expression code."""
+SYNTHETIC_VA = {
+    0: (-0.6, 0.7),
+    1: (-0.6, 0.4),
+    2: (-0.5, 0.7),
+    3: (0.7, 0.4),
+    4: (-0.6, -0.3),
+    5: (0.3, 0.8),
+    6: (0.0, 0.0),
+}
+"""SYNTHETIC (not measured) class-wise (valence, arousal) centres per FER2013 code, for VA fixtures only."""
+
+
+def synthetic_va(label: int, i: int) -> tuple[float, float]:
+    """Synthetic valence/arousal of FER2013 image i with FER2013 code ``label``: the class centre plus a
+    deterministic offset in [-0.15, 0.15] (one decimal, as AffectNet/DiffusionFER write them)."""
+    v, a = SYNTHETIC_VA[label]
+    dv, da = ((i * 37) % 31 - 15) / 100, ((i * 53) % 31 - 15) / 100
+    return round(max(-1.0, min(1.0, v + dv)), 1), round(max(-1.0, min(1.0, a + da)), 1)
+
+
+def write_affectnet_va(root: Path, n_train: int = 200, n_val: int = 60) -> Path:
+    """AffectNet CSV layout over real FER2013 faces with SYNTHETIC valence/arousal (see SYNTHETIC_VA).
+
+    training.csv (with header) holds the first ``n_train`` labelled FER2013Train images, validation.csv (header-less)
+    the first ``n_val`` labelled FER2013Valid images; each 48x48 face is its own JPEG ``<k % 10>/<fer name>.jpg`` with
+    box (0, 0, 48, 48); the expression is the FER2013 label in AffectNet order. Images without a FER2013 label are
+    skipped.
+    """
+    header = "subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks,expression,valence,arousal"
+    for file_name, folder, n in (("training.csv", "FER2013Train", n_train), ("validation.csv", "FER2013Valid", n_val)):
+        lines = [header] if file_name == "training.csv" else []
+        images = [img for img in fer_images(2 * n + 20, folder) if img.label >= 0][:n]
+        for k, img in enumerate(images):
+            rel = f"{k % 10}/{Path(img.member).stem}.jpg"
+            write_file(root / "Manually_Annotated_Images" / rel, encode(img.png, ".jpg"))
+            v, a = synthetic_va(img.label, k + (0 if folder == "FER2013Train" else 100_000))
+            code = FER_TO_AFFECTNET[img.label]
+            lines.append(",".join([rel, "0", "0", "48", "48", _LANDMARKS, str(code), str(v), str(a)]))
+        write_file(root / "Manually_Annotated_file_lists" / file_name, "\n".join(lines) + "\n")
+    return root
+
+
+FER_TO_ABAW = (1, 2, 3, 4, 5, 6, 0)
+"""FER2013 code → Aff-Wild2 EXPR index (Neutral, Anger, Disgust, Fear, Happiness, Sadness, Surprise, Other)."""
+
+
+def write_affwild2_videos(root: Path, videos: int = 4, frames: int = 12, first: int = 0) -> Path:
+    """Aff-Wild2 (6th ABAW) layout whose "videos" are runs of consecutive real FER2013Train faces.
+
+    Video ``v`` (``vid<v>``, all in ``Train_Set``) holds ``frames`` frames 00001.jpg...; frame i is FER2013Train image
+    ``first + v * frames + i - 1`` and its annotation line is that image's FER2013 label in Aff-Wild2 order (-1 when
+    it has none). ``Validation_Set`` holds one one-frame video (the next image). A stand-in for video frames:
+    neighbouring frames are different faces.
+    """
+    images = fer_images(first + videos * frames + 1, "FER2013Train")[first:]
+    expr = root / AFFWILD2_EDITIONS["6th"] / "Train_Set"
+    for v in range(videos):
+        run = images[v * frames : (v + 1) * frames]
+        labels = [str(FER_TO_ABAW[img.label]) if img.label >= 0 else "-1" for img in run]
+        write_file(expr / f"vid{v}.txt", AFFWILD2_HEADER + "\n" + "\n".join(labels) + "\n")
+        for i, img in enumerate(run, start=1):
+            write_file(root / "cropped_aligned" / f"vid{v}" / f"{i:05d}.jpg", encode(img.png, ".jpg"))
+    write_file(root / AFFWILD2_EDITIONS["6th"] / "Validation_Set" / "vidval.txt", AFFWILD2_HEADER + "\n0\n")
+    write_file(root / "cropped_aligned" / "vidval" / "00001.jpg", encode(images[-1].png, ".jpg"))
+    return root
+
+
+if __name__ == "__main__":  # python -m tests.fixtures {affectnet_va,affwild2_videos} OUT_DIR
+    import sys
+
+    builders = {"affectnet_va": write_affectnet_va, "affwild2_videos": write_affwild2_videos}
+    if len(sys.argv) != 3 or sys.argv[1] not in builders:
+        sys.exit(f"usage: python -m tests.fixtures {{{','.join(builders)}}} OUT_DIR")
+    print(builders[sys.argv[1]](Path(sys.argv[2])))

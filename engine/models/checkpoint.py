@@ -55,9 +55,13 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 def state_dict_fingerprint(
-    state_dict: Mapping[str, torch.Tensor], model_cfg: ModelConfig, label_space: LabelSpace
+    state_dict: Mapping[str, torch.Tensor], model_cfg: ModelConfig | Mapping[str, Any], label_space: LabelSpace
 ) -> str:
-    """Hex sha256 over every tensor (sorted by key: name, dtype, shape, raw bytes), the model config and labels."""
+    """Hex sha256 over every tensor (sorted by key: name, dtype, shape, raw bytes), the model config and labels.
+
+    ``model_cfg`` may be the config or its stored dict: a checkpoint is verified against the dict it stores, so
+    new ``ModelConfig`` fields with defaults never invalidate older checkpoints.
+    """
     h = hashlib.sha256()
     for key in sorted(state_dict):
         t = state_dict[key].detach().to("cpu").contiguous()
@@ -159,13 +163,13 @@ def load_checkpoint(
         )
     state = ckpt["state_dict"]
     if verify:
-        actual = state_dict_fingerprint(state, model_cfg, label_space)
+        actual = state_dict_fingerprint(state, ckpt["model"], label_space)
         if actual != ckpt["fingerprint"]:
             raise EngineError(
                 f"checkpoint {path} stores fingerprint {ckpt['fingerprint'][:8]} but its content hashes to "
                 f"{actual[:8]}: the file was corrupted or edited; re-create it (re-run training or the import)"
             )
-    model = create_model(dataclasses.replace(model_cfg, pretrained=False), len(label_space))
+    model = create_model(dataclasses.replace(model_cfg, pretrained=False), len(label_space), label_space=label_space)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

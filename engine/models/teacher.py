@@ -32,7 +32,9 @@ class TeacherOutput:
     probs: npt.NDArray[np.float32]
     """(B, C) class probabilities; rows sum to 1."""
     branch_probs: npt.NDArray[np.float32] | None = None
-    """(B, M, C) probabilities of each of the M ensemble members, or None for a single model."""
+    """(B, M, C) probabilities of each of the M ensemble members (or ESR branches), or None for a single model."""
+    va: npt.NDArray[np.float32] | None = None
+    """(B, 2) predicted valence and arousal in [-1, 1] (models with a VA head), or None."""
 
 
 @runtime_checkable
@@ -91,11 +93,17 @@ class CheckpointTeacher:
             return TeacherOutput(np.zeros((0, len(self.label_space)), dtype=np.float32))
         if self.tta_flip:
             x = torch.cat([x, x.flip(-1)])
+        from engine.models.heads import outputs_to_probs
+
         with torch.inference_mode(), self._autocast():
-            probs = self.model(x).float().softmax(dim=-1)
-        if self.tta_flip:
-            probs = (probs[:b] + probs[b:]) / 2
-        return TeacherOutput(probs.cpu().numpy().astype(np.float32, copy=False))
+            probs, branch, va = outputs_to_probs(self.model(x))
+
+        def out(t: torch.Tensor | None) -> npt.NDArray[np.float32] | None:
+            if t is not None and self.tta_flip:  # mean of the image and its flip
+                t = (t[:b] + t[b:]) / 2
+            return None if t is None else t.cpu().numpy().astype(np.float32, copy=False)
+
+        return TeacherOutput(out(probs), out(branch), out(va))  # type: ignore[arg-type]
 
     @contextlib.contextmanager
     def _autocast(self) -> Iterator[None]:
@@ -137,10 +145,15 @@ class EnsembleTeacher:
         """probs (B, C) = sum_m w_m * p_m; branch_probs (B, M, C) = the members' probs, in member order."""
         if not isinstance(images, np.ndarray):
             images = list(images)  # members each iterate over the batch
-        branch = np.stack([m.predict(images).probs for m in self.members], axis=1).astype(np.float32)
+        outs = [m.predict(images) for m in self.members]
+        branch = np.stack([o.probs for o in outs], axis=1).astype(np.float32)
         w = np.asarray(self.weights, dtype=np.float64)
         probs = np.einsum("bmc,m->bc", branch.astype(np.float64), w).astype(np.float32)
-        return TeacherOutput(probs=probs, branch_probs=branch)
+        va = None
+        if all(o.va is not None for o in outs):  # members' VA heads: the same weighted mean
+            members_va = np.stack([o.va for o in outs if o.va is not None], axis=1).astype(np.float64)
+            va = np.einsum("bmk,m->bk", members_va, w).astype(np.float32)
+        return TeacherOutput(probs=probs, branch_probs=branch, va=va)
 
 
 def normalize_weights(weights: Sequence[float] | None, n: int) -> tuple[float, ...]:

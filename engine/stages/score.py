@@ -5,10 +5,22 @@ class loads the teacher once per actor and keeps only the rows of the pool (``Pa
 the scored rows, and as soon as every pool row of a shard has arrived it writes ``part-<shard>.parquet`` and then
 ``stats/<shard>.json`` (the shard's done marker). Rows are de-duplicated by key, so a retried batch (a killed actor)
 never yields a row twice. ``stats.json`` is the sum of the per-shard statistics: what threshold policies read.
+
+Fault tolerance: Ray Data restarts a killed scoring actor and retries its batches (``max_restarts`` and
+``max_task_retries`` default to -1 for actor pools); rows of a batch delivered again are dropped by key, and rows of a
+shard already committed are ignored. On a CPU-only cluster the pool never reserves every CPU (``actor_cpus``), since
+read tasks starved of CPUs make the job hang without an error.
+
+Teachers with branches (ESR, ensembles) add ``branch_probs`` and a ``disagreement`` column (``score.disagreement``);
+teachers with a VA head add ``valence`` and ``arousal``. With ``score.smooth`` set, the per-shard parts are first
+written under ``score/raw/`` and then smoothed per video (engine.stages.smooth: rows grouped by manifest ``group``
+on Ray Data, ordered by ``frame``) into the final ``part-<shard>.parquet``; rows without a group or frame pass
+through unchanged.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -29,8 +41,9 @@ from engine.stats import ScoreStats
 log = logging.getLogger(__name__)
 
 
-def score_schema(num_classes: int, branches: int = 0) -> pa.Schema:
-    """Schema of a score part (DESIGN.md "Schemas")."""
+def score_schema(num_classes: int, branches: int = 0, *, va: bool = False) -> pa.Schema:
+    """Schema of a score part (DESIGN.md "Schemas"): ``branch_probs`` and ``disagreement`` with branches, ``valence``
+    and ``arousal`` with a VA head."""
     fields = [
         ("key", pa.string()),
         ("shard", pa.string()),
@@ -43,7 +56,45 @@ def score_schema(num_classes: int, branches: int = 0) -> pa.Schema:
     ]
     if branches:
         fields.append(("branch_probs", pa.list_(pa.list_(pa.float32(), num_classes), branches)))
+        fields.append(("disagreement", pa.float32()))
+    if va:
+        fields += [("valence", pa.float32()), ("arousal", pa.float32())]
     return pa.schema(fields)
+
+
+def score_table(
+    keys: list[str],
+    shard: str,
+    probs: np.ndarray,
+    teacher_id: str,
+    *,
+    branch_probs: np.ndarray | None = None,
+    va: np.ndarray | None = None,
+    disagreement: str = "vote_entropy",
+) -> pa.Table:
+    """A score part of one shard from (N, C) probs, optional (N, M, C) branch probs and (N, 2) valence/arousal."""
+    from engine.disagreement import branch_disagreement
+
+    probs = probs.astype(np.float32, copy=False)
+    c = probs.shape[1]
+    data: dict[str, Any] = {
+        "key": keys,
+        "shard": [shard] * len(keys),
+        "probs": pa.FixedSizeListArray.from_arrays(pa.array(probs.ravel()), c),
+        **score_columns(probs),
+        "teacher": [teacher_id] * len(keys),
+    }
+    branches = 0
+    if branch_probs is not None:
+        bp = branch_probs.astype(np.float32, copy=False)
+        branches = bp.shape[1]
+        inner = pa.FixedSizeListArray.from_arrays(pa.array(bp.ravel()), c)
+        data["branch_probs"] = pa.FixedSizeListArray.from_arrays(inner, branches)
+        data["disagreement"] = branch_disagreement(bp, disagreement)
+    if va is not None:
+        data["valence"] = va[:, 0].astype(np.float32)
+        data["arousal"] = va[:, 1].astype(np.float32)
+    return pa.table(data, schema=score_schema(c, branches, va=va is not None))
 
 
 def score_columns(probs: np.ndarray) -> dict[str, np.ndarray]:
@@ -111,9 +162,12 @@ class ScoreStage(Stage):
         rule: PartitionRule,
         upstream: dict[str, str],
         on_existing: str = "error",
+        batch_delay_s: float = 0.0,
     ) -> None:
+        """``batch_delay_s``: test hook, each actor sleeps this long per batch (to kill one mid-run); 0 in use."""
         super().__init__(round_layout.score_dir, on_existing=on_existing, label=f"score r{round_layout.index:03d}")
         self.root, self.layout, self.cfg = root, round_layout, cfg
+        self.batch_delay_s = batch_delay_s
         self.teacher_paths, self.teacher_fp, self.rule, self.upstream = (
             teacher_paths,
             teacher_fingerprint,
@@ -122,21 +176,38 @@ class ScoreStage(Stage):
         )
 
     def fingerprint_inputs(self) -> dict[str, Any]:
-        return {
+        fp = {
             "tta_flip": self.cfg.tta_flip,
             "hist_bins": self.cfg.hist_bins,
             "teacher": self.teacher_fp,
             "upstream": self.upstream,
+            "disagreement": self.cfg.disagreement,
         }
+        if self.cfg.smooth is not None:
+            fp["smooth"] = {"method": self.cfg.smooth, "window": self.cfg.smooth_window}
+        return fp
+
+    @property
+    def raw_dir(self) -> str:
+        """Where the per-shard teacher outputs go: ``score/raw`` when smoothing follows, else ``score`` itself."""
+        return join(self.out_dir, "raw") if self.cfg.smooth is not None else self.out_dir
 
     def stats_path(self, shard: str) -> str:
         return join(self.out_dir, "stats", f"{shard}.json")
+
+    def raw_stats_path(self, shard: str) -> str:
+        """Done marker of a shard's teacher outputs (the final stats path when smoothing is off)."""
+        return join(self.raw_dir, "stats", f"{shard}.json")
+
+    def raw_part(self, shard: str) -> str:
+        """The teacher outputs of a shard (the final part when smoothing is off)."""
+        return join(self.raw_dir, f"part-{shard}.parquet")
 
     def run(self) -> RunOutput:
         t0 = time.perf_counter()
         shards = list_shards(self.root, self.rule.pool_sources)
         labelled = frozenset(self.rule.labelled_keys())
-        pending = [s for s in shards if not fs.exists(self.stats_path(s.name))]
+        pending = [s for s in shards if not fs.exists(self.raw_stats_path(s.name))]
         expected = {s.name: set(pool_keys(self.rule, s, labelled)) for s in pending}
         to_read = [s for s in pending if expected[s.name]]
         for s in pending:
@@ -146,6 +217,21 @@ class ScoreStage(Stage):
         if to_read:
             log.info("%s: scoring %d/%d shards", self.label, len(to_read), len(shards))
             scored = self._score(to_read, expected)
+        if self.cfg.smooth is not None and any(not fs.exists(self.stats_path(s.name)) for s in shards):
+            from engine.stages.smooth import smooth_shards
+
+            smoothed = smooth_shards(
+                [{"shard": s.name, "raw": self.raw_part(s.name), "manifest": s.manifest} for s in shards],
+                out_dir=self.out_dir,
+                cfg=self.cfg,
+            )
+            log.info(
+                "%s: smoothed %d video rows (%s, window %d)",
+                self.label,
+                smoothed,
+                self.cfg.smooth,
+                self.cfg.smooth_window,
+            )
         total: ScoreStats | None = None
         for s in shards:
             d = fs.read_json(self.stats_path(s.name))
@@ -169,7 +255,7 @@ class ScoreStage(Stage):
     def _score(self, shards: list[ShardRef], expected: dict[str, set[str]]) -> int:
         import ray
 
-        from engine.runtime import cluster_gpus
+        from engine.runtime import cluster_cpus, cluster_gpus
 
         gpus = self.cfg.gpus_per_actor if cluster_gpus() > 0 else 0.0
         ds = ray.data.read_webdataset([s.tar for s in shards], decoder=None, override_num_blocks=len(shards))
@@ -181,78 +267,130 @@ class ScoreStage(Stage):
                 "threads": max(1, int(np.ceil(self.cfg.cpus_per_actor))),
                 "use_gpu": gpus > 0,
                 "rule": self.rule.to_json(),
+                "delay_s": self.batch_delay_s,
             },
             batch_size=self.cfg.batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=self.cfg.num_actors),
-            num_cpus=self.cfg.cpus_per_actor,
+            num_cpus=actor_cpus(self.cfg, cluster_cpus(), gpus),
             num_gpus=gpus,
         )
-        buffers: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+        buffers: dict[str, _ShardBuffer] = {}
+        committed: set[str] = set()
         done = 0
         teacher_id = self.teacher_fp[:12]
         for batch in scored_ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for i, key in enumerate(batch["key"]):
-                shard = str(batch["shard"][i])
-                buffers[shard][str(key)] = {
-                    "probs": batch["probs"][i],
-                    **({"branch_probs": batch["branch_probs"][i]} if "branch_probs" in batch else {}),
-                }
-            for shard in [s for s, rows in buffers.items() if len(rows) >= len(expected[s])]:
-                rows = buffers.pop(shard)
-                missing = expected[shard] - rows.keys()
-                if missing:
+            shard_col = batch["shard"]
+            for shard in dict.fromkeys(shard_col.tolist()):  # a batch rarely spans more than one shard
+                if shard in committed:  # a batch delivered again after its shard was written: nothing new
+                    continue
+                buf = buffers.setdefault(shard, _ShardBuffer())
+                buf.add(batch, np.flatnonzero(shard_col == shard))
+                if len(buf.seen) < len(expected[shard]):
+                    continue
+                if buf.seen != expected[shard]:
                     raise RuntimeError(
-                        f"{self.label}: shard {shard} got unexpected keys; missing {sorted(missing)[:3]}"
+                        f"{self.label}: shard {shard} got keys outside its pool, e.g. "
+                        f"{sorted(buf.seen - expected[shard])[:3]}; delete {self.out_dir} and re-run"
                     )
-                self._commit(shard, rows, 0, teacher_id)
-                done += len(rows)
+                self._commit(shard, buffers.pop(shard).columns(), 0, teacher_id)
+                committed.add(shard)
+                done += len(expected[shard])
         if buffers:
-            raise RuntimeError(f"{self.label}: incomplete shards after scoring: {sorted(buffers)[:5]}")
+            raise RuntimeError(f"{self.label}: incomplete shards after scoring: {sorted(buffers)[:5]}; re-run")
         return done
 
-    def _commit(self, shard: str, rows: dict[str, dict[str, Any]], _: int, teacher_id: str = "") -> None:
-        keys = sorted(rows)
-        if keys:
-            probs = np.stack([rows[k]["probs"] for k in keys]).astype(np.float32)
-            c = probs.shape[1]
-            cols = score_columns(probs)
-            data: dict[str, Any] = {
-                "key": keys,
-                "shard": [shard] * len(keys),
-                "probs": pa.FixedSizeListArray.from_arrays(pa.array(probs.ravel()), c),
-                **cols,
-                "teacher": [teacher_id] * len(keys),
-            }
-            branches = 0
-            if "branch_probs" in rows[keys[0]]:
-                bp = np.stack([rows[k]["branch_probs"] for k in keys]).astype(np.float32)
-                branches = bp.shape[1]
-                inner = pa.FixedSizeListArray.from_arrays(pa.array(bp.ravel()), c)
-                data["branch_probs"] = pa.FixedSizeListArray.from_arrays(inner, branches)
-            table = pa.table(data, schema=score_schema(c, branches))
-            stats = ScoreStats.from_probs(probs, self.cfg.hist_bins)
+    def _commit(self, shard: str, rows: dict[str, np.ndarray], _: int = 0, teacher_id: str = "") -> None:
+        """Write one shard's part (rows sorted by key) and then its stats file, the shard's done marker.
+
+        Args:
+            rows: column arrays ``key`` (N,), ``probs`` (N, C), optional ``branch_probs`` (N, M, C) and ``va``
+                (N, 2); an empty dict commits a shard without pool rows.
+        """
+        if rows:
+            order = np.argsort(rows["key"], kind="stable")
+            probs = rows["probs"][order].astype(np.float32)
+            table = score_table(
+                [str(k) for k in rows["key"][order]],
+                shard,
+                probs,
+                teacher_id,
+                branch_probs=rows["branch_probs"][order] if "branch_probs" in rows else None,
+                va=rows["va"][order] if "va" in rows else None,
+                disagreement=self.cfg.disagreement,
+            )
+            fs.write_parquet(self.raw_part(shard), table)
+            stats: dict[str, Any] = ScoreStats.from_probs(probs, self.cfg.hist_bins).to_json()
         else:
-            table, stats = None, None
-        if table is not None:
-            fs.write_parquet(self.layout.score_part(shard), table)
-        fs.write_json(self.stats_path(shard), stats.to_json() if stats is not None else {"n": 0})
+            stats = {"n": 0}
+        fs.write_json(self.raw_stats_path(shard), stats)
+
+
+def actor_cpus(cfg: ScoreConfig, cluster_cpus: int, gpus: float) -> float:
+    """CPUs each scoring actor reserves: ``cpus_per_actor``, lowered on a CPU-only cluster so that the actor pool
+    leaves one CPU to the read tasks (a pool holding every CPU starves the reads and the job hangs without error)."""
+    want = cfg.cpus_per_actor
+    if gpus > 0 or cluster_cpus < 2 or cfg.num_actors * want <= cluster_cpus - 1:
+        return want
+    fitted = (cluster_cpus - 1) / cfg.num_actors
+    log.warning(
+        "score: %d actors x %.2g CPUs would hold all %d CPUs and starve the reads; reserving %.2g CPUs per actor "
+        "(torch threads stay %d)",
+        cfg.num_actors,
+        want,
+        cluster_cpus,
+        fitted,
+        max(1, int(np.ceil(want))),
+    )
+    return fitted
+
+
+class _ShardBuffer:
+    """Scored rows of one shard collected on the driver, each key once (a retried batch adds nothing)."""
+
+    COLUMNS = ("key", "probs", "branch_probs", "va")
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self.parts: dict[str, list[np.ndarray]] = defaultdict(list)
+
+    def add(self, batch: dict[str, np.ndarray], idx: np.ndarray) -> None:
+        keys = batch["key"][idx]
+        new = np.fromiter((k not in self.seen for k in keys), dtype=bool, count=len(keys))
+        if not new.any():
+            return
+        self.seen.update(keys[new].tolist())
+        for col in self.COLUMNS:
+            if col in batch:
+                self.parts[col].append(batch[col][idx[new]])
+
+    def columns(self) -> dict[str, np.ndarray]:
+        return {col: np.concatenate(parts) for col, parts in self.parts.items()}
 
 
 class PoolScorer:
-    """Ray Data actor: loads the teacher once, keeps pool rows, returns their probabilities."""
+    """Ray Data actor: loads the teacher once, keeps the pool rows of each batch, returns their probabilities."""
 
     def __init__(
-        self, teacher_paths: tuple[str, ...], tta_flip: bool, threads: int, use_gpu: bool, rule: dict[str, Any]
+        self,
+        teacher_paths: tuple[str, ...],
+        tta_flip: bool,
+        threads: int,
+        use_gpu: bool,
+        rule: dict[str, Any],
+        delay_s: float = 0.0,
     ) -> None:
         import torch
 
         from engine.models.teacher import load_teacher
 
         torch.set_num_threads(threads)
+        with contextlib.suppress(RuntimeError):  # only settable before the first parallel op of the process
+            torch.set_num_interop_threads(1)
         self.teacher = load_teacher(list(teacher_paths), tta_flip=tta_flip, device="cuda" if use_gpu else "cpu")
         self.rule = PartitionRule.from_json(rule)
         self.labelled = frozenset(self.rule.labelled_keys())
+        self.delay_s = delay_s
         self._members: dict[str, set[str]] = {}
 
     def _pool(self, url: str) -> tuple[str, set[str]]:
@@ -265,25 +403,30 @@ class PoolScorer:
         return name, self._members[name]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Rows ``key``, ``shard``, ``probs`` (N, C) float32 (+ ``branch_probs``, ``va``) of the batch's pool rows."""
         from engine.imaging import decode_pixels
 
         image_col = next(c for c in ("png", "jpg", "jpeg") if c in batch)
-        keys, shards, images = [], [], []
-        for key, url, data in zip(batch["__key__"], batch["__url__"], batch[image_col], strict=True):
+        urls, keys = batch["__url__"], batch["__key__"]
+        keep = np.zeros(len(keys), dtype=bool)
+        shards = np.empty(len(keys), dtype=object)
+        for url in dict.fromkeys(urls.tolist()):  # one or two tars per batch
+            rows = np.flatnonzero(urls == url)
             shard, members = self._pool(str(url))
-            if str(key) in members:
-                keys.append(str(key))
-                shards.append(shard)
-                images.append(decode_pixels(bytes(data)))
-        c = len(self.teacher.label_space.classes)
+            keep[rows] = np.fromiter((k in members for k in keys[rows]), dtype=bool, count=len(rows))
+            shards[rows] = shard
+        idx = np.flatnonzero(keep)
+        images = [decode_pixels(bytes(batch[image_col][i])) for i in idx]
+        if self.delay_s:
+            time.sleep(self.delay_s)
         if not images:
-            return {
-                "key": np.array([], dtype=object),
-                "shard": np.array([], dtype=object),
-                "probs": np.zeros((0, c), np.float32),
-            }
-        out = self.teacher.predict(images)
-        result = {"key": np.array(keys, dtype=object), "shard": np.array(shards, dtype=object), "probs": out.probs}
+            c = len(self.teacher.label_space.classes)
+            return {"key": keys[idx], "shard": shards[idx], "probs": np.zeros((0, c), np.float32)}
+        same_shape = len({im.shape for im in images}) == 1
+        out = self.teacher.predict(np.stack(images) if same_shape else images)
+        result = {"key": keys[idx], "shard": shards[idx], "probs": out.probs}
         if out.branch_probs is not None:
             result["branch_probs"] = out.branch_probs
+        if out.va is not None:
+            result["va"] = out.va
         return result

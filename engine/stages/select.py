@@ -6,13 +6,21 @@ Distributed over the score parts in two passes, so the driver never holds the sc
    apply the per-class threshold and return a sparse per-class histogram of the passing confidences, plus the hidden
    ground-truth counts of the pool where the manifest has labels;
 2. the driver turns the summed histograms into per-class quotas (absolute cap, multiple of the labelled count, the
-   unlabelled:labelled ratio cap) and a per-class cut; the rows inside the cut's boundary bin are fetched (only those)
-   and ordered by (confidence desc, key) so the result is exact and deterministic;
-3. per shard (Ray Data task): write the kept rows of the shard; the driver streams the parts into
-   ``selection.parquet``. Sparse classes are repeated up to ``floor_per_class`` (column ``repeat``, Noisy Student).
+   unlabelled:labelled ratio cap) and a per-class cut bin;
+3. per shard (Ray Data task): write the rows above the cut bin (and the whole cut bin of classes that keep it whole)
+   and return the rows of partly kept cut bins; the driver orders those by (confidence desc, key), keeps each
+   class's remainder, and streams the parts plus the kept boundary rows, shard by shard, into ``selection.parquet``.
+   So the result is exact and deterministic, and the driver holds O(classes x bins) counts plus the rows of at most
+   one confidence bin (width 1/65536) per class. Sparse classes are repeated up to ``floor_per_class`` (column
+   ``repeat``, Noisy Student).
 
 ``quality.json`` holds per-class precision and recall of the pseudo-labels where hidden labels exist, and the mask
 rate; counts before and after each rule are in ``_SUCCESS.json`` and ``quality.json``.
+
+Optional gates drop rows before the caps, in every pass alike: ``select.max_disagreement`` (score column
+``disagreement`` of branch / ensemble teachers) and the VA-consistency bounds ``select.min_valence`` /
+``select.max_valence`` (score column ``valence`` of teachers with a VA head; engine.va_gate). Rows that passed the
+threshold but were gated are counted as ``excluded.disagreement`` / ``excluded.va_contradiction``.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from engine.config import SelectConfig
@@ -54,13 +63,19 @@ def conf_bin(conf: np.ndarray) -> np.ndarray:
     return np.minimum((conf.astype(np.float64) * HIST_BINS).astype(np.int64), HIST_BINS - 1)
 
 
-def _guarded(part: str, manifest: str, labelled: frozenset[str], thresholds: np.ndarray) -> dict[str, Any]:
+def _guarded(
+    part: str, manifest: str, labelled: frozenset[str], thresholds: np.ndarray, gate: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Score rows of one shard with the guard applied: arrays key, pred, conf, passing mask, true label."""
-    s = fs.read_parquet(part, columns=["key", "pred", "conf"])
+    gate = gate or {}
+    gate_cols = (["disagreement"] if gate.get("max_disagreement") is not None else []) + (
+        ["valence"] if gate.get("lo") is not None else []
+    )
+    s = _read_score_part(part, ["key", "pred", "conf", *gate_cols])
     m = fs.read_parquet(manifest, columns=["key", "label", "leak_with"])
-    m_idx = {k: i for i, k in enumerate(m["key"].to_pylist())}
     keys = s["key"].to_pylist()
-    pos = np.array([m_idx.get(k, -1) for k in keys], dtype=np.int64)
+    # row of each score key in the manifest part, -1 when absent (quarantined or foreign): a hash join in Arrow
+    pos = pc.fill_null(pc.index_in(s["key"], value_set=m["key"].combine_chunks()), -1).to_numpy().astype(np.int64)
     leak = np.array(m["leak_with"].is_valid().to_numpy(zero_copy_only=False), dtype=bool)
     true = m["label"].to_numpy().astype(np.int64)
     in_manifest = pos >= 0
@@ -71,6 +86,17 @@ def _guarded(part: str, manifest: str, labelled: frozenset[str], thresholds: np.
     conf = s["conf"].to_numpy().astype(np.float32)
     allowed = in_manifest & ~is_leak & ~is_lab
     passing = allowed & (conf >= thresholds[pred])
+    no_gate = np.zeros(len(keys), dtype=bool)
+    dis_gated, va_gated = no_gate, no_gate
+    if gate.get("max_disagreement") is not None:
+        dis = s["disagreement"].to_numpy(zero_copy_only=False).astype(np.float64)
+        dis_gated = passing & (dis > float(gate["max_disagreement"]))
+    if gate.get("lo") is not None:
+        from engine.va_gate import va_contradicts
+
+        val = s["valence"].to_numpy(zero_copy_only=False).astype(np.float64)
+        va_gated = passing & ~dis_gated & va_contradicts(pred, val, gate["lo"], gate["hi"])
+    passing = passing & ~dis_gated & ~va_gated
     y = np.full(len(keys), -1, dtype=np.int64)
     y[in_manifest] = true[pos[in_manifest]]
     return {
@@ -83,7 +109,25 @@ def _guarded(part: str, manifest: str, labelled: frozenset[str], thresholds: np.
         "leak": int(is_leak.sum()),
         "labelled": int(is_lab.sum()),
         "unknown": int((~in_manifest).sum()),
+        "gated_disagreement": int(dis_gated.sum()),
+        "gated_va": int(va_gated.sum()),
     }
+
+
+def _read_score_part(part: str, columns: list[str]) -> Any:
+    """The columns of a score part; a gate column the teacher did not write is a ConfigError naming the fix."""
+    from engine.errors import ConfigError
+
+    try:
+        return fs.read_parquet(part, columns=columns)
+    except (pa.ArrowInvalid, KeyError) as exc:
+        missing = next((c for c in columns[3:] if c in str(exc)), ", ".join(columns[3:]))
+        why = {"disagreement": "a teacher with branches (model.head=esr or an ensemble)", "valence": "a VA head"}
+        raise ConfigError(
+            f"{part} has no column {missing!r}: the select gate needs {why.get(missing, missing)}. Set "
+            "select.max_disagreement=null, select.min_valence={} and select.max_valence={}, or score with such a "
+            "teacher"
+        ) from None
 
 
 def _pass1(
@@ -92,8 +136,9 @@ def _pass1(
     labelled: frozenset[str],
     thresholds: np.ndarray,
     num_classes: int,
+    gate: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    g = _guarded(item["part"], item["manifest"], labelled, thresholds)
+    g = _guarded(item["part"], item["manifest"], labelled, thresholds, gate)
     pred, conf, passing, allowed, true = g["pred"], g["conf"], g["passing"], g["allowed"], g["true"]
     flat = pred[passing] * HIST_BINS + conf_bin(conf[passing])
     uniq, cnt = np.unique(flat, return_counts=True)
@@ -102,23 +147,38 @@ def _pass1(
         "hist_cnt": cnt,
         "pool": np.bincount(pred[allowed], minlength=num_classes),
         "true_pool": np.bincount(true[allowed & (true >= 0)], minlength=num_classes),
-        "excluded": np.array([g["leak"], g["labelled"], g["unknown"]], dtype=np.int64),
+        "excluded": np.array(
+            [g["leak"], g["labelled"], g["unknown"], g["gated_disagreement"], g["gated_va"]], dtype=np.int64
+        ),
     }
 
 
-def _boundary(
-    item: dict[str, Any],
+def selection_table(
+    keys: list[str],
+    shard: str,
+    pred: np.ndarray,
+    conf: np.ndarray,
     *,
-    labelled: frozenset[str],
-    thresholds: np.ndarray,
-    cut_bin: np.ndarray,
-) -> dict[str, Any]:
-    """Rows of one shard that sit exactly in their class's boundary bin."""
-    g = _guarded(item["part"], item["manifest"], labelled, thresholds)
-    b = conf_bin(g["conf"])
-    sel = g["passing"] & (b == cut_bin[g["pred"]])
-    idx = np.flatnonzero(sel)
-    return {"keys": [g["keys"][i] for i in idx], "pred": g["pred"][idx], "conf": g["conf"][idx]}
+    repeat: np.ndarray,
+    weight: float,
+    policy: str,
+    round_index: int,
+) -> pa.Table:
+    """Selection rows (``SELECTION_SCHEMA``) of one shard, in the given row order."""
+    n = len(keys)
+    return pa.table(
+        {
+            "key": keys,
+            "shard": [shard] * n,
+            "label": np.asarray(pred).astype(np.int16),
+            "conf": np.asarray(conf, dtype=np.float32),
+            "weight": np.full(n, weight, dtype=np.float32),
+            "repeat": repeat[np.asarray(pred, dtype=np.int64)].astype(np.int16),
+            "policy": [policy] * n,
+            "round": np.full(n, round_index, dtype=np.int16),
+        },
+        schema=SELECTION_SCHEMA,
+    )
 
 
 def _pass2(
@@ -127,52 +187,73 @@ def _pass2(
     labelled: frozenset[str],
     thresholds: np.ndarray,
     cut_bin: np.ndarray,
-    boundary_keys: frozenset[str],
+    whole_cut: np.ndarray,
     repeat: np.ndarray,
     weight: float,
     policy: str,
     round_index: int,
     out_dir: str,
     num_classes: int,
+    gate: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    g = _guarded(item["part"], item["manifest"], labelled, thresholds)
+    """Write the shard's rows above its class's cut bin (or in it, when the class keeps that bin whole), sorted by key.
+
+    Returns the counts of the written rows and, as arrays, the rows in cut bins that are only partly kept (the
+    driver picks among those by confidence, then key).
+    """
+    g = _guarded(item["part"], item["manifest"], labelled, thresholds, gate)
     pred, conf, passing, true = g["pred"], g["conf"], g["passing"], g["true"]
     b = conf_bin(conf)
-    keep = passing & ((b > cut_bin[pred]) | ((b == cut_bin[pred]) & np.array([k in boundary_keys for k in g["keys"]])))
-    idx = np.flatnonzero(keep)
+    at_cut = passing & (b == cut_bin[pred])
+    idx = np.flatnonzero(passing & ((b > cut_bin[pred]) | (at_cut & whole_cut[pred])))
     keys = [g["keys"][i] for i in idx]
     order = np.argsort(np.array(keys, dtype=object), kind="stable") if keys else np.array([], dtype=np.int64)
     idx = idx[order]
-    table = pa.table(
-        {
-            "key": [g["keys"][i] for i in idx],
-            "shard": [item["shard"]] * len(idx),
-            "label": pred[idx].astype(np.int16),
-            "conf": conf[idx],
-            "weight": np.full(len(idx), weight, dtype=np.float32),
-            "repeat": repeat[pred[idx]].astype(np.int16),
-            "policy": [policy] * len(idx),
-            "round": np.full(len(idx), round_index, dtype=np.int16),
-        },
-        schema=SELECTION_SCHEMA,
+    table = selection_table(
+        [g["keys"][i] for i in idx],
+        item["shard"],
+        pred[idx],
+        conf[idx],
+        repeat=repeat,
+        weight=weight,
+        policy=policy,
+        round_index=round_index,
     )
     path = join(out_dir, "parts", f"part-{item['shard']}.parquet")
     fs.write_parquet(path, table)
-    sel_true = true[idx]
-    has = sel_true >= 0
+    bnd = np.flatnonzero(at_cut & ~whole_cut[pred])
     return {
         "path": path,
-        "selected": np.bincount(pred[idx], minlength=num_classes),
-        "with_truth": np.bincount(pred[idx][has], minlength=num_classes),
-        "correct": np.bincount(pred[idx][has & (sel_true == pred[idx])], minlength=num_classes),
-        "true_selected": np.bincount(sel_true[has & (sel_true == pred[idx])], minlength=num_classes),
+        "shard": item["shard"],
+        **_quality_counts(pred[idx], true[idx], num_classes),
+        "b_keys": [g["keys"][i] for i in bnd],
+        "b_pred": pred[bnd],
+        "b_conf": conf[bnd],
+        "b_true": true[bnd],
+    }
+
+
+def _quality_counts(pred: np.ndarray, true: np.ndarray, num_classes: int) -> dict[str, np.ndarray]:
+    """Per-class selected, with-ground-truth and correct counts of selected rows (true = -1: no hidden label)."""
+    has = true >= 0
+    ok = has & (true == pred)
+    return {
+        "selected": np.bincount(pred, minlength=num_classes),
+        "with_truth": np.bincount(pred[has], minlength=num_classes),
+        "correct": np.bincount(pred[ok], minlength=num_classes),
     }
 
 
 def quotas(
     passing: np.ndarray, labelled_counts: np.ndarray, cfg: SelectConfig
 ) -> tuple[np.ndarray, dict[str, list[int]]]:
-    """Per-class number of rows to keep after the caps, and the per-class counts after each rule."""
+    """Per-class number of rows to keep after the caps, and the per-class counts after each rule.
+
+    In order: ``k = passing``; ``k = min(k, cap_per_class)``;
+    ``k = min(k, floor(cap_multiple_of_labelled * n_lab_c))``; then, when ``sum k`` exceeds
+    ``limit = floor(max_unlabelled_ratio * sum n_lab)``, every class is scaled down
+    proportionally with exact integer arithmetic, ``k_c = floor(k_c * limit / sum k)`` (so ``sum k <= limit``).
+    """
     k = passing.astype(np.int64).copy()
     steps: dict[str, list[int]] = {"passed_threshold": k.tolist()}
     if cfg.cap_per_class is not None:
@@ -182,10 +263,22 @@ def quotas(
     steps["after_class_caps"] = k.tolist()
     if cfg.max_unlabelled_ratio is not None:
         limit = math.floor(cfg.max_unlabelled_ratio * int(labelled_counts.sum()))
-        if k.sum() > limit:
-            k = np.floor(k * (limit / k.sum())).astype(np.int64)
+        total = int(k.sum())
+        if total > limit:
+            k = (k * limit) // total
     steps["after_ratio_cap"] = k.tolist()
     return k, steps
+
+
+def repeats(k: np.ndarray, floor_per_class: int) -> np.ndarray:
+    """Per class, how many times each selected row is repeated: ``ceil(floor / k_c)`` when ``0 < k_c < floor``, else 1.
+
+    So a sparse class contributes at least ``floor_per_class`` rows (Noisy Student duplication); exact integers.
+    """
+    k = np.asarray(k, dtype=np.int64)
+    if floor_per_class <= 0:
+        return np.ones_like(k)
+    return np.where((k > 0) & (k < floor_per_class), -(-floor_per_class // np.maximum(k, 1)), 1).astype(np.int64)
 
 
 def cut_bins(hist: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -204,6 +297,23 @@ def cut_bins(hist: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         cut[j] = HIST_BINS - 1 - pos
         take[j] = k[j] - (from_top[pos - 1] if pos > 0 else 0)
     return cut, take
+
+
+def select_gate(cfg: SelectConfig, class_names: list[str]) -> dict[str, Any] | None:
+    """The row gates of ``cfg`` as plain values for the per-shard tasks, or None when no gate is set.
+
+    ``max_disagreement`` (float or None) and, when a valence rule is set, per-class ``lo`` / ``hi`` valence bounds.
+    """
+    if cfg.max_disagreement is None and not cfg.min_valence and not cfg.max_valence:
+        return None
+    gate: dict[str, Any] = {"max_disagreement": cfg.max_disagreement}
+    if cfg.min_valence or cfg.max_valence:
+        from engine.labels import LabelSpace
+        from engine.va_gate import valence_bounds
+
+        lo, hi = valence_bounds(LabelSpace("select", tuple(class_names)), cfg.min_valence, cfg.max_valence)
+        gate["lo"], gate["hi"] = lo.tolist(), hi.tolist()
+    return gate
 
 
 class SelectStage(Stage):
@@ -231,6 +341,7 @@ class SelectStage(Stage):
         self.thresholds = np.asarray(thresholds, dtype=np.float64)
         self.labelled_counts = np.asarray(labelled_counts, dtype=np.int64)
         self.labelled_keys, self.policy, self.names, self.upstream = labelled_keys, policy, class_names, upstream
+        self.gate = select_gate(cfg, class_names)
 
     def fingerprint_inputs(self) -> dict[str, Any]:
         return {"select": asdict(self.cfg), "upstream": self.upstream}
@@ -239,12 +350,12 @@ class SelectStage(Stage):
         import ray
 
         c = len(self.names)
-        common = {"labelled": self.labelled_keys, "thresholds": self.thresholds}
+        common = {"labelled": self.labelled_keys, "thresholds": self.thresholds, "gate": self.gate}
         items = ray.data.from_items(self.items, override_num_blocks=max(1, len(self.items)))
         hist = np.zeros((c, HIST_BINS), dtype=np.int64)
         pool = np.zeros(c, dtype=np.int64)
         true_pool = np.zeros(c, dtype=np.int64)
-        excluded = np.zeros(3, dtype=np.int64)
+        excluded = np.zeros(5, dtype=np.int64)
         for r in items.map(_pass1, fn_kwargs={**common, "num_classes": c}).iter_rows():
             idx = np.asarray(r["hist_idx"], dtype=np.int64)
             hist.reshape(-1)[idx] += np.asarray(r["hist_cnt"], dtype=np.int64)
@@ -254,54 +365,61 @@ class SelectStage(Stage):
         passing = hist.sum(1)
         k, steps = quotas(passing, self.labelled_counts, self.cfg)
         cut, take = cut_bins(hist, k)
-        boundary: list[tuple[float, str, int]] = []
-        if (take > 0).any():
-            for r in items.map(_boundary, fn_kwargs={**common, "cut_bin": cut}).iter_rows():
-                boundary += [
-                    (-float(cf), str(key), int(p)) for key, p, cf in zip(r["keys"], r["pred"], r["conf"], strict=True)
-                ]
-        boundary.sort()
-        chosen: list[str] = []
-        for j in range(c):
-            chosen += [key for _, key, p in boundary if p == j][: int(take[j])]
-        repeat = np.ones(c, dtype=np.int64)
-        if self.cfg.floor_per_class > 0:
-            repeat = np.where(
-                (k > 0) & (k < self.cfg.floor_per_class), np.ceil(self.cfg.floor_per_class / np.maximum(k, 1)), 1
-            ).astype(np.int64)
+        # a class keeps its whole cut bin (e.g. when no cap applies) or only its top ``take`` rows by (conf, key)
+        inside = cut < HIST_BINS
+        whole = inside & (take == hist[np.arange(c), np.minimum(cut, HIST_BINS - 1)])
+        repeat = repeats(k, self.cfg.floor_per_class)
         steps["after_floor_rows"] = (k * repeat).tolist()
-        kwargs = {
-            **common,
-            "cut_bin": cut,
-            "boundary_keys": frozenset(chosen),
+        out: dict[str, Any] = {
             "repeat": repeat,
             "weight": self.cfg.weight,
             "policy": self.policy,
             "round_index": self.layout.index,
-            "out_dir": self.out_dir,
-            "num_classes": c,
         }
+        kwargs = {**common, **out, "cut_bin": cut, "whole_cut": whole, "out_dir": self.out_dir, "num_classes": c}
         results = sorted(items.map(_pass2, fn_kwargs=kwargs).iter_rows(), key=lambda r: r["path"])
-        selected = np.zeros(c, dtype=np.int64)
-        with_truth = np.zeros(c, dtype=np.int64)
-        correct = np.zeros(c, dtype=np.int64)
-        true_sel = np.zeros(c, dtype=np.int64)
+        counts = {n: np.zeros(c, dtype=np.int64) for n in ("selected", "with_truth", "correct")}
+        boundary: list[tuple[float, str, int, int, str]] = []
+        for r in results:
+            for n in counts:
+                counts[n] += r[n]
+            boundary += [
+                (-float(cf), str(key), int(p), int(t), r["shard"])
+                for key, p, cf, t in zip(r["b_keys"], r["b_pred"], r["b_conf"], r["b_true"], strict=True)
+            ]
+        boundary.sort()
+        chosen: dict[str, list[tuple[float, str, int, int, str]]] = {}
+        for j in range(c):
+            for row in [b for b in boundary if b[2] == j][: int(take[j])]:
+                chosen.setdefault(row[4], []).append(row)
+        picked = [row for rows in chosen.values() for row in rows]
+        if picked:
+            extra = _quality_counts(
+                np.array([r[2] for r in picked], np.int64), np.array([r[3] for r in picked], np.int64), c
+            )
+            for n in counts:
+                counts[n] += extra[n]
+        selected, with_truth, correct = counts["selected"], counts["with_truth"], counts["correct"]
+        true_sel = correct  # a correct pseudo-label's true class is its predicted class
         with fs.atomic_write(self.layout.selection) as f:
             writer = pq.ParquetWriter(f, SELECTION_SCHEMA, compression="zstd")
             for r in results:
-                writer.write_table(fs.read_parquet(r["path"]))
-                selected += r["selected"]
-                with_truth += r["with_truth"]
-                correct += r["correct"]
-                true_sel += r["true_selected"]
+                table = fs.read_parquet(r["path"])
+                rows = chosen.get(r["shard"])
+                if rows:
+                    pred_b = np.array([x[2] for x in rows], dtype=np.int64)
+                    conf_b = np.array([-x[0] for x in rows], dtype=np.float32)
+                    add = selection_table([x[1] for x in rows], r["shard"], pred_b, conf_b, **out)
+                    table = pa.concat_tables([table, add]).sort_by("key")
+                writer.write_table(table)
             writer.close()
         fs.remove(join(self.out_dir, "parts"))
         if not np.array_equal(selected, k):
             raise RuntimeError(f"{self.label}: selected {selected.tolist()} != quotas {k.tolist()}")
         quality = self._quality(pool, true_pool, selected, with_truth, correct, true_sel, steps, excluded)
         fs.write_json(self.layout.quality, quality)
-        for j in np.flatnonzero((selected == 0) & (pool > 0)):
-            log.warning("%s: class %s has no selected sample", self.label, self.names[j])
+        for empty in np.flatnonzero((selected == 0) & (pool > 0)):
+            log.warning("%s: class %s has no selected sample", self.label, self.names[int(empty)])
         return RunOutput(
             counts={
                 "pool": int(pool.sum()),
@@ -310,6 +428,8 @@ class SelectStage(Stage):
                 "excluded_leakage": int(excluded[0]),
                 "excluded_labelled": int(excluded[1]),
                 "excluded_unknown": int(excluded[2]),
+                "gated_disagreement": int(excluded[3]),
+                "gated_va": int(excluded[4]),
             },
             extra={"per_class": quality["per_class"], "steps": quality["steps"]},
         )
@@ -348,5 +468,11 @@ class SelectStage(Stage):
             "steps": {
                 name: dict(zip(names, v, strict=True)) for name, v in {"pool_pred": pool.tolist(), **steps}.items()
             },
-            "excluded": {"leakage": int(excluded[0]), "labelled": int(excluded[1]), "unknown": int(excluded[2])},
+            "excluded": {
+                "leakage": int(excluded[0]),
+                "labelled": int(excluded[1]),
+                "unknown": int(excluded[2]),
+                "disagreement": int(excluded[3]),
+                "va_contradiction": int(excluded[4]),
+            },
         }

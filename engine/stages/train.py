@@ -63,7 +63,12 @@ class TrainStage(Stage):
         from engine.samples import samples_dataset
         from engine.train.trainer import train_student
 
-        labelled = samples_dataset(self.root, self.labelled_path).select_columns(["image", "label"])
+        labelled = samples_dataset(self.root, self.labelled_path)
+        if self.model_cfg.va_head:
+            labelled = with_va_labels(labelled, self.root, self.labelled_path)
+        labelled = labelled.select_columns(
+            ["image", "label", *(("valence", "arousal") if self.model_cfg.va_head else ())]
+        )
         pseudo = samples_dataset(self.root, self.selection_path) if self.selection_path else None
         if pseudo is not None:
             pseudo = pseudo.select_columns(["image", "label", "weight"])
@@ -87,3 +92,29 @@ class TrainStage(Stage):
         )
         counts = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         return RunOutput(counts=counts, extra={"checkpoint": self.layout.student})
+
+
+def with_va_labels(ds: Any, root: str, labelled_path: str) -> Any:
+    """``ds`` (rows with ``key``) plus float32 ``valence`` / ``arousal`` columns from the sources' manifests (NaN where
+    a row has none). The labelled set is small by premise, so its key -> (valence, arousal) map is built here on the
+    driver from the manifest parts of the labelled shards and shipped to the map tasks."""
+    import numpy as np
+
+    from engine.io import fs
+    from engine.layout import SourceLayout
+
+    lab = fs.read_parquet(labelled_path, columns=["key", "shard"])
+    keys = set(lab["key"].to_pylist())
+    va: dict[str, tuple[float, float]] = {}
+    for shard in sorted(set(lab["shard"].to_pylist())):
+        source, idx = shard.rsplit("-", 1)
+        m = fs.read_parquet(SourceLayout(root, source).manifest_part(int(idx)), columns=["key", "valence", "arousal"])
+        for k, v, a in zip(m["key"].to_pylist(), m["valence"].to_pylist(), m["arousal"].to_pylist(), strict=True):
+            if k in keys:
+                va[k] = (np.nan if v is None else v, np.nan if a is None else a)
+
+    def add(batch: dict[str, Any]) -> dict[str, Any]:
+        pairs = np.array([va.get(str(k), (np.nan, np.nan)) for k in batch["key"]], dtype=np.float32).reshape(-1, 2)
+        return {**batch, "valence": pairs[:, 0], "arousal": pairs[:, 1]}
+
+    return ds.map_batches(add, batch_format="numpy")

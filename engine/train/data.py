@@ -22,9 +22,16 @@ if TYPE_CHECKING:
     import ray.data
 
 SUPERVISED_SCHEMA = pa.schema(
-    [("image", pa.binary()), ("label", pa.int64()), ("weight", pa.float32()), ("strong", pa.bool_())]
+    [
+        ("image", pa.binary()),
+        ("label", pa.int64()),
+        ("weight", pa.float32()),
+        ("strong", pa.bool_()),
+        ("valence", pa.float32()),
+        ("arousal", pa.float32()),
+    ]
 )
-"""Columns of the supervised stream the workers read."""
+"""Columns of the supervised stream the workers read; valence/arousal are NaN where the row has no VA label."""
 
 
 def check_columns(ds: ray.data.Dataset, required: Sequence[str], what: str) -> None:
@@ -99,12 +106,21 @@ def _to_supervised(batch: pa.Table, scale: float, strong: bool) -> pa.Table:
         weight = batch.column("weight").to_numpy(zero_copy_only=False).astype(np.float32) * np.float32(scale)
     else:
         weight = np.full(n, scale, dtype=np.float32)
+    va = {
+        c: (
+            batch.column(c).cast(pa.float32()).fill_null(float("nan"))
+            if c in batch.column_names
+            else pa.array(np.full(n, np.nan, dtype=np.float32))
+        )
+        for c in ("valence", "arousal")
+    }
     return pa.table(
         {
             "image": batch.column("image").cast(pa.binary()),
             "label": batch.column("label").cast(pa.int64()),
             "weight": pa.array(weight, pa.float32()),
             "strong": pa.array(np.full(n, strong)),
+            **va,
         },
         schema=SUPERVISED_SCHEMA,
     )
@@ -117,11 +133,12 @@ def build_supervised_dataset(
     lambda_u: float,
     repeat_factors: list[float] | None,
     seed: int,
+    with_va: bool = False,
 ) -> ray.data.Dataset:
     """The supervised stream: labelled ∪ pseudo, weighted, optionally class-balanced, block order shuffled.
 
     Args:
-        labelled: columns ``image``, ``label``.
+        labelled: columns ``image``, ``label`` (and ``valence``, ``arousal`` when ``with_va``; NaN = unknown).
         pseudo: columns ``image``, ``label``, ``weight`` (offline selection); None for none.
         lambda_u: multiplies the pseudo rows' ``weight``; labelled rows get weight 1.
         repeat_factors: per-class factors of :func:`balanced_repeat_factors` applied to labelled rows only (each
@@ -134,7 +151,8 @@ def build_supervised_dataset(
     from ray.data import RandomSeedConfig
 
     labelled_fn = functools.partial(_to_supervised, scale=1.0, strong=False)
-    ds = labelled.select_columns(["image", "label"]).map_batches(labelled_fn, batch_format="pyarrow", batch_size=None)
+    columns = ["image", "label", *(("valence", "arousal") if with_va else ())]
+    ds = labelled.select_columns(columns).map_batches(labelled_fn, batch_format="pyarrow", batch_size=None)
     if repeat_factors is not None:
         resample_fn = functools.partial(_resample_batch, factors=list(repeat_factors))
         ds = ds.map_batches(resample_fn, batch_format="pyarrow", batch_size=None)

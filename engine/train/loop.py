@@ -21,6 +21,7 @@ from engine.config import ModelConfig, TrainConfig, build, to_dict
 from engine.errors import ConfigError, EngineError
 from engine.labels import LabelSpace
 from engine.train.batch import Augmenters, NumpyBatch, cycle_batches
+from engine.train.losses import LossWeights, SupervisedLoss
 from engine.train.optim import autocast_dtype, build_optimizer, cosine_factor
 from engine.train.state import TrainState, read_train_state, write_train_state
 from engine.train.step import StepContext, train_step
@@ -142,6 +143,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         lambda_u=spec.train.lambda_u,
         amp_dtype=amp_dtype,
         policy=t.policy,
+        loss=SupervisedLoss(spec.model, spec.label_space, LossWeights.from_train(spec.train)),
     )
     unlabelled = _unlabelled_stream(spec, rank) if t.policy is not None else None
     for epoch in range(t.start_epoch, spec.train.epochs):
@@ -164,7 +166,7 @@ def setup_trainee(spec: LoopSpec, *, amp_dtype: torch.dtype | None) -> Trainee:
     from engine.models.factory import create_model
 
     torch.manual_seed(derive_seed(spec.train.seed, 0, 0, 0))  # identical initial weights on every rank
-    model = create_model(spec.model, len(spec.label_space))
+    model = create_model(spec.model, len(spec.label_space), label_space=spec.label_space)
     restored: TrainState | None = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:

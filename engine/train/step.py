@@ -8,6 +8,9 @@ Losses (reference thresholds.md section 1), for a supervised batch of B rows and
   ``m_u`` the online policy's weight; the normaliser is the whole unlabelled batch, accepted or not.
 - ``L = L_s + lambda_u * L_u``.
 
+With ``StepContext.loss`` set, ``L_s`` is composed from the model's named outputs by engine.train.losses (cascade,
+ESR branches and diversity, VA CCC); its plain-logits case is the ``L_s`` above. ``L_u`` always uses ``logits``.
+
 Labelled, weak and strong views go through the network in one concatenated forward (FixMatch / USB), so batch norm
 sees all three.
 """
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
 
     from engine.config import ModelConfig
     from engine.thresholds import ThresholdPolicy
+    from engine.train.losses import SupervisedLoss
 
 
 @dataclass
@@ -43,6 +47,8 @@ class StepContext:
     """Autocast dtype on GPU (bf16 or fp16), None for full precision."""
     policy: ThresholdPolicy | None = None
     """Online threshold policy (None: no unlabelled branch)."""
+    loss: SupervisedLoss | None = None
+    """Composes the supervised loss from the model's named outputs (engine.train.losses); None = plain weighted CE."""
 
 
 @dataclass
@@ -76,6 +82,9 @@ def train_step(
     import torch
     import torch.nn.functional as F
 
+    from engine.models.heads import as_outputs
+    from engine.train.losses import slice_outputs, weighted_ce
+
     x, y, w = supervised_input(sup, ctx.model_cfg, ctx.aug, num_classes=ctx.num_classes)
     parts = [x]
     idx: npt.NDArray[np.int64] | None = None
@@ -90,9 +99,13 @@ def train_step(
         else contextlib.nullcontext()
     )
     with autocast:
-        logits = model(inputs).float()
+        out = {k: v.float() for k, v in as_outputs(model(inputs)).items()}
+    logits = out["logits"]
     n = x.shape[0]
-    loss_s = (w * F.cross_entropy(logits[:n], y, reduction="none")).mean()
+    if ctx.loss is None:
+        loss_s = weighted_ce(logits[:n], y, w)
+    else:
+        loss_s, _ = ctx.loss(slice_outputs(out, 0, n), y, w, va_targets(sup, ctx.device))
     loss_u = torch.zeros((), device=ctx.device)
     weight_sum = 0.0
     u = 0
@@ -146,3 +159,13 @@ def online_weights(policy: ThresholdPolicy, q: torch.Tensor, idx: npt.NDArray[np
     else:
         w = policy.step(q.float().cpu().numpy(), idx)
     return torch.as_tensor(np.asarray(w, dtype=np.float32), device=q.device)
+
+
+def va_targets(sup: NumpyBatch, device: torch.device) -> torch.Tensor | None:
+    """(B, 2) float32 valence/arousal targets of a supervised batch (NaN where unknown), None without VA columns."""
+    import torch
+
+    if "valence" not in sup or "arousal" not in sup:
+        return None
+    va = np.stack([np.asarray(sup["valence"], np.float32), np.asarray(sup["arousal"], np.float32)], axis=1)
+    return torch.from_numpy(va).to(device)

@@ -92,7 +92,9 @@ def train_student(
     num_classes = len(label_space)
     online = train_cfg.online_policy is not None
     _check_config(train_cfg, online=online, unlabelled=unlabelled, num_unlabelled=num_unlabelled)
-    data.check_columns(labelled, ("image", "label"), "labelled")
+    data.check_columns(
+        labelled, ("image", "label", *(("valence", "arousal") if model_cfg.va_head else ())), "labelled"
+    )
     # Per-class counts need a pass over the label column; a plain count is metadata for parquet / in-memory data.
     counts = data.label_counts(labelled, num_classes, "labelled") if train_cfg.balanced_sampling else None
     rows = int(counts.sum()) if counts is not None else labelled.count()
@@ -125,6 +127,7 @@ def train_student(
             lambda_u=train_cfg.lambda_u,
             repeat_factors=None if counts is None else data.balanced_repeat_factors(counts),
             seed=train_cfg.seed,
+            with_va=model_cfg.va_head,
         )
     }
     if online:
@@ -194,7 +197,7 @@ def _export(result: Any, spec: LoopSpec, *, out_checkpoint: str, seconds_since: 
         raise EngineError(f"run {result.path} finished without a checkpoint; start it again under a new run name")
     with result.checkpoint.as_directory() as directory:
         state = read_train_state(directory)
-    model = create_model(spec.model, len(spec.label_space))
+    model = create_model(spec.model, len(spec.label_space), label_space=spec.label_space)
     model.load_state_dict(state.model)
     summary = summarise_history(state.history, call_id=spec.call_id)
     summary.update(
@@ -208,6 +211,8 @@ def _export(result: Any, spec: LoopSpec, *, out_checkpoint: str, seconds_since: 
         out_checkpoint, model, model_cfg=spec.model, label_space=spec.label_space, extra={"train": extra}
     )
     summary["history"] = state.history
+    if spec.mlflow:
+        backfill_mlflow(spec.mlflow, state.history, spec)
     logger.info(
         "student %s: %d epochs (%d this call), loss %.4f, %.1f s",
         out_checkpoint,
@@ -217,6 +222,27 @@ def _export(result: Any, spec: LoopSpec, *, out_checkpoint: str, seconds_since: 
         summary["seconds"],
     )
     return summary
+
+
+def backfill_mlflow(tracking: Mapping[str, str], history: Sequence[Mapping[str, Any]], spec: LoopSpec) -> int:
+    """Log the epochs of ``history`` that the MLflow run lacks; returns how many were logged.
+
+    Workers log each epoch right after its checkpoint, so a process killed between the two (driver SIGKILL, worker
+    crash with a retry) leaves a checkpointed epoch without metrics; after a resume this fills the gap, so the run
+    holds every epoch exactly once (step = epoch). Presence is judged by ``train/lr``, which every record has.
+    """
+    from mlflow.tracking import MlflowClient
+
+    from engine.train.loop import log_epoch_to_mlflow
+
+    client = MlflowClient(tracking_uri=tracking["tracking_uri"])
+    logged = {m.step for m in client.get_metric_history(tracking["run_id"], "train/lr")}
+    missing = [r for r in history if int(r["epoch"]) not in logged]
+    for record in missing:
+        log_epoch_to_mlflow(tracking, record, spec.label_space)
+    if missing:
+        logger.info("MLflow run %s: logged %d checkpointed epoch(s) it lacked", tracking["run_id"], len(missing))
+    return len(missing)
 
 
 def summarise_history(history: Sequence[Mapping[str, Any]], *, call_id: str) -> dict[str, Any]:

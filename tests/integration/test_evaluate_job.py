@@ -1,0 +1,82 @@
+"""jobs/evaluate.py's engine function: any checkpoint on an ingested source, shared classes, leakage rows left out."""
+
+from __future__ import annotations
+
+import tarfile
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from sklearn.metrics import accuracy_score, f1_score
+
+from engine.config import ModelConfig, load_config
+from engine.errors import ConfigError
+from engine.evaluation import evaluate_checkpoint, shared_classes
+from engine.labels import get_label_space
+
+
+def test_shared_classes_keep_data_order_and_map_labels():
+    names, cols, label_map = shared_classes(get_label_space("abaw8"), get_label_space("ferplus8"))
+    assert names == ["Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise"]
+    assert cols.tolist() == [0, 1, 2, 3, 4, 5, 6]
+    assert label_map.tolist() == [0, 1, 2, 3, 4, 5, 6, -1]  # Contempt: the abaw8 model lacks it
+    names, cols, label_map = shared_classes(get_label_space("negative4"), get_label_space("basic7"))
+    assert names == ["Anger", "Disgust", "Fear", "Sadness"]
+    assert cols.tolist() == [0, 1, 2, 3]
+    assert label_map.tolist() == [-1, 0, 1, 2, -1, 3, -1]
+
+
+def test_evaluate_checkpoint_matches_a_hand_computed_evaluation(ray_local, fer2013_dir, tmp_path):
+    import torch
+
+    from engine.models.checkpoint import save_checkpoint
+    from engine.models.factory import create_model
+    from engine.models.teacher import load_teacher
+
+    cfg = load_config(
+        [],
+        [
+            f"storage.root={tmp_path}",
+            "sources.fer.format=fer2013",
+            f"sources.fer.path={fer2013_dir}",
+            "sources.fer.limit=60",
+            "ingest.samples_per_shard=50",
+        ],
+    )
+    torch.manual_seed(0)
+    abaw8 = get_label_space("abaw8")  # one class (Other) more than the data's basic7
+    ckpt = str(tmp_path / "m.pt")
+    mcfg = ModelConfig(name="tiny_cnn")
+    save_checkpoint(ckpt, create_model(mcfg, len(abaw8)), model_cfg=mcfg, label_space=abaw8)
+
+    m = evaluate_checkpoint(cfg, ckpt, "fer", split="test")
+
+    manifest = pq.read_table(tmp_path / "sources/fer/manifest").to_pandas()
+    test = manifest[(manifest.split == "test") & (manifest.label >= 0)]
+    leaky = test.leak_with.fillna("").str.contains("train|unlabelled|val")
+    rows = test[~leaky].sort_values("key")
+    assert m["labelled_rows"] == len(test)
+    assert m["excluded_leakage"] == int(leaky.sum())
+    assert m["n"] == len(rows) > 0
+    assert m["excluded_unshared"] == 0
+    images = {}
+    for shard in sorted(set(rows.shard)):
+        with tarfile.open(tmp_path / f"sources/fer/shards/{shard}.tar") as tar:
+            for member in tar:
+                key, _, ext = member.name.partition(".")
+                if ext == "png":
+                    images[key] = tar.extractfile(member).read()
+    from engine.imaging import decode_pixels
+
+    probs = load_teacher([ckpt]).predict([decode_pixels(images[k]) for k in rows.key]).probs[:, :7]
+    pred = (probs / probs.sum(1, keepdims=True)).argmax(1)
+    y = rows.label.to_numpy()
+    assert m["accuracy"] == pytest.approx(accuracy_score(y, pred), abs=1e-12)
+    assert m["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro", labels=np.unique(y)), abs=1e-12)
+    assert m["macro_f1_classes"] == [get_label_space("basic7").classes[i] for i in np.unique(y)]
+    assert sum(v["support"] for v in m["per_class"].values()) == len(rows)
+
+    with pytest.raises(ConfigError, match="split"):
+        evaluate_checkpoint(cfg, ckpt, "fer", split="train")
+    with pytest.raises(ConfigError, match="unknown source"):
+        evaluate_checkpoint(cfg, ckpt, "nope")

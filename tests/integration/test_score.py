@@ -1,0 +1,152 @@
+"""Score stage at scale: an actor killed mid-run still yields each pool row exactly once; re-runs change nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from engine.config import IngestConfig, ModelConfig, ScoreConfig, SourceConfig
+from engine.io import fs
+from engine.layout import RoundLayout, SourceLayout
+from engine.partition import PartitionRule
+from engine.stages.score import ScoreStage
+
+SCORER_CLASS = "MapWorker(MapBatches(PoolScorer))"
+
+
+@pytest.fixture(scope="module")
+def scored_root(ray_local, fer2013_dir, tmp_path_factory) -> dict[str, Any]:
+    """200 FER2013 rows per split in shards of 80 (3 shards hold Training rows), a tiny_cnn teacher, a pool rule."""
+    import torch
+
+    from engine.labels import get_label_space
+    from engine.models.checkpoint import save_checkpoint
+    from engine.models.factory import create_model
+    from engine.stages.ingest import run_ingest
+
+    root = tmp_path_factory.mktemp("score")
+    src = SourceConfig(name="fer2013", format="fer2013", path=str(fer2013_dir), limit=200)
+    run_ingest(str(root), src, IngestConfig(samples_per_shard=80))
+    torch.manual_seed(0)
+    cfg, space = ModelConfig(name="tiny_cnn"), get_label_space("basic7")
+    ckpt = str(root / "teacher.pt")
+    fp = save_checkpoint(ckpt, create_model(cfg, len(space)), model_cfg=cfg, label_space=space)
+    labelled = str(root / "labelled.parquet")
+    fs.write_parquet(labelled, pa.table({"key": pa.array([], pa.string())}))
+    manifest = pq.read_table(SourceLayout(str(root), "fer2013").manifest_dir)
+    train = manifest.filter(pc.equal(manifest["split"], "train"))
+    pool = train.filter(pc.is_null(train["leak_with"]))
+    return {
+        "root": str(root),
+        "ckpt": ckpt,
+        "fp": fp,
+        "rule": PartitionRule(0, ("fer2013",), (), 1.0, 1.0, labelled),
+        "pool": sorted(pool["key"].to_pylist()),
+        "pool_shards": dict(sorted((d["values"], d["counts"]) for d in pc.value_counts(pool["shard"]).to_pylist())),
+    }
+
+
+def _stage(env: dict[str, Any], out: str, delay_s: float = 0.0) -> ScoreStage:
+    return ScoreStage(
+        env["root"],
+        RoundLayout(out, 1),
+        ScoreConfig(batch_size=16, num_actors=1, cpus_per_actor=1.0),
+        teacher_paths=(env["ckpt"],),
+        teacher_fingerprint=env["fp"],
+        rule=env["rule"],
+        upstream={},
+        batch_delay_s=delay_s,
+    )
+
+
+def _scorer_actors() -> list[dict[str, Any]]:
+    import ray._private.state
+
+    return [a for a in ray._private.state.actors().values() if a["ActorClassName"] == SCORER_CLASS]
+
+
+def _kill_scorer_after_first_shard(out: Path, timeout_s: float = 300) -> dict[str, Any]:
+    """Wait until one shard is committed and the scorer is still alive, then ``ray.kill`` it (Ray may restart it)."""
+    import ray
+    from ray._raylet import ActorID
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        alive = [a for a in _scorer_actors() if a["State"] == "ALIVE"]
+        if alive and list(out.glob("part-*.parquet")):
+            victim = alive[0]
+            handle = ray._private.worker.global_worker.core_worker.get_actor_handle(
+                ActorID.from_hex(victim["ActorID"])
+            )
+            ray.kill(handle, no_restart=False)
+            return victim
+        time.sleep(0.2)
+    raise AssertionError("no scoring actor was alive after a shard committed; the run ended too soon to kill one")
+
+
+def _hashes(directory: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != "_SUCCESS.json"
+    }
+
+
+def test_killed_actor_every_pool_row_once_and_rerun_identical(scored_root, tmp_path):
+    env = scored_root
+    killed_dir = tmp_path / "killed" / "score"
+    stage = _stage(env, str(tmp_path / "killed"), delay_s=0.3)
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = stage.execute()
+        except BaseException as exc:  # surfaced below
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    victim = _kill_scorer_after_first_shard(killed_dir)
+    thread.join(timeout=600)
+    assert not thread.is_alive(), "the score stage did not finish within 600 s after the kill"
+    assert "error" not in box, repr(box.get("error"))
+    restarted = [a for a in _scorer_actors() if a["ActorID"] == victim["ActorID"]]
+    assert restarted and restarted[0]["NumRestarts"] >= 1  # the kill really hit a live scorer mid-run
+
+    parts = sorted(killed_dir.glob("part-*.parquet"))
+    assert [p.name for p in parts] == [f"part-{s}.parquet" for s in env["pool_shards"]]
+    assert len(parts) >= 2
+    table = pq.ParquetDataset([str(p) for p in parts]).read(columns=["key", "probs"])
+    keys = table["key"].to_pylist()
+    assert len(keys) == len(set(keys)) == len(env["pool"]) == box["result"].counts["rows"]
+    assert sorted(keys) == env["pool"]
+    probs = np.asarray(table["probs"].combine_chunks().flatten()).reshape(len(keys), 7).astype(np.float64)
+    assert np.abs(probs.sum(1) - 1).max() <= 1e-4
+
+    # (b) a second run with the same fingerprint is skipped and touches nothing
+    before = {p: p.stat().st_mtime_ns for p in killed_dir.rglob("*") if p.is_file()}
+    again = _stage(env, str(tmp_path / "killed")).execute()
+    assert again.skipped
+    assert {p: p.stat().st_mtime_ns for p in killed_dir.rglob("*") if p.is_file()} == before
+
+    # a clean run without any kill writes byte-identical data files
+    clean = _stage(env, str(tmp_path / "clean")).execute()
+    assert not clean.skipped
+    assert _hashes(tmp_path / "clean" / "score") == _hashes(killed_dir)
+
+    # a crash after one shard's part: only that shard is scored again, with identical bytes
+    shard = list(env["pool_shards"])[1]
+    (killed_dir / "stats" / f"{shard}.json").unlink()
+    (killed_dir / "_SUCCESS.json").unlink()
+    redo = _stage(env, str(tmp_path / "killed")).execute()
+    assert redo.counts["scored_now"] == env["pool_shards"][shard]
+    assert _hashes(killed_dir) == _hashes(tmp_path / "clean" / "score")
