@@ -1,0 +1,175 @@
+"""A tiny real campaign (round 0 + round 1 on FER2013): report.html in headless Chromium, label issues, exports."""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from engine.config import CurationConfig
+from engine.io import fs
+from engine.labels import get_label_space
+from engine.layout import CampaignLayout
+from tests.integration.test_round import _cfg
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def campaign(ray_local, fer2013_dir, tmp_path_factory):
+    from engine.campaign import run_campaign
+
+    root = tmp_path_factory.mktemp("report_export")
+    base = _cfg(root, fer2013_dir)
+    # tau 0 with a per-class cap: a non-empty selection and rejected rows whatever the 1-epoch teacher predicts.
+    cfg = dataclasses.replace(
+        base,
+        threshold=dataclasses.replace(base.threshold, tau=0.0),
+        select=dataclasses.replace(base.select, cap_per_class=10),
+        curation=CurationConfig(label_issues=True, folds=2, epochs=1),
+    )
+    state = run_campaign(cfg)
+    assert [state["rounds"][r]["status"] for r in ("0", "1")] == ["done", "done"]
+    return cfg, root, state
+
+
+def _expected(root: Path) -> dict[str, int]:
+    lay = CampaignLayout(str(root), "demo")
+    lab = pq.read_table(lay.partition_dir + "/labelled.parquet", columns=["key", "label"]).to_pylist()
+    sel = pq.read_table(lay.round(1).selection, columns=["key", "label"]).to_pylist()
+    out = {r["key"]: r["label"] for r in lab}
+    assert not set(out) & {r["key"] for r in sel}
+    out.update({r["key"]: r["label"] for r in sel})
+    return out
+
+
+def test_label_issues_written_for_the_labelled_set(campaign):
+    _, root, _ = campaign
+    lay = CampaignLayout(str(root), "demo").round(1)
+    marker = fs.read_json(lay.dir + "/curation/_SUCCESS.json")
+    labelled = pq.read_table(CampaignLayout(str(root), "demo").partition_dir + "/labelled.parquet")
+    oof = pq.read_table(lay.dir + "/curation/oof_probs.parquet")
+    issues = pq.read_table(lay.dir + "/curation/label_issues.parquet")
+    assert marker["counts"]["labelled"] == labelled.num_rows == oof.num_rows
+    assert sorted(oof["key"].to_pylist()) == sorted(labelled["key"].to_pylist())
+    assert issues.num_rows == marker["counts"]["flagged"]
+    assert issues.column_names[:7] == [
+        "key", "shard", "given_label", "given_name", "suggested_label", "suggested_name", "quality"
+    ]  # fmt: skip
+    assert set(issues["key"].to_pylist()) <= set(labelled["key"].to_pylist())
+    # Stratified 2-fold: per class, ceil(n_c / 2) rows in fold 0 and floor(n_c / 2) in fold 1.
+    per_class = Counter(labelled["label"].to_pylist())
+    folds = Counter(oof["fold"].to_pylist())
+    assert folds == {0: sum((n + 1) // 2 for n in per_class.values()), 1: sum(n // 2 for n in per_class.values())}
+
+
+def test_report_renders_in_chromium_and_is_logged_to_mlflow(campaign, tmp_path):
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is absent: apt-get install -y chromium chromium-driver")
+    from playwright.sync_api import sync_playwright
+
+    from engine.report import rebuild_report
+    from engine.tracking import Tracker, default_artifact_root, default_uri
+
+    cfg, root, state = campaign
+    lay = CampaignLayout(str(root), "demo").round(1)
+    first = Path(lay.report).read_bytes()
+    q = fs.read_json(lay.quality)
+    k = cfg.report.gallery_per_class
+    assert rebuild_report(lay.dir) == lay.report
+    assert Path(lay.report).read_bytes() == first  # deterministic rebuild from committed files
+    assert fs.exists(CampaignLayout(str(root), "demo").round(0).report)
+
+    shot = tmp_path / "report.png"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto(Path(lay.report).as_uri())
+        page.wait_for_load_state("load")
+        widths = page.eval_on_selector_all("img", "els => els.map(e => e.complete ? e.naturalWidth : 0)")
+        headings = page.eval_on_selector_all("h2", "els => els.map(e => e.textContent)")
+        galleries = page.evaluate(
+            """() => [...document.querySelectorAll('h4')].filter(h => h.textContent.includes('highest confidence'))
+                 .map(h => h.nextElementSibling.querySelectorAll('img').length)"""
+        )
+        scroll_x = page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
+    assert widths and min(widths) > 0
+    assert headings == [
+        "Thresholds",
+        "Selection",
+        "Confidence histograms",
+        "Galleries",
+        "Evaluation: student vs teacher",
+        "Label issues in the labelled set",
+        "Ingest: quarantine, duplicates and leakage",
+    ]
+    names = get_label_space("basic7").classes
+    assert galleries == [min(k, q["per_class"][n]["selected"]) for n in names if q["per_class"][n]["selected"]]
+    assert sum(q["per_class"][n]["selected"] for n in names) == q["selected"] > 0
+    assert scroll_x
+    assert shot.stat().st_size > 50_000
+    assert f"mask rate {q['mask_rate']:.2%}" in first.decode()
+
+    tracker = Tracker(default_uri(str(root)), cfg.tracking.experiment, default_artifact_root(str(root)))
+    assert "report.html" in tracker.list_artifacts(state["rounds"]["1"]["mlflow_run_id"])
+
+
+@pytest.mark.parametrize("fmt", ["webdataset", "imagefolder", "csv"])
+def test_export_reads_back_exactly_the_curated_set(campaign, tmp_path, fmt):
+    import webdataset as wds
+
+    from engine.curation import open_round
+    from engine.export import export_round
+
+    _, root, _ = campaign
+    lay = CampaignLayout(str(root), "demo").round(1)
+    expected = _expected(root)
+    out = tmp_path / fmt
+    sheet = export_round(open_round(lay.dir), fmt, str(out))
+    if fmt == "webdataset":
+        urls = sorted(glob.glob(str(out / "shards" / "*.tar")))
+        got = {s["__key__"]: s["cls"] for s in wds.WebDataset(urls, shardshuffle=False).decode()}
+    elif fmt == "imagefolder":
+        names = list(sheet["label_space"]["classes"])
+        got = {p.stem: names.index(p.parent.name) for p in out.glob("*/*.png")}
+    else:
+        import csv
+
+        names = list(sheet["label_space"]["classes"])
+        with open(out / "list.csv", newline="") as fh:
+            got = {Path(r["path"]).stem: names.index(r["label"]) for r in csv.DictReader(fh)}
+            assert all((out / r).exists() for r in [f"images/{k}.png" for k in got])
+    assert got == expected
+    assert sheet["samples"] == len(expected)
+
+    samples = pq.read_table(out / "samples.parquet").to_pylist()
+    thr = fs.read_json(lay.thresholds)["thresholds_by_class"]
+    sel = {r["key"]: r for r in pq.read_table(lay.selection).to_pylist()}
+    manifest = pq.read_table(root / "sources/fer2013/manifest", columns=["key", "orig_path"]).to_pylist()
+    orig = {r["key"]: r["orig_path"] for r in manifest}
+    for r in samples:
+        assert r["orig_path"] == orig[r["key"]] and r["round"] == 1
+        if r["origin"] == "pseudo":
+            assert r["threshold"] == pytest.approx(thr[r["label_name"]])
+            assert r["confidence"] == pytest.approx(sel[r["key"]]["conf"]) and r["policy"] == "fixed"
+        else:
+            assert r["threshold"] is None and r["confidence"] is None
+    assert sheet["counts"]["total"] == {"labelled": len(expected) - len(sel), "pseudo": len(sel)}
+    assert sheet["lineage"]["stages"]["select"] == fs.read_json(lay.select_dir + "/_SUCCESS.json")["fingerprint"]
+    assert (out / "datasheet.md").read_text().startswith("# Datasheet: demo round r001")
