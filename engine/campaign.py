@@ -24,8 +24,11 @@ def _tracker(cfg: Config) -> Any:
     return Tracker(uri, cfg.tracking.experiment, default_artifact_root(cfg.storage.root))
 
 
-def prepare(cfg: Config) -> tuple[Any, str]:
-    """Ingest every source the campaign uses and commit its partition; returns (rule, partition fingerprint)."""
+def prepare(cfg: Config, results: dict[str, Any] | None = None) -> tuple[Any, str]:
+    """Ingest every source the campaign uses and commit its partition; returns (rule, partition fingerprint).
+
+    When ``results`` is given, it receives ``{"ingest": {source: StageResult}, "partition": StageResult}``.
+    """
     from engine.partition import PartitionStage, load_rule
     from engine.stages.ingest import run_ingest
 
@@ -33,12 +36,35 @@ def prepare(cfg: Config) -> tuple[Any, str]:
     used = list(dict.fromkeys([*c.labelled, *c.unlabelled, *c.eval]))
     if not c.labelled:
         raise ValueError("campaign.labelled is empty: name at least one labelled source")
-    fps = {
-        s: run_ingest(cfg.storage.root, cfg.source(s), cfg.ingest, on_existing=cfg.storage.on_existing).fingerprint
-        for s in used
+    ingested = {
+        s: run_ingest(cfg.storage.root, cfg.source(s), cfg.ingest, on_existing=cfg.storage.on_existing) for s in used
     }
+    fps = {s: r.fingerprint for s, r in ingested.items()}
     part = PartitionStage(cfg.storage.root, c, fps, on_existing=cfg.storage.on_existing).execute()
+    if results is not None:
+        results.update(ingest=ingested, partition=part)
     return load_rule(cfg.storage.root, c.name), part.fingerprint
+
+
+def completed(cfg: Config) -> dict[str, Any] | None:
+    """``campaign.json`` when the campaign has nothing left to do with this very config, else None.
+
+    Complete means: written by a run with the same config fingerprint, and either stopped early or every round
+    0..``campaign.rounds`` done with its ``round.json`` committed. Reads two small files: no Ray, no MLflow.
+    """
+    from engine.fingerprint import fingerprint
+
+    lay = CampaignLayout(cfg.storage.root, cfg.campaign.name)
+    state = fs.read_json_or_none(lay.state)
+    if not state or state.get("config_fingerprint") != fingerprint(cfg):
+        return None
+    rounds = state.get("rounds", {})
+    done = [r for r in range(cfg.campaign.rounds + 1) if rounds.get(str(r), {}).get("status") == "done"]
+    if not all(fs.exists(lay.round(r).state) for r in done):
+        return None
+    if state.get("stopped") or len(done) == cfg.campaign.rounds + 1:
+        return dict(state)
+    return None
 
 
 def run_campaign(cfg: Config, *, max_rounds: int | None = None) -> dict[str, Any]:
@@ -46,7 +72,8 @@ def run_campaign(cfg: Config, *, max_rounds: int | None = None) -> dict[str, Any
     from engine.fingerprint import fingerprint
 
     lay = CampaignLayout(cfg.storage.root, cfg.campaign.name)
-    rule, part_fp = prepare(cfg)
+    prepared: dict[str, Any] = {}
+    rule, part_fp = prepare(cfg, prepared)
     tracker = _tracker(cfg)
     state = fs.read_json_or_none(lay.state) or {
         "name": cfg.campaign.name,
@@ -60,6 +87,12 @@ def run_campaign(cfg: Config, *, max_rounds: int | None = None) -> dict[str, Any
         params={**flatten(cfg), "config_fingerprint": fingerprint(cfg)},
         tags={"engine.campaign": cfg.campaign.name},
     )
+    state["config_fingerprint"] = fingerprint(cfg)
+    state["prepared"] = {
+        "ingest": {s: _result_doc(r) for s, r in prepared["ingest"].items()},
+        "partition": _result_doc(prepared["partition"]),
+    }
+    state["tracking_uri"] = tracker.uri
     fs.write_json(lay.state, state)
     fs.write_json(lay.config, flatten(cfg))
     new = 0
@@ -84,12 +117,21 @@ def run_campaign(cfg: Config, *, max_rounds: int | None = None) -> dict[str, Any
         _promote(state, doc, cfg)
         fs.write_json(lay.state, state)
         new += 1
-    tracker.log_metrics(
-        state["mlflow_run_id"],
-        {"campaign/best_val_macro_f1": (state["teacher"] or {}).get("val_macro_f1")},
-        step=max((int(k) for k in state["rounds"]), default=0),
-    )
+    if new:
+        tracker.log_metrics(
+            state["mlflow_run_id"],
+            {"campaign/best_val_macro_f1": (state["teacher"] or {}).get("val_macro_f1")},
+            step=max((int(k) for k in state["rounds"]), default=0),
+        )
+    if state["stopped"] or all(
+        state["rounds"].get(str(r), {}).get("status") == "done" for r in range(cfg.campaign.rounds + 1)
+    ):
+        tracker.set_terminated(state["mlflow_run_id"], "FINISHED")
     return dict(state)
+
+
+def _result_doc(r: Any) -> dict[str, Any]:
+    return {"counts": r.counts, "skipped": r.skipped, "seconds": r.seconds, "fingerprint": r.fingerprint}
 
 
 def _teacher(state: dict[str, Any], cfg: Config) -> TeacherRef | None:
@@ -122,5 +164,6 @@ def _promote(state: dict[str, Any], doc: dict[str, Any], cfg: Config) -> None:
         }
         log.info("round r%03d: student promoted to teacher (val macro-F1 %.4f)", r, f1 or 0.0)
     elif cfg.campaign.stop_when_no_gain:
-        state["stopped"] = f"round {r}: student val macro-F1 {f1} did not beat the teacher's {cur.get('val_macro_f1')}"
+        best = (cur or {}).get("val_macro_f1")
+        state["stopped"] = f"round {r}: student val macro-F1 {f1} did not beat the teacher's {best}"
         log.warning("campaign stopped: %s", state["stopped"])

@@ -38,7 +38,8 @@ class SourceConfig:
     """One input dataset in one of the supported on-disk formats."""
 
     format: str
-    """Adapter name: fer2013, image_folder, flat_folder, csv_list, expw, affectnet, diffusionfer, affwild2, mindface."""
+    """Adapter name: fer2013, image_folder, flat_folder, csv_list, expw, affectnet, diffusionfer, affwild2,
+    mindface."""
     path: str
     """Root folder (or file) of the dataset in its original layout."""
     name: str = ""
@@ -106,6 +107,21 @@ class ModelConfig:
     """Per-channel normalisation std, on pixels scaled to [0, 1]."""
     drop_rate: float = 0.0
     """Dropout before the classifier."""
+    head: str = "linear"
+    """Classifier on the backbone features: ``linear`` (one head), ``cascade`` (CFC-SP coarse head over the coarse5
+    classes present plus a fine head over the Negative classes), or ``esr`` (``esr_branches`` branches whose
+    probabilities are averaged)."""
+    esr_branches: int = 4
+    """ESR only: number of branches on the shared backbone."""
+    esr_hidden: int = 128
+    """ESR only: width of each branch's hidden layer (its features enter the diversity loss)."""
+    va_head: bool = False
+    """Add a valence-arousal regression head (2 tanh outputs in [-1, 1])."""
+
+    def __post_init__(self) -> None:
+        _check_choice("model.head", self.head, ("linear", "cascade", "esr"))
+        if self.head == "esr" and self.esr_branches < 2:
+            raise ConfigError(f"model.esr_branches must be >= 2 for head=esr, got {self.esr_branches}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -126,6 +142,22 @@ class ScoreConfig:
     """Bins of the per-class confidence histograms in ``score/stats.json``."""
     sources: tuple[str, ...] = ()
     """Sources scored as the unlabelled pool; empty means the campaign's unlabelled sources."""
+    disagreement: str = "vote_entropy"
+    """Column ``disagreement`` of teachers with branches (ESR, ensembles): ``vote_entropy`` (entropy of the members'
+    argmax votes, nats), ``variance`` (per-class variance across members, mean over classes) or ``js`` (Jensen-Shannon:
+    entropy of the mean minus the mean entropy)."""
+    smooth: str | None = None
+    """Per-video smoothing of the probabilities of rows with a manifest ``group`` and ``frame`` (CFC-SP smooth
+    predicting), after scoring and before thresholds: ``mean`` (centred moving average over frames within
+    ``smooth_window``) or ``ema`` (causal exponential moving average, alpha = 2 / (smooth_window + 1)); None = off."""
+    smooth_window: int = 5
+    """Smoothing window in frames (odd for ``mean``: frame f averages frames f - w//2 .. f + w//2 that exist)."""
+
+    def __post_init__(self) -> None:
+        _check_choice("score.disagreement", self.disagreement, ("vote_entropy", "variance", "js"))
+        if self.smooth is not None:
+            _check_choice("score.smooth", self.smooth, ("mean", "ema"))
+        _check_positive("score.smooth_window", self.smooth_window)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,15 +165,23 @@ class ThresholdConfig:
     """Per-class confidence thresholds for one round (offline policies; see engine/thresholds)."""
 
     policy: str = "dtm_r"
-    """fixed, dtm_r, flexmatch, freematch, quantile, topk."""
+    """fixed, dtm_r, flexmatch, freematch, softmatch, quantile, topk."""
     tau: float = 0.95
     """Base threshold: the fixed threshold, and tau_max of DTM-R / FlexMatch."""
     tau_min: float = 0.5
-    """Floor of DTM-R thresholds."""
+    """Floor of DTM-R thresholds (also the floor of the quantile and top-K policies)."""
     mapping: str = "convex"
-    """DTM-R / FlexMatch mapping M: convex x/(2-x), linear x, or concave."""
+    """DTM-R / FlexMatch mapping M: convex x/(2-x), linear x, concave, linear_offset or low_limit."""
     warmup: bool = True
     """DTM-R / FlexMatch warm-up normalisation by the unused count."""
+    momentum: float = 0.999
+    """FreeMatch / SoftMatch EMA momentum of the online form (USB ema_p); offline fits use the round's exact means."""
+    fairness_weight: float = 0.0
+    """FreeMatch self-adaptive fairness (SAF) loss weight w_f for the online branch; 0 = off (USB configs: 0.001)."""
+    n_sigma: float = 2.0
+    """SoftMatch: the truncated Gaussian's std is sigma_t / n_sigma (USB default 2)."""
+    uniform_align: bool = True
+    """SoftMatch uniform alignment of the weak-view probabilities (online form)."""
     quantile: float = 0.8
     """Quantile policy: per-class confidence quantile used as threshold."""
     top_k: int = 1000
@@ -164,6 +204,13 @@ class SelectConfig:
     """At most this many pseudo-labels per labelled sample, overall."""
     weight: float = 1.0
     """Loss weight of each selected sample."""
+    max_disagreement: float | None = None
+    """Reject rows whose score ``disagreement`` (branch / ensemble teachers) is above this; None = off. With
+    ``threshold.policy: fixed`` and ``tau: 0`` the disagreement alone selects."""
+    min_valence: dict[str, float] = field(default_factory=dict)
+    """VA gating: class name -> lowest predicted valence a pseudo-label of that class may have (e.g. Happiness: 0)."""
+    max_valence: dict[str, float] = field(default_factory=dict)
+    """VA gating: class name -> highest predicted valence a pseudo-label of that class may have (e.g. Sadness: 0)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -193,6 +240,14 @@ class TrainConfig:
     seed: int = 0
     warm_start: bool = False
     """Initialise the student from the teacher's weights."""
+    fine_weight: float = 1.0
+    """Cascade models: weight of the fine-head CE (mean over the Negative-class rows) added to the coarse CE."""
+    diversity_weight: float = 0.0
+    """ESR models: weight of the branch diversity loss (mean RBF similarity of the branch features)."""
+    diversity_gamma: float = 1.0
+    """ESR models: RBF width gamma of the diversity loss, on L2-normalised branch features."""
+    va_weight: float = 1.0
+    """Models with a VA head: weight of the CCC loss ``1 - (CCC_valence + CCC_arousal) / 2`` on rows with VA labels."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -210,6 +265,51 @@ class TrackingConfig:
     uri: str | None = None
     """Tracking URI; None means a sqlite store under the storage root."""
     experiment: str = "fer-pseudolabel"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportConfig:
+    """The round's self-contained ``report.html`` (engine/report.py), written at the end of every round."""
+
+    enabled: bool = True
+    """Write the report (and log it to MLflow) at the end of each round."""
+    gallery_per_class: int = 8
+    """Images per class in each gallery (confident, just above / below the threshold, confident mistakes)."""
+    hist_bins: int = 50
+    """Bins of the per-class confidence histograms (the score statistics' fine bins are summed into these)."""
+    max_clusters: int = 12
+    """Duplicate / leakage clusters listed per source (largest first); counts always cover every cluster."""
+
+    def __post_init__(self) -> None:
+        _check_positive("report.gallery_per_class", self.gallery_per_class)
+        _check_positive("report.hist_bins", self.hist_bins)
+        _check_positive("report.max_clusters", self.max_clusters)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CurationConfig:
+    """Label-issue flags on the labelled set (engine/curation.py): out-of-fold probabilities → cleanlab."""
+
+    label_issues: bool = False
+    """At the end of each round, write ``curation/label_issues.parquet`` (needs the ``curation`` extra: cleanlab)."""
+    folds: int = 5
+    """K of the stratified K-fold cross-validation that gives every labelled sample out-of-fold probabilities."""
+    epochs: int | None = None
+    """Epochs per fold; None uses ``train.epochs``."""
+    filter_by: str = "prune_by_noise_rate"
+    """cleanlab ``find_label_issues`` method: prune_by_noise_rate, prune_by_class, both, confident_learning,
+    predicted_neq_given."""
+
+    def __post_init__(self) -> None:
+        if self.folds < 2:
+            raise ConfigError(f"curation.folds must be >= 2 for cross-validation, got {self.folds}")
+        if self.epochs is not None:
+            _check_positive("curation.epochs", self.epochs)
+        _check_choice(
+            "curation.filter_by",
+            self.filter_by,
+            ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given"),
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -252,12 +352,15 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     campaign: CampaignConfig = field(default_factory=CampaignConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    curation: CurationConfig = field(default_factory=CurationConfig)
 
     def source(self, name: str) -> SourceConfig:
         """The source called ``name``; an unknown name is a ConfigError listing the known ones."""
         if name not in self.sources:
             raise ConfigError(
-                f"unknown source {name!r}{_suggest(name, self.sources)}; configured: {', '.join(self.sources) or 'none'}"
+                f"unknown source {name!r}{_suggest(name, self.sources)}; "
+                f"configured: {', '.join(self.sources) or 'none'}"
             )
         return self.sources[name]
 

@@ -185,7 +185,8 @@ def run_round(
             f"{s}/{k}": metrics[s][k]
             for s in cfg.eval.splits
             if s in metrics
-            for k in ("macro_f1", "accuracy", "abaw2021", "n")
+            for k in ("macro_f1", "accuracy", "abaw2021", "n", "ccc_valence", "ccc_arousal", "ccc_mean")
+            if metrics[s].get(k) is not None
         },
         "mlflow_run_id": run_id,
     }
@@ -194,6 +195,9 @@ def run_round(
         doc["quality"] = fs.read_json(lay.quality)
     if tracker is not None and run_id:
         _log_round(tracker, run_id, lay, doc, space)
+    from engine.report import finish_round  # report.html (+ label issues when configured), before round.json
+
+    finish_round(cfg, lay, doc, partition_fp=partition_fp, tracker=tracker, run_id=run_id)
     fs.write_json(lay.state, doc)
     return doc
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Any
@@ -22,11 +23,42 @@ def init_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+        _start_local(num_cpus, **kwargs)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True
     ctx.verbose_stats_logs = False
     log.info("ray: %s", ray.cluster_resources())
+
+
+LOCAL_START_ATTEMPTS = 3
+"""Tries to start a local Ray: its raylet must register within a fixed 30 s, which a busy machine can miss."""
+
+
+def _start_local(num_cpus: int | None, **kwargs: Any) -> None:
+    import psutil  # vendored by Ray (ray/thirdparty_files): importable once init_ray imported ray
+    import ray
+
+    me = psutil.Process()
+    for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
+        before = {p.pid for p in me.children(recursive=True)}
+        try:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+            return
+        except Exception as exc:  # Ray raises a bare Exception for this timeout
+            if "timed out during startup" not in str(exc) or attempt == LOCAL_START_ATTEMPTS:
+                raise
+            log.warning(
+                "local Ray did not start within Ray's 30 s (attempt %d of %d; machine busy?); retrying",
+                attempt,
+                LOCAL_START_ATTEMPTS,
+            )
+            ray.shutdown()
+            # The half-started node (GCS, raylet) are this process's own children: end exactly those.
+            stale = [p for p in me.children(recursive=True) if p.pid not in before]
+            for p in stale:
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
+            psutil.wait_procs(stale, timeout=10)
 
 
 def cluster_cpus() -> int:

@@ -19,7 +19,8 @@ def print_ingest_summary(source: str, result: Any) -> None:
         f"  quarantined  {c['quarantined']:>10,}   by reason: "
         + (", ".join(f"{k} {v:,}" for k, v in c.get("by_reason", {}).items()) or "none"),
         f"  duplicates   {c['duplicates']:>10,}",
-        f"  leakage      {c['leakage']:>10,}   (val/test samples with a train twin: {c.get('eval_twins_of_train', 0):,})",
+        f"  leakage      {c['leakage']:>10,}   "
+        f"(val/test samples with a train twin: {c.get('eval_twins_of_train', 0):,})",
         f"  shards       {c['shards']:>10,}",
         f"  time         {c['seconds']:>10.1f} s   {c['images_per_s']:,.0f} images/s",
     ]
@@ -34,6 +35,15 @@ def print_campaign_summary(cfg: Any, state: dict[str, Any]) -> None:
     lay = CampaignLayout(cfg.storage.root, cfg.campaign.name)
     out = [f"campaign {cfg.campaign.name}  (storage {cfg.storage.root}; MLflow run {state.get('mlflow_run_id')})"]
     ran_any = False
+    prepared = state.get("prepared") or {}
+    for name, st in [*(prepared.get("ingest") or {}).items(), ("partition", prepared.get("partition"))]:
+        if not st:
+            continue
+        ran_any |= not st["skipped"]
+        label = name if name == "partition" else f"ingest {name}"
+        ran = "skipped" if st["skipped"] else f"ran {st['seconds']:.1f} s"
+        counts = ", ".join(f"{k}={v}" for k, v in st["counts"].items() if not isinstance(v, (dict, list)))
+        out.append(f"{label:<16} {ran:<12} {counts}")
     for r in sorted(state["rounds"], key=int):
         doc = fs.read_json_or_none(lay.round(int(r)).state)
         if doc is None:
@@ -64,4 +74,39 @@ def print_campaign_summary(cfg: Any, state: dict[str, Any]) -> None:
         out.append(f"stopped: {state['stopped']}")
     if not ran_any:
         out.append("nothing to do: every stage was already committed")
+    out.append(mlflow_ui_hint(cfg, state))
     print("\n".join(out), flush=True)
+
+
+def tracking_uri(cfg: Any, state: dict[str, Any]) -> str:
+    """The campaign's MLflow tracking URI: the one stored in campaign.json, else the configured or default one."""
+    if state.get("tracking_uri"):
+        return str(state["tracking_uri"])
+    if cfg.tracking.uri:
+        return str(cfg.tracking.uri)
+    from engine.tracking import default_uri
+
+    return default_uri(cfg.storage.root)
+
+
+def mlflow_ui_hint(cfg: Any, state: dict[str, Any]) -> str:
+    """One line telling how to browse the campaign's runs: ``mlflow ui --backend-store-uri …`` for a local store."""
+    uri = tracking_uri(cfg, state)
+    if uri.startswith(("http://", "https://")):
+        return f"MLflow: open {uri} (experiment {cfg.tracking.experiment})"
+    return f"MLflow UI: mlflow ui --backend-store-uri {uri}"
+
+
+def print_nothing_to_do(cfg: Any, state: dict[str, Any]) -> None:
+    """One line for a campaign that is already complete with this config (plus the MLflow UI line)."""
+    f1 = ", ".join(
+        f"r{int(r):03d} val {v.get('val_macro_f1') or 0.0:.4f} / test {v.get('test_macro_f1') or 0.0:.4f}"
+        for r, v in sorted(state.get("rounds", {}).items(), key=lambda kv: int(kv[0]))
+    )
+    stopped = f"; stopped: {state['stopped']}" if state.get("stopped") else ""
+    print(
+        f"nothing to do: campaign {cfg.campaign.name} in {cfg.storage.root} is complete with this config "
+        f"(macro-F1 {f1}{stopped}); delete {cfg.storage.root} to run it again",
+        flush=True,
+    )
+    print(mlflow_ui_hint(cfg, state), flush=True)

@@ -1,4 +1,4 @@
-"""Run a whole campaign (ingest, partition, round 0, rounds 1..N): ``python jobs/campaign.py --config conf/demo.yaml``."""
+"""Run a whole campaign (ingest, partition, rounds 0..N): ``python jobs/campaign.py --config conf/demo.yaml``."""
 
 from __future__ import annotations
 
@@ -14,10 +14,14 @@ from engine.runtime import init_ray
 
 def run(args: argparse.Namespace) -> None:
     cfg = cli.load(args)
-    init_ray()
-    from engine.campaign import run_campaign
-    from engine.summary import print_campaign_summary
+    from engine.campaign import completed, run_campaign
+    from engine.summary import print_campaign_summary, print_nothing_to_do
 
+    done = completed(cfg)
+    if done is not None:  # nothing to do: no Ray, no MLflow, only campaign.json read
+        print_nothing_to_do(cfg, done)
+        return
+    init_ray()
     state = run_campaign(cfg, max_rounds=args.max_rounds)
     print_campaign_summary(cfg, state)
 

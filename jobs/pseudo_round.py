@@ -16,10 +16,14 @@ from engine.runtime import init_ray
 
 def run(args: argparse.Namespace) -> None:
     cfg = cli.load(args)
-    init_ray()
-    from engine.campaign import run_campaign
-    from engine.summary import print_campaign_summary
+    from engine.campaign import completed, run_campaign
+    from engine.summary import print_campaign_summary, print_nothing_to_do
 
+    done = completed(cfg)
+    if done is not None:  # nothing to do: no Ray, no MLflow, only campaign.json read
+        print_nothing_to_do(cfg, done)
+        return
+    init_ray()
     state = run_campaign(cfg, max_rounds=None if args.all else 2)
     print_campaign_summary(cfg, state)
 

@@ -17,6 +17,7 @@ def _cfg(root, fer2013_dir):
             f"storage.root={root}",
             f"sources.fer2013.path={fer2013_dir}",
             "sources.fer2013.limit=150",
+            "model.name=tiny_cnn",
             "ingest.samples_per_shard=100",
             "campaign.max_labelled=null",
             "campaign.max_unlabelled=null",

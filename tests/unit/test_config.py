@@ -40,7 +40,7 @@ def test_unknown_section_and_override():
 
 
 def test_wrong_type_is_an_error():
-    with pytest.raises(ConfigError, match="train.epochs .* must be int, got 'ten'"):
+    with pytest.raises(ConfigError, match=r"train\.epochs .* must be int, got 'ten'"):
         load_config([], ["train.epochs=ten"])
     with pytest.raises(ConfigError, match="must be bool"):
         load_config([], ["score.tta_flip=3"])
@@ -65,7 +65,7 @@ def test_sources_mapping_fills_names_and_validates(tmp_path):
 
 
 def test_value_checks():
-    with pytest.raises(ConfigError, match="ingest.image_format must be one of png, jpg"):
+    with pytest.raises(ConfigError, match=r"ingest\.image_format must be one of png, jpg"):
         load_config([], ["ingest.image_format=gif"])
 
 
