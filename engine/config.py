@@ -82,9 +82,23 @@ class IngestConfig:
     """Files larger than this are quarantined as ``too_large`` without being read."""
     phash_leakage: bool = True
     """Flag train/unlabelled samples whose perceptual hash equals a val/test sample (not only exact sha256 twins)."""
+    detect_faces: bool = False
+    """Crop each image to its most confident MTCNN face (needs ``pip install --no-deps facenet-pytorch``); images with
+    no face are quarantined as ``no_face``. Off: the face_* keys below are ignored and not fingerprinted."""
+    face_margin: float = 0.2
+    """Face crop: a square of side max(face w, h) * (1 + 2 * face_margin) around the face, clipped to the image."""
+    face_size: int = 112
+    """Face crops are resized to this square side in pixels (then ``resize``, if set, still applies)."""
+    face_min_prob: float = 0.9
+    """Faces MTCNN scores below this probability do not count (the image becomes ``no_face``)."""
 
     def __post_init__(self) -> None:
         _check_choice("ingest.image_format", self.image_format, ("png", "jpg"))
+        _check_positive("ingest.face_size", self.face_size)
+        if not 0 <= self.face_min_prob <= 1:
+            raise ConfigError(f"ingest.face_min_prob must be in [0, 1], got {self.face_min_prob}")
+        if self.face_margin < 0:
+            raise ConfigError(f"ingest.face_margin must be >= 0, got {self.face_margin}")
         _check_positive("ingest.samples_per_shard", self.samples_per_shard)
         _check_positive("ingest.list_chunk_rows", self.list_chunk_rows)
 

@@ -1,4 +1,4 @@
-"""Decode, validate, crop/resize, re-encode and hash one image (Pillow + numpy; no Ray, no torch)."""
+"""Decode, validate, crop/resize, re-encode and hash one image (Pillow + numpy; torch only for face detection)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,17 @@ import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
 
 # Quarantine reasons, in the order they are checked.
-REASONS = ("empty", "too_large", "not_an_image", "truncated", "decode_error", "bad_box", "too_small", "duplicate")
+REASONS = (
+    "empty",
+    "too_large",
+    "not_an_image",
+    "truncated",
+    "decode_error",
+    "bad_box",
+    "too_small",
+    "no_face",
+    "duplicate",
+)
 
 _FORMAT_EXT = {"PNG": "png", "JPEG": "jpg"}
 
@@ -42,6 +52,11 @@ class ImagePolicy:
     min_side_px: int = 16
     max_pixels: int = 50_000_000
     max_bytes: int = 50_000_000
+    detect_faces: bool = False
+    """Crop to the most confident MTCNN face (engine/faces.py); images without one are ``no_face``."""
+    face_margin: float = 0.2
+    face_size: int = 112
+    face_min_prob: float = 0.9
 
 
 def process_image(data: bytes, policy: ImagePolicy, box: tuple[int, int, int, int] | None = None) -> ImageCheck:
@@ -51,6 +66,10 @@ def process_image(data: bytes, policy: ImagePolicy, box: tuple[int, int, int, in
     Original bytes are kept unchanged when no pixel operation applies and the format already matches; otherwise the
     image is re-encoded deterministically. ``sha256`` is over the stored pixels (mode, shape and bytes), so two files
     with the same pixels are exact duplicates whatever their encoding.
+
+    With ``policy.detect_faces`` the (box-cropped) image is cropped to its most confident MTCNN face, enlarged by
+    ``face_margin`` of the face side on each side (clipped to the image), and resized to ``face_size`` squared;
+    ``resize`` then still applies. No face with probability >= ``face_min_prob`` → reason ``no_face``.
     """
     if not data:
         return ImageCheck("empty", "zero-byte file")
@@ -84,6 +103,11 @@ def process_image(data: bytes, policy: ImagePolicy, box: tuple[int, int, int, in
         img, changed = img.convert("L"), True
     if min(img.size) < policy.min_side_px:
         return ImageCheck("too_small", f"{img.size[0]}x{img.size[1]} < min_side_px {policy.min_side_px}")
+    if policy.detect_faces:
+        crop = _face_crop(img, policy)
+        if isinstance(crop, str):
+            return ImageCheck("no_face", crop)
+        img, changed = crop, True
     if policy.resize is not None and img.size != (policy.resize, policy.resize):
         img, changed = img.resize((policy.resize, policy.resize), Image.Resampling.BILINEAR), True
     pixels = np.asarray(img)
@@ -98,6 +122,22 @@ def process_image(data: bytes, policy: ImagePolicy, box: tuple[int, int, int, in
         sha256=pixel_sha256(pixels),
         phash=phash64(pixels),
     )
+
+
+def _face_crop(img: Image.Image, policy: ImagePolicy) -> Image.Image | str:
+    """``img`` cropped to its best face and resized to ``policy.face_size`` squared, or why not (a detail string)."""
+    from engine.faces import crop_box, detect_faces
+
+    face = detect_faces([np.asarray(img)])[0]
+    if face is None:
+        return "MTCNN found no face"
+    if face.prob < policy.face_min_prob:
+        return f"best face prob {face.prob:.6g} < face_min_prob {policy.face_min_prob}"
+    box = crop_box(face.box, img.size[0], img.size[1], policy.face_margin)
+    if box is None:
+        return f"face box {tuple(round(v) for v in face.box)} outside image {img.size[0]}x{img.size[1]}"
+    side = policy.face_size
+    return img.crop(box).resize((side, side), Image.Resampling.BILINEAR)
 
 
 def encode_image(img: Image.Image, image_format: str) -> bytes:

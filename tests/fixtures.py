@@ -422,10 +422,65 @@ def write_affwild2_videos(root: Path, videos: int = 4, frames: int = 12, first: 
     return root
 
 
-if __name__ == "__main__":  # python -m tests.fixtures {affectnet_va,affwild2_videos} OUT_DIR
+ABAW8_NAMES = AFFWILD2_HEADER.split(",")
+"""Aff-Wild2 EXPR class names by index (the abaw8 label space)."""
+
+
+def _ferplus_contempt(folder: str, n: int) -> set[str]:
+    """Members among the first ``n`` rows of ``folder`` whose FER+ vote majority (ties: none) is contempt."""
+    out: set[str] = set()
+    with open(FER_LABELS, newline="") as fh:
+        for k, rec in enumerate(r for r in csv.DictReader(fh) if r["path"].startswith(folder + "/")):
+            if k == n:
+                break
+            votes = {c: int(v) for c, v in rec.items() if c.startswith("ferplus_") and c != "ferplus_NF"}
+            top = max(votes.values())
+            if votes["ferplus_contempt"] == top > 0 and list(votes.values()).count(top) == 1:
+                out.add(rec["path"])
+    return out
+
+
+def write_mindface_fer(
+    root: Path, n_labelled: int = 1000, n_unlabelled: int = 3000, n_val: int = 500, n_test: int = 500
+) -> Path:
+    """MindFace ``data/`` layout (label_train_img/ + label_train.csv, unlabel_train_img/, val_img/ + val.csv,
+    test_img/ + test.csv) over real 48x48 FER2013 PNGs, labels as abaw8 class names.
+
+    label_train takes the first ``n_labelled`` FER2013Train rows, unlabel_train the next ``n_unlabelled`` (no CSV),
+    val the first ``n_val`` FER2013Valid rows, test the first ``n_test`` FER2013Test rows. Label: the FER2013 label in
+    Aff-Wild2 naming, except ``Other`` where the FER+ vote majority is contempt (an expression outside the basic 7);
+    rows with neither are left out. CSVs have the header ``image,label``.
+    """
+    parts = (
+        ("label_train_img", "label_train.csv", "FER2013Train", 0, n_labelled),
+        ("unlabel_train_img", None, "FER2013Train", n_labelled, n_labelled + n_unlabelled),
+        ("val_img", "val.csv", "FER2013Valid", 0, n_val),
+        ("test_img", "test.csv", "FER2013Test", 0, n_test),
+    )
+    for img_dir, csv_name, folder, lo, hi in parts:
+        contempt = _ferplus_contempt(folder, hi)
+        lines = ["image,label"]
+        for img in fer_images(hi, folder)[lo:hi]:
+            name = (
+                "Other" if img.member in contempt else (ABAW8_NAMES[FER_TO_ABAW[img.label]] if img.label >= 0 else "")
+            )
+            if csv_name is not None and not name:
+                continue
+            write_file(root / img_dir / Path(img.member).name, img.png)
+            lines.append(f"{Path(img.member).name},{name}")
+        if csv_name is not None:
+            write_file(root / csv_name, "\n".join(lines) + "\n")
+    return root
+
+
+if __name__ == "__main__":  # python -m tests.fixtures {affectnet_va,affwild2_videos,mindface} OUT_DIR
     import sys
 
-    builders = {"affectnet_va": write_affectnet_va, "affwild2_videos": write_affwild2_videos}
+    builders = {
+        "affectnet_va": write_affectnet_va,
+        "affwild2_videos": write_affwild2_videos,
+        "mindface": write_mindface_fer,
+    }
     if len(sys.argv) != 3 or sys.argv[1] not in builders:
         sys.exit(f"usage: python -m tests.fixtures {{{','.join(builders)}}} OUT_DIR")
     print(builders[sys.argv[1]](Path(sys.argv[2])))

@@ -86,6 +86,7 @@ QUARANTINE_SCHEMA = pa.schema(
 )
 
 _META_COLS = ["key", "orig_path", "split", "label", "group", "frame", "valence", "arousal"]
+_FACE_KEYS = ("detect_faces", "face_margin", "face_size", "face_min_prob")
 
 
 class IngestStage(Stage):
@@ -106,12 +107,24 @@ class IngestStage(Stage):
             min_side_px=cfg.min_side_px,
             max_pixels=cfg.max_pixels,
             max_bytes=cfg.max_bytes,
+            detect_faces=cfg.detect_faces,
+            face_margin=cfg.face_margin,
+            face_size=cfg.face_size,
+            face_min_prob=cfg.face_min_prob,
         )
 
     def fingerprint_inputs(self) -> dict[str, Any]:
-        return {"source": asdict(self.source), "ingest": asdict(self.cfg)}
+        ingest = asdict(self.cfg)
+        if not self.cfg.detect_faces:  # face keys unused: ingests from before face detection existed stay valid
+            for k in _FACE_KEYS:
+                del ingest[k]
+        return {"source": asdict(self.source), "ingest": ingest}
 
     def run(self) -> RunOutput:
+        if self.cfg.detect_faces:
+            from engine.faces import require_detector
+
+            require_detector()  # fail on the driver, before any Ray task
         t0 = time.perf_counter()
         n_parts = self._list()
         part_stats = self._decode(n_parts)
