@@ -292,10 +292,13 @@ def test_one_million_rows_under_one_gib_of_driver_memory(ray_local, tmp_path) ->
     stage_s = time.perf_counter() - t0
     peak = _peak_rss_bytes(method)
     print(
-        f"select 1M rows: peak driver RSS {peak / 2**20:.0f} MiB ({method}), stage {stage_s:.1f} s, data {gen_s:.1f} s"
+        f"select 1M rows: peak driver RSS {peak / 2**20:.0f} MiB ({method}; {before / 2**20:.0f} MiB before the "
+        f"stage), stage {stage_s:.1f} s, data {gen_s:.1f} s"
     )
+    # What the stage adds to the driver: the test process already holds torch, mlflow and earlier tests' objects
+    # (about 1.2 GiB late in the full suite), so the bound is on the growth from the level right before the stage.
     # Without /proc the lifetime peak is all there is; it bounds this stage only if it was below 1 GiB before it.
-    assert peak < 2**30 or (method == "ru_maxrss" and before >= 2**30)
+    assert peak - before < 2**30 or (method == "ru_maxrss" and before >= 2**30)
     assert res.counts["excluded_leakage"] == 10_000 and res.counts["excluded_labelled"] == 5_000
     assert res.counts["excluded_unknown"] == 2_000
     assert not set(sel["key"]) & _forbidden(inp)
