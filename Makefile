@@ -19,7 +19,7 @@ demo: install
 	$(BIN)/python jobs/campaign.py --config conf/demo.yaml
 
 test: install
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 tests
 
 test-unit: install
 	$(BIN)/python -m pytest -q -m "not integration" tests
