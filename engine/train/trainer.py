@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -89,6 +90,8 @@ def train_student(
         EngineError: training failed (the message gives the run path to resume from).
     """
     t0 = time.monotonic()
+    if "://" not in storage_path:  # Ray Train takes a URI or an absolute path; storage roots may be relative
+        storage_path = os.path.abspath(storage_path)
     num_classes = len(label_space)
     online = train_cfg.online_policy is not None
     _check_config(train_cfg, online=online, unlabelled=unlabelled, num_unlabelled=num_unlabelled)
