@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -402,7 +403,27 @@ def load_config(paths: Sequence[str | Path] = (), overrides: Sequence[str] = ())
         if not sep or not key:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         _set_path(merged, key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None)
-    return build(Config, merged, where=origin)
+    return _absolute_local_paths(build(Config, merged, where=origin))
+
+
+def _absolute_local_paths(cfg: Config) -> Config:
+    """Local storage root and round-0 checkpoint made absolute against the working directory at load time.
+
+    Ray workers do not share the driver's working directory (Ray Train runs each worker in its own), so a relative
+    ``runs/demo`` would name another place inside them. URIs (``s3://…``) are left as they are.
+    """
+
+    def absolute(p: str) -> str:
+        return p if "://" in p else os.path.abspath(p)
+
+    c = cfg.campaign
+    return dataclasses.replace(
+        cfg,
+        storage=dataclasses.replace(cfg.storage, root=absolute(cfg.storage.root)),
+        campaign=dataclasses.replace(
+            c, teacher_checkpoint=absolute(c.teacher_checkpoint) if c.teacher_checkpoint else None
+        ),
+    )
 
 
 def build(cls: type[T], data: Mapping[str, Any], *, where: str = "config", prefix: str = "") -> T:

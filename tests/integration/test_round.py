@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyarrow.parquet as pq
 
 from engine.campaign import run_campaign
@@ -9,10 +11,12 @@ from engine.config import load_config
 from engine.io import fs
 from engine.layout import CampaignLayout
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 def _cfg(root, fer2013_dir):
     return load_config(
-        ["conf/demo.yaml"],
+        [REPO / "conf/demo.yaml"],
         [
             f"storage.root={root}",
             f"sources.fer2013.path={fer2013_dir}",
@@ -33,8 +37,9 @@ def _cfg(root, fer2013_dir):
     )
 
 
-def test_campaign_round_counts_match_files_and_rerun_skips(ray_local, fer2013_dir, tmp_path):
-    cfg = _cfg(tmp_path, fer2013_dir)
+def test_campaign_round_counts_match_files_and_rerun_skips(ray_local, fer2013_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = _cfg(".", fer2013_dir)  # a relative storage root, as in conf/demo.yaml (Ray Train needs it made absolute)
     state = run_campaign(cfg)
     assert [state["rounds"][r]["status"] for r in ("0", "1")] == ["done", "done"]
     lay = CampaignLayout(str(tmp_path), "demo")
