@@ -12,19 +12,37 @@ from engine.errors import EngineError
 from engine.logs import setup_logging
 
 
-def parser(description: str) -> argparse.ArgumentParser:
-    """An ArgumentParser with the common ``--config`` (repeatable) and ``--set a.b=c`` (repeatable) options."""
+def parser(description: str, *, config: bool = True, set_help: str | None = None) -> argparse.ArgumentParser:
+    """An ArgumentParser with the common ``--config`` (repeatable; unless ``config=False``) and ``--set a.b=c``
+    (repeatable) options."""
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--config", action="append", default=[], help="YAML config file; later files override earlier")
+    if config:
+        p.add_argument("--config", action="append", default=[], help="YAML config file; later files override earlier")
     p.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override one config value, e.g. --set storage.root=/data/runs",
+        help=set_help or "override one config value, e.g. --set storage.root=/data/runs",
     )
     return p
+
+
+def run_campaign_job(args: argparse.Namespace, max_rounds: int | None) -> None:
+    """The body of jobs/campaign.py and jobs/pseudo_round.py: say "nothing to do" without starting Ray or MLflow
+    when the campaign is complete with this config, else run up to ``max_rounds`` new rounds and print the summary."""
+    from engine.campaign import completed, run_campaign
+    from engine.runtime import init_ray
+    from engine.summary import print_campaign_summary, print_nothing_to_do
+
+    cfg = load(args)
+    done = completed(cfg)
+    if done is not None:  # only campaign.json was read
+        print_nothing_to_do(cfg, done)
+        return
+    init_ray()
+    print_campaign_summary(cfg, run_campaign(cfg, max_rounds=max_rounds))
 
 
 def load(args: argparse.Namespace) -> Config:

@@ -11,21 +11,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine import cli
-from engine.runtime import init_ray
 
 
 def run(args: argparse.Namespace) -> None:
-    cfg = cli.load(args)
-    from engine.campaign import completed, run_campaign
-    from engine.summary import print_campaign_summary, print_nothing_to_do
-
-    done = completed(cfg)
-    if done is not None:  # nothing to do: no Ray, no MLflow, only campaign.json read
-        print_nothing_to_do(cfg, done)
-        return
-    init_ray()
-    state = run_campaign(cfg, max_rounds=None if args.all else 2)
-    print_campaign_summary(cfg, state)
+    cli.run_campaign_job(args, max_rounds=None if args.all else 2)
 
 
 if __name__ == "__main__":

@@ -22,15 +22,11 @@ def run(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__)
+    p = cli.parser(
+        __doc__ or "",
+        config=False,
+        set_help="override a value of the campaign's config.json, e.g. --set report.gallery_per_class=4",
+    )
     p.add_argument("--round", required=True, help="round directory: <storage root>/campaigns/<name>/rounds/rNNN")
     p.add_argument("--label-issues", action="store_true", help="compute curation/label_issues.parquet first")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a value of the campaign's config.json, e.g. --set report.gallery_per_class=4",
-    )
     cli.main(run, p)
