@@ -104,6 +104,10 @@ class IngestConfig:
         _check_positive("ingest.list_chunk_rows", self.list_chunk_rows)
 
 
+TEMPORAL_MEMBERS = ("gru", "transformer")
+"""Sequence members of ``model.temporal`` (ABAW2021 CNN-RNN and CNN-Transformer)."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     """The network the student is built from (and the teacher of round 0)."""
@@ -132,11 +136,38 @@ class ModelConfig:
     """ESR only: width of each branch's hidden layer (its features enter the diversity loss)."""
     va_head: bool = False
     """Add a valence-arousal regression head (2 tanh outputs in [-1, 1])."""
+    temporal: tuple[str, ...] = ()
+    """ABAW2021 sequence teachers on top of the per-frame CNN: ``gru`` (CNN-RNN, a bidirectional GRU over per-frame
+    features) and / or ``transformer`` (CNN-Transformer, a small transformer encoder over per-frame features). Each
+    runs over windows of ``temporal_window`` frames of a video (manifest ``group`` / ``frame``; an image without a
+    video is a one-frame sequence) and the teacher is the weighted mean of the CNN and these members. The heads are
+    fitted on frozen CNN features of the labelled rows after each student is trained. Empty = a per-frame model."""
+    temporal_window: int = 8
+    """Frames per window of the sequence members (windows overlap by half; a frame's probability is the mean over the
+    windows that hold it)."""
+    temporal_hidden: int = 64
+    """Width of the sequence members (GRU hidden size per direction, transformer model dimension)."""
+    temporal_weights: tuple[float, ...] | None = None
+    """Ensemble weights of ``[cnn, *temporal]`` (normalised to sum 1); None = equal weights."""
 
     def __post_init__(self) -> None:
         _check_choice("model.head", self.head, ("linear", "cascade", "esr"))
         if self.head == "esr" and self.esr_branches < 2:
             raise ConfigError(f"model.esr_branches must be >= 2 for head=esr, got {self.esr_branches}")
+        for member in self.temporal:
+            _check_choice("model.temporal", member, TEMPORAL_MEMBERS)
+        if len(set(self.temporal)) != len(self.temporal):
+            raise ConfigError(f"model.temporal lists a member twice: {list(self.temporal)}")
+        if self.temporal_window < 1 or self.temporal_hidden < 1:
+            raise ConfigError(
+                f"model.temporal_window and model.temporal_hidden must be >= 1, got {self.temporal_window} and "
+                f"{self.temporal_hidden}"
+            )
+        if self.temporal_weights is not None and len(self.temporal_weights) != 1 + len(self.temporal):
+            raise ConfigError(
+                f"model.temporal_weights needs one weight for cnn and one per model.temporal member "
+                f"({1 + len(self.temporal)}: {['cnn', *self.temporal]}), got {list(self.temporal_weights)}"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -263,6 +294,11 @@ class TrainConfig:
     """ESR models: RBF width gamma of the diversity loss, on L2-normalised branch features."""
     va_weight: float = 1.0
     """Models with a VA head: weight of the CCC loss ``1 - (CCC_valence + CCC_arousal) / 2`` on rows with VA labels."""
+    temporal_epochs: int = 30
+    """Models with ``model.temporal`` members: epochs of fitting each sequence member on the frozen CNN features of
+    the labelled rows (Adam, all windows every epoch), after the CNN is trained."""
+    temporal_lr: float = 1e-3
+    """Learning rate of that fit."""
 
 
 @dataclass(frozen=True, kw_only=True)

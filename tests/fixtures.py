@@ -6,6 +6,7 @@ import csv
 import functools
 import io
 import os
+import random
 import struct
 import tarfile
 import zlib
@@ -422,6 +423,43 @@ def write_affwild2_videos(root: Path, videos: int = 4, frames: int = 12, first: 
     return root
 
 
+def write_affwild2_segments(
+    root: Path, train_videos: int = 24, val_videos: int = 8, frames: int = 32, segment: int = 8, seed: int = 0
+) -> Path:
+    """Aff-Wild2 (6th ABAW) layout whose videos hold segments of ``segment`` frames sharing one expression, like real
+    video: each segment is ``segment`` distinct real FER2013 faces of one class (drawn, seeded, from the classes
+    that still have enough unused faces), so neighbouring frames agree on the label but not on the face.
+
+    ``Train_Set`` videos ``tr<v>`` use FER2013Train faces, ``Validation_Set`` videos ``va<v>`` FER2013Valid faces;
+    every face is used once. Annotation lines are the FER2013 labels in Aff-Wild2 order.
+    """
+    rng = random.Random(seed)
+    need = frames // segment * segment
+    for split_dir, prefix, folder, n_videos in (
+        ("Train_Set", "tr", "FER2013Train", train_videos),
+        ("Validation_Set", "va", "FER2013Valid", val_videos),
+    ):
+        pool = [img for img in fer_images(n_videos * need * 4, folder) if img.label >= 0]
+        by_class: dict[int, list[FerImage]] = {}
+        for img in pool:
+            by_class.setdefault(img.label, []).append(img)
+        for v in range(n_videos):
+            run: list[FerImage] = []
+            for _ in range(frames // segment):
+                ready = sorted(c for c, imgs in by_class.items() if len(imgs) >= segment)
+                c = rng.choice(ready)
+                run += [by_class[c].pop(0) for _ in range(segment)]
+            name = f"{prefix}{v}"
+            labels = [str(FER_TO_ABAW[img.label]) for img in run]
+            write_file(
+                root / AFFWILD2_EDITIONS["6th"] / split_dir / f"{name}.txt",
+                AFFWILD2_HEADER + "\n" + "\n".join(labels) + "\n",
+            )
+            for i, img in enumerate(run, start=1):
+                write_file(root / "cropped_aligned" / name / f"{i:05d}.jpg", encode(img.png, ".jpg"))
+    return root
+
+
 ABAW8_NAMES = AFFWILD2_HEADER.split(",")
 """Aff-Wild2 EXPR class names by index (the abaw8 label space)."""
 
@@ -473,12 +511,13 @@ def write_mindface_fer(
     return root
 
 
-if __name__ == "__main__":  # python -m tests.fixtures {affectnet_va,affwild2_videos,mindface} OUT_DIR
+if __name__ == "__main__":  # python -m tests.fixtures {affectnet_va,affwild2_videos,affwild2_segments,mindface} OUT
     import sys
 
     builders = {
         "affectnet_va": write_affectnet_va,
         "affwild2_videos": write_affwild2_videos,
+        "affwild2_segments": write_affwild2_segments,
         "mindface": write_mindface_fer,
     }
     if len(sys.argv) != 3 or sys.argv[1] not in builders:

@@ -37,9 +37,9 @@ def create_model(cfg: ModelConfig, num_classes: int, *, label_space: LabelSpace 
 
     Engine nets (``ENGINE_MODELS``) are built locally; any other ``cfg.name`` goes to ``timm.create_model`` with
     ``pretrained``, ``in_chans``, ``num_classes`` and ``drop_rate`` (and ``img_size`` for models that take one).
-    With ``cfg.head`` ``cascade`` or ``esr``, or ``cfg.va_head``, the net's classifier is replaced by those heads
-    (engine.models.heads.MultiHeadNet) and the network returns a dict of named outputs whose ``logits`` are
-    (B, num_classes).
+    With ``cfg.head`` ``cascade`` or ``esr``, ``cfg.va_head`` or ``cfg.temporal``, the net's classifier is replaced
+    by those heads (engine.models.heads.MultiHeadNet) and the network returns a dict of named outputs whose
+    ``logits`` are (B, num_classes).
 
     Args:
         label_space: the classes behind the ``num_classes`` outputs; required by ``head=cascade``.
@@ -51,7 +51,7 @@ def create_model(cfg: ModelConfig, num_classes: int, *, label_space: LabelSpace 
     """
     if num_classes < 2:
         raise ConfigError(f"a classifier needs at least 2 classes, got num_classes={num_classes}")
-    if cfg.head != "linear" or cfg.va_head:
+    if cfg.head != "linear" or cfg.va_head or cfg.temporal:
         return _create_multi_head(cfg, num_classes, label_space)
     if cfg.name in ENGINE_MODELS:
         if cfg.pretrained:
@@ -107,7 +107,14 @@ def _create_multi_head(cfg: ModelConfig, num_classes: int, label_space: LabelSpa
         head = ESRHead(dim, num_classes, branches=cfg.esr_branches, hidden=cfg.esr_hidden)
     else:
         head = LinearHead(dim, num_classes)
-    model = MultiHeadNet(backbone, dim, head, va_head=cfg.va_head)
+    temporal = None
+    if cfg.temporal:
+        from engine.models.sequence import build_temporal
+
+        temporal = build_temporal(
+            cfg.temporal, dim, num_classes, hidden=cfg.temporal_hidden, window=cfg.temporal_window
+        )
+    model = MultiHeadNet(backbone, dim, head, va_head=cfg.va_head, temporal=temporal)
     logger.debug("built %s with head %s (va %s, %d params)", cfg.name, cfg.head, cfg.va_head, count_params(model))
     return model
 

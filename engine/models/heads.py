@@ -3,7 +3,7 @@
 One model interface for the whole engine: a network returns either a (B, C) logits tensor (the plain nets) or a
 small dict of named outputs. Every dict holds ``logits`` (B, C) whose softmax is the class distribution in the
 campaign's label space; heads add ``coarse`` / ``fine`` (cascade), ``branches`` / ``branch_features`` (ESR) and
-``va`` (B, 2) in [-1, 1] (valence, arousal).
+``va`` (B, 2) in [-1, 1] (valence, arousal); nets with sequence members add the (B, D) ``features``.
 """
 
 from __future__ import annotations
@@ -32,17 +32,30 @@ class MultiHeadNet(nn.Module):
     """``backbone`` (B, in_chans, S, S) -> (B, D) features, then ``head`` (a dict of outputs) and, when ``va_head``,
     ``va = tanh(Linear(D, 2))``: valence and arousal in [-1, 1]."""
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, head: nn.Module, *, va_head: bool = False) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feature_dim: int,
+        head: nn.Module,
+        *,
+        va_head: bool = False,
+        temporal: nn.ModuleDict | None = None,
+    ) -> None:
+        """``temporal``: sequence members (engine.models.sequence) applied outside ``forward`` on feature
+        sequences; when given, ``forward`` also returns the (B, D) backbone ``features``."""
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.va = nn.Linear(feature_dim, 2) if va_head else None
+        self.temporal = temporal
 
     def forward(self, x: torch.Tensor) -> Outputs:
         feat = self.backbone(x)
         out: Outputs = self.head(feat)
         if self.va is not None:
             out["va"] = torch.tanh(self.va(feat))
+        if self.temporal is not None:
+            out["features"] = feat
         return out
 
 

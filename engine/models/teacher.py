@@ -35,6 +35,8 @@ class TeacherOutput:
     """(B, M, C) probabilities of each of the M ensemble members (or ESR branches), or None for a single model."""
     va: npt.NDArray[np.float32] | None = None
     """(B, 2) predicted valence and arousal in [-1, 1] (models with a VA head), or None."""
+    features: npt.NDArray[np.float32] | None = None
+    """(B, D) backbone features (models with sequence members, ``model.temporal``), or None."""
 
 
 @runtime_checkable
@@ -96,14 +98,21 @@ class CheckpointTeacher:
         from engine.models.heads import outputs_to_probs
 
         with torch.inference_mode(), self._autocast():
-            probs, branch, va = outputs_to_probs(self.model(x))
+            raw = self.model(x)
+            probs, branch, va = outputs_to_probs(raw)
+            feats = raw["features"].float() if isinstance(raw, dict) and "features" in raw else None
 
         def out(t: torch.Tensor | None) -> npt.NDArray[np.float32] | None:
             if t is not None and self.tta_flip:  # mean of the image and its flip
                 t = (t[:b] + t[b:]) / 2
             return None if t is None else t.cpu().numpy().astype(np.float32, copy=False)
 
-        return TeacherOutput(out(probs), out(branch), out(va))  # type: ignore[arg-type]
+        return TeacherOutput(out(probs), out(branch), out(va), out(feats))  # type: ignore[arg-type]
+
+    @property
+    def temporal(self) -> torch.nn.ModuleDict | None:
+        """The checkpoint's sequence members (engine.models.sequence), or None for a per-frame model."""
+        return getattr(self.model, "temporal", None)
 
     @contextlib.contextmanager
     def _autocast(self) -> Iterator[None]:
@@ -196,6 +205,11 @@ def load_teacher(
     ]
     if len(members) == 1 and weights is None:
         return members[0]
+    if any(m.temporal is not None for m in members):
+        raise ConfigError(
+            f"{[p for p, m in zip(paths, members, strict=True) if m.temporal is not None]} carry sequence members "
+            "(model.temporal), which are an ensemble of their own; use one such checkpoint as the teacher"
+        )
     teacher = EnsembleTeacher(members, weights)
     logger.info(
         "ensemble teacher of %d checkpoints, weights %s, fingerprint %s",

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -13,6 +14,9 @@ from engine.layout import join
 from engine.partition import PartitionRule
 from engine.stages.base import RunOutput, Stage
 from engine.stages.score import ShardRef, _manifest_cols, list_shards
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _predict_shard(
@@ -45,39 +49,85 @@ def _predict_shard(
         true = {k: (v, a) for k, v, a in zip(*(va[c].to_pylist() for c in ("key", "valence", "arousal")), strict=True)}
         t = np.array([[np.nan if x is None else x for x in true[k]] for k in keys], dtype=np.float32)
         result["va"] = np.concatenate([np.concatenate([o.va for o in outs if o.va is not None]), t], axis=1)
+    if all(o.features is not None for o in outs):  # sequence members: features and video position per row
+        pos = fs.read_parquet(ref.manifest, columns=["key", "group", "frame"]).to_pylist()
+        where = {p["key"]: p for p in pos}
+        result["features"] = np.concatenate([o.features for o in outs if o.features is not None])
+        result["videos"] = [None if where[k]["group"] is None else f"{ref.source}/{where[k]['group']}" for k in keys]
+        result["frames"] = [where[k]["frame"] for k in keys]
     return result
+
+
+@dataclass(frozen=True)
+class SplitPredictions:
+    """A checkpoint's predictions on every evaluated row of one split, ordered by key."""
+
+    keys: list[str]
+    y: np.ndarray
+    """(N,) true labels."""
+    probs: np.ndarray
+    """(N, C) the model's probabilities (a sequence model's: its ensemble over each video's frames)."""
+    va: np.ndarray | None = None
+    """(N, 4) predicted valence, arousal, then the manifest's (NaN where unknown); None without a VA head."""
+    members: dict[str, np.ndarray] | None = None
+    """Sequence models only: (N, C) probabilities of each member (``cnn``, then ``model.temporal``)."""
 
 
 def predict_split(
     root: str, rule: PartitionRule, checkpoint: str, split: str, batch_size: int = 512
-) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray | None]:
-    """(keys, true labels, probabilities, va) of every evaluated row of ``split``, ordered by key.
+) -> SplitPredictions:
+    """Predictions of ``checkpoint`` on every evaluated row of ``split`` (one Ray task per shard).
 
-    ``va`` is None unless the checkpoint has a VA head; then it is (N, 4): predicted valence, arousal, then the
-    manifest's valence, arousal (NaN where unknown).
+    A checkpoint with sequence members gets its per-frame outputs gathered here and its ensemble computed per video
+    (engine.models.sequence.sequence_predict), so a video spread over shards is one sequence.
     """
     import ray
 
     shards = list_shards(root, rule.eval_sources)
     items = [ref.__dict__ for ref in shards]
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    keys: list[str] = []
-    ys, ps, vas = [], [], []
-    for out in ds.map(
-        _predict_shard,
-        fn_kwargs={"checkpoint": checkpoint, "rule": rule.to_json(), "split": split, "batch_size": batch_size},
-    ).iter_rows():
-        if len(out["keys"]):
-            keys += list(out["keys"])
-            ys.append(np.asarray(out["y"]))
-            ps.append(np.asarray(out["probs"]))
-            vas.append(np.asarray(out["va"]) if out.get("va") is not None else None)
-    if not keys:
-        return [], np.zeros(0, np.int64), np.zeros((0, 0), np.float32), None
+    outs = [
+        out
+        for out in ds.map(
+            _predict_shard,
+            fn_kwargs={"checkpoint": checkpoint, "rule": rule.to_json(), "split": split, "batch_size": batch_size},
+        ).iter_rows()
+        if len(out["keys"])
+    ]
+    if not outs:
+        return SplitPredictions([], np.zeros(0, np.int64), np.zeros((0, 0), np.float32))
+    keys = [k for out in outs for k in out["keys"]]
     order = np.argsort(np.array(keys, dtype=object), kind="stable")
-    known = [v for v in vas if v is not None]
-    va = np.concatenate(known)[order] if len(known) == len(vas) else None
-    return [keys[i] for i in order], np.concatenate(ys)[order], np.concatenate(ps)[order], va
+
+    def cat(col: str) -> np.ndarray | None:
+        parts = [out.get(col) for out in outs]
+        return None if any(p is None for p in parts) else np.concatenate([np.asarray(p) for p in parts])[order]
+
+    probs = cat("probs")
+    assert probs is not None
+    members = None
+    feats = cat("features")
+    if feats is not None:
+        from engine.models.checkpoint import load_checkpoint
+        from engine.models.sequence import sequence_predict
+
+        loaded = load_checkpoint(checkpoint)
+        videos = [v for out in outs for v in out["videos"]]
+        frames = [f for out in outs for f in out["frames"]]
+        temporal = cast("torch.nn.ModuleDict", loaded.model.temporal)
+        probs, stack = sequence_predict(
+            temporal,
+            probs,
+            feats.astype(np.float32),
+            [videos[i] for i in order],
+            [frames[i] for i in order],
+            window=loaded.model_cfg.temporal_window,
+            weights=loaded.model_cfg.temporal_weights,
+        )
+        members = {name: stack[:, j] for j, name in enumerate(["cnn", *temporal.keys()])}
+    y = cat("y")
+    assert y is not None
+    return SplitPredictions([keys[i] for i in order], y, probs, cat("va"), members)
 
 
 class EvaluateStage(Stage):
@@ -115,13 +165,20 @@ class EvaluateStage(Stage):
         metrics: dict[str, Any] = {"checkpoint": self.checkpoint, "checkpoint_fingerprint": self.checkpoint_fp}
         counts: dict[str, Any] = {}
         for split in self.cfg.splits:
-            keys, y, probs, va = predict_split(self.root, self.rule, self.checkpoint, split, self.cfg.batch_size)
-            if not keys:
+            pred = predict_split(self.root, self.rule, self.checkpoint, split, self.cfg.batch_size)
+            if not pred.keys:
                 continue
+            y, probs = pred.y, pred.probs
             m = classification_metrics(y, probs.argmax(1), names, probs=probs)
-            if va is not None:
-                m.update(va_metrics(va))
+            if pred.va is not None:
+                m.update(va_metrics(pred.va))
                 counts[f"{split}_ccc_mean"] = m.get("ccc_mean")
+            if pred.members is not None:  # sequence ensemble: each member alone, for comparison
+                m["members"] = {}
+                for member, p in pred.members.items():
+                    mm = classification_metrics(y, p.argmax(1), names)
+                    m["members"][member] = {k: mm[k] for k in ("n", "accuracy", "macro_f1", "abaw2021")}
+                    counts[f"{split}_{member}_macro_f1"] = round(float(mm["macro_f1"]), 4)
             metrics[split] = m
             counts[f"{split}_n"] = int(m["n"])
             counts[f"{split}_macro_f1"] = round(float(m["macro_f1"]), 4)

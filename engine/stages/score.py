@@ -12,15 +12,16 @@ shard already committed are ignored. On a CPU-only cluster the pool never reserv
 read tasks starved of CPUs make the job hang without an error.
 
 Teachers with branches (ESR, ensembles) add ``branch_probs`` and a ``disagreement`` column (``score.disagreement``);
-teachers with a VA head add ``valence`` and ``arousal``. With ``score.smooth`` set, the per-shard parts are first
-written under ``score/raw/`` and then smoothed per video (engine.stages.smooth: rows grouped by manifest ``group``
-on Ray Data, ordered by ``frame``) into the final ``part-<shard>.parquet``; rows without a group or frame pass
-through unchanged.
+teachers with a VA head add ``valence`` and ``arousal``. With ``score.smooth`` set or a sequence teacher
+(``model.temporal``), the per-shard parts are first written under ``score/raw/`` (with the backbone ``features`` of
+a sequence teacher) and then go through the per-video step (engine.stages.video: rows grouped by manifest ``group``
+on Ray Data, ordered by ``frame``: sequence ensemble, then smoothing) into the final ``part-<shard>.parquet``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections import defaultdict
@@ -41,9 +42,9 @@ from engine.stats import ScoreStats
 log = logging.getLogger(__name__)
 
 
-def score_schema(num_classes: int, branches: int = 0, *, va: bool = False) -> pa.Schema:
+def score_schema(num_classes: int, branches: int = 0, *, va: bool = False, features: int = 0) -> pa.Schema:
     """Schema of a score part (DESIGN.md "Schemas"): ``branch_probs`` and ``disagreement`` with branches, ``valence``
-    and ``arousal`` with a VA head."""
+    and ``arousal`` with a VA head, ``features`` (raw parts of sequence teachers only)."""
     fields = [
         ("key", pa.string()),
         ("shard", pa.string()),
@@ -59,6 +60,8 @@ def score_schema(num_classes: int, branches: int = 0, *, va: bool = False) -> pa
         fields.append(("disagreement", pa.float32()))
     if va:
         fields += [("valence", pa.float32()), ("arousal", pa.float32())]
+    if features:
+        fields.append(("features", pa.list_(pa.float32(), features)))
     return pa.schema(fields)
 
 
@@ -70,9 +73,11 @@ def score_table(
     *,
     branch_probs: np.ndarray | None = None,
     va: np.ndarray | None = None,
+    features: np.ndarray | None = None,
     disagreement: str = "vote_entropy",
 ) -> pa.Table:
-    """A score part of one shard from (N, C) probs, optional (N, M, C) branch probs and (N, 2) valence/arousal."""
+    """A score part of one shard from (N, C) probs, optional (N, M, C) branch probs, (N, 2) valence/arousal and
+    (N, D) features."""
     from engine.disagreement import branch_disagreement
 
     probs = probs.astype(np.float32, copy=False)
@@ -94,7 +99,11 @@ def score_table(
     if va is not None:
         data["valence"] = va[:, 0].astype(np.float32)
         data["arousal"] = va[:, 1].astype(np.float32)
-    return pa.table(data, schema=score_schema(c, branches, va=va is not None))
+    dim = 0
+    if features is not None:
+        dim = features.shape[1]
+        data["features"] = pa.FixedSizeListArray.from_arrays(pa.array(features.astype(np.float32).ravel()), dim)
+    return pa.table(data, schema=score_schema(c, branches, va=va is not None, features=dim))
 
 
 def score_columns(probs: np.ndarray) -> dict[str, np.ndarray]:
@@ -187,10 +196,24 @@ class ScoreStage(Stage):
             fp["smooth"] = {"method": self.cfg.smooth, "window": self.cfg.smooth_window}
         return fp
 
+    @functools.cached_property
+    def sequence(self) -> str | None:
+        """The teacher checkpoint when it carries sequence members (``model.temporal``), else None."""
+        from engine.models.checkpoint import read_checkpoint_meta
+
+        if len(self.teacher_paths) != 1:
+            return None
+        return self.teacher_paths[0] if read_checkpoint_meta(self.teacher_paths[0])["model"].get("temporal") else None
+
+    @property
+    def video_step(self) -> bool:
+        """Whether raw teacher outputs go through the per-video step (sequence ensemble and / or smoothing)."""
+        return self.cfg.smooth is not None or self.sequence is not None
+
     @property
     def raw_dir(self) -> str:
-        """Where the per-shard teacher outputs go: ``score/raw`` when smoothing follows, else ``score`` itself."""
-        return join(self.out_dir, "raw") if self.cfg.smooth is not None else self.out_dir
+        """Where the per-shard teacher outputs go: ``score/raw`` when the video step follows, else ``score``."""
+        return join(self.out_dir, "raw") if self.video_step else self.out_dir
 
     def stats_path(self, shard: str) -> str:
         return join(self.out_dir, "stats", f"{shard}.json")
@@ -217,18 +240,20 @@ class ScoreStage(Stage):
         if to_read:
             log.info("%s: scoring %d/%d shards", self.label, len(to_read), len(shards))
             scored = self._score(to_read, expected)
-        if self.cfg.smooth is not None and any(not fs.exists(self.stats_path(s.name)) for s in shards):
-            from engine.stages.smooth import smooth_shards
+        if self.video_step and any(not fs.exists(self.stats_path(s.name)) for s in shards):
+            from engine.stages.video import video_step
 
-            smoothed = smooth_shards(
+            n_video = video_step(
                 [{"shard": s.name, "raw": self.raw_part(s.name), "manifest": s.manifest} for s in shards],
                 out_dir=self.out_dir,
                 cfg=self.cfg,
+                sequence=self.sequence,
             )
             log.info(
-                "%s: smoothed %d video rows (%s, window %d)",
+                "%s: video step over %d video rows (sequence members: %s, smoothing: %s, window %d)",
                 self.label,
-                smoothed,
+                n_video,
+                self.sequence is not None,
                 self.cfg.smooth,
                 self.cfg.smooth_window,
             )
@@ -317,6 +342,7 @@ class ScoreStage(Stage):
                 teacher_id,
                 branch_probs=rows["branch_probs"][order] if "branch_probs" in rows else None,
                 va=rows["va"][order] if "va" in rows else None,
+                features=rows["features"][order] if "features" in rows else None,
                 disagreement=self.cfg.disagreement,
             )
             fs.write_parquet(self.raw_part(shard), table)
@@ -348,7 +374,7 @@ def actor_cpus(cfg: ScoreConfig, cluster_cpus: int, gpus: float) -> float:
 class _ShardBuffer:
     """Scored rows of one shard collected on the driver, each key once (a retried batch adds nothing)."""
 
-    COLUMNS = ("key", "probs", "branch_probs", "va")
+    COLUMNS = ("key", "probs", "branch_probs", "va", "features")
 
     def __init__(self) -> None:
         self.seen: set[str] = set()
@@ -429,4 +455,6 @@ class PoolScorer:
             result["branch_probs"] = out.branch_probs
         if out.va is not None:
             result["va"] = out.va
+        if out.features is not None:
+            result["features"] = out.features
         return result

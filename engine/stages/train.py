@@ -91,6 +91,12 @@ class TrainStage(Stage):
             policy_params=params if online else None,
         )
         counts = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if self.model_cfg.temporal:  # ABAW2021 sequence members, on the frozen CNN's features of the labelled rows
+            from engine.train.temporal import fit_temporal
+
+            counts.update(
+                fit_temporal(self.layout.student, root=self.root, labelled_path=self.labelled_path, cfg=self.train_cfg)
+            )
         return RunOutput(counts=counts, extra={"checkpoint": self.layout.student})
 
 

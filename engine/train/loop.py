@@ -175,6 +175,9 @@ def setup_trainee(spec: LoopSpec, *, amp_dtype: torch.dtype | None) -> Trainee:
         model.load_state_dict(restored.model)
     elif spec.init_checkpoint:
         warm_start(model, spec)
+    temporal = getattr(model, "temporal", None)
+    if temporal is not None:  # sequence members are fitted after the CNN (engine.train.temporal); DDP skips them
+        temporal.requires_grad_(False)
     model = ray.train.torch.prepare_model(model)  # to the worker's device; DDP with several workers
     optimizer = build_optimizer(model, spec.train)
     total_steps = spec.train.epochs * spec.steps_per_epoch

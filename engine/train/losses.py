@@ -157,3 +157,35 @@ def va_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def slice_outputs(out: Outputs, start: int, stop: int) -> Outputs:
     """Rows ``start:stop`` of every output (all outputs are batch-first)."""
     return {k: v[start:stop] for k, v in out.items()}
+
+
+def fairness_loss(
+    mask: torch.Tensor, probs_strong: torch.Tensor, p_model: torch.Tensor, label_hist: torch.Tensor
+) -> torch.Tensor:
+    """FreeMatch self-adaptive fairness term L_f in torch: engine.thresholds.fairness_loss (the numpy reference)
+    with the gradient flowing only through the mean strong-view probability of the masked rows.
+
+    Args:
+        mask: (U,) the online policy's weights (rows with weight > 0 are the masked rows).
+        probs_strong: (U, C) softmax of the strong-view logits.
+        p_model, label_hist: (C,) the policy's EMA class probability and label histogram.
+
+    Returns:
+        A scalar; ``0 · sum(probs_strong)`` when no row is masked.
+    """
+    import torch
+
+    keep = mask > 0
+    if not bool(keep.any()):
+        return 0 * probs_strong.sum()
+    q = probs_strong[keep]
+    hist = torch.bincount(q.detach().argmax(dim=1), minlength=q.shape[1]).to(q.dtype) / q.shape[0]
+
+    def inv(x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x > 0, 1.0 / x.clamp_min(1e-30), torch.zeros_like(x))
+
+    a = p_model.to(q) * inv(label_hist.to(q))
+    a = a / a.sum()
+    b = q.mean(dim=0) * inv(hist)
+    b = b / b.sum()
+    return (a * torch.log(b + 1e-12)).sum()

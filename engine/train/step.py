@@ -6,7 +6,8 @@ Losses (reference thresholds.md section 1), for a supervised batch of B rows and
   for offline pseudo-labelled rows; ``aug_b`` is weak for labelled rows and strong for pseudo rows.
 - ``L_u = (1/U) * sum_u m_u * CE(f(A(u)), argmax q_u)`` with ``q_u = softmax(f(alpha(u)))`` (no gradient) and
   ``m_u`` the online policy's weight; the normaliser is the whole unlabelled batch, accepted or not.
-- ``L = L_s + lambda_u * L_u``.
+- ``L = L_s + lambda_u * L_u`` (``+ w_f * L_f``, FreeMatch's self-adaptive fairness term, when the online policy
+  is FreeMatch with ``threshold.fairness_weight`` > 0; engine.train.losses.fairness_loss).
 
 With ``StepContext.loss`` set, ``L_s`` is composed from the model's named outputs by engine.train.losses (cascade,
 ESR branches and diversity, VA CCC); its plain-logits case is the ``L_s`` above. ``L_u`` always uses ``logits``.
@@ -107,6 +108,7 @@ def train_step(
     else:
         loss_s, _ = ctx.loss(slice_outputs(out, 0, n), y, w, va_targets(sup, ctx.device))
     loss_u = torch.zeros((), device=ctx.device)
+    loss_f = torch.zeros((), device=ctx.device)
     weight_sum = 0.0
     u = 0
     if unl is not None:
@@ -117,7 +119,18 @@ def train_step(
         m = online_weights(ctx.policy, q, idx)
         loss_u = (m * F.cross_entropy(logits_strong, q.argmax(dim=1), reduction="none")).sum() / u
         weight_sum = float(m.sum())
-    loss = loss_s + ctx.lambda_u * loss_u
+        if getattr(ctx.policy, "use_fairness", False):  # FreeMatch SAF: + w_f * L_f
+            from engine.train.losses import fairness_loss
+
+            policy: Any = ctx.policy
+            loss_f = fairness_loss(
+                m,
+                torch.softmax(logits_strong, dim=1),
+                torch.as_tensor(policy.p_model, device=ctx.device),
+                torch.as_tensor(policy.label_hist, device=ctx.device),
+            )
+            loss_f = policy.fairness_weight * loss_f
+    loss = loss_s + ctx.lambda_u * loss_u + loss_f
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)

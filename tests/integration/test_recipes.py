@@ -1,4 +1,5 @@
-"""The seed-method recipes (conf/recipes/{cfc_sp,esr,va}.yaml): a 1-round campaign each on tiny real FER2013 data."""
+"""The seed-method recipes (conf/recipes/{cfc_sp,esr,va,abaw_ensemble}.yaml): a 1-round campaign each on tiny real
+FER2013 data."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from engine.campaign import run_campaign
 from engine.config import load_config
 from engine.io import fs
 from engine.layout import CampaignLayout
-from tests.fixtures import write_affectnet_va, write_affwild2_videos
+from tests.fixtures import write_affectnet_va, write_affwild2_segments, write_affwild2_videos
 
 COMMON = [
     "ingest.samples_per_shard=200",
@@ -142,3 +143,54 @@ def test_va_head_ccc_and_gating(ray_local, fer2013_dir, tmp_path):
     assert -1 <= metrics["ccc_valence"] <= 1 and -1 <= metrics["ccc_arousal"] <= 1
     r1 = fs.read_json(lay.round(1).state)
     assert r1["metrics"]["val/ccc_mean"] == pytest.approx((metrics["ccc_valence"] + metrics["ccc_arousal"]) / 2)
+
+
+def test_abaw_sequence_ensemble(ray_local, tmp_path):
+    """CNN + GRU + transformer over windows of Aff-Wild2-format videos of real faces: the distributed scoring equals
+    a direct computation per video, the teacher is the mean of its members, evaluation reports every member."""
+    from engine.models.checkpoint import load_checkpoint
+    from engine.models.sequence import member_probs
+
+    data = write_affwild2_segments(tmp_path / "affwild2", train_videos=6, val_videos=3, frames=16, segment=8)
+    root = tmp_path / "runs"
+    _, _, lay = _run(
+        "abaw_ensemble",
+        root,
+        [
+            f"sources.affwild2.path={data}",
+            "ingest.samples_per_shard=40",  # videos span shards
+            "model.temporal_window=4",
+            "train.temporal_epochs=3",
+            "threshold.policy=fixed",
+            "threshold.tau=0.2",
+        ],
+    )
+    r0 = fs.read_json(lay.round(0).state)
+    assert {"temporal_gru_train_acc", "temporal_transformer_train_acc"} <= set(r0["stages"]["train"]["counts"])
+    teacher = load_checkpoint(lay.round(0).student)
+    assert (
+        teacher.extra["temporal_fit"]["temporal_gru_train_acc"]
+        == r0["stages"]["train"]["counts"]["temporal_gru_train_acc"]
+    )
+    score_dir = root / "campaigns/abaw_ensemble/rounds/r001/score"
+    raw, final = _scores(score_dir / "raw"), _scores(score_dir)
+    assert list(raw.key) == list(final.key) and len(final) > 0
+    branch = np.stack([np.stack(b) for b in final.branch_probs])
+    assert branch.shape == (len(final), 3, 8)
+    assert np.allclose(np.stack(final.probs), branch.mean(1), atol=1e-6)  # equal weights: the members' mean
+    assert np.array_equal(branch[:, 0], np.stack(raw.probs))  # member 0 is the per-frame CNN
+    assert "features" not in final.columns and np.stack(raw.features).shape[0] == len(raw)
+    manifest = pq.read_table(root / "sources/affwild2/manifest").to_pandas().set_index("key")
+    video = manifest.loc[list(final.key), "group"].to_numpy()
+    assert (final.groupby(video).shard.nunique() > 1).any()  # some video's pool rows lie in two shards
+    for group in sorted(set(video)):
+        rows = np.flatnonzero(video == group)
+        rows = rows[np.argsort(manifest.loc[list(final.key.iloc[rows]), "frame"].to_numpy())]
+        feats = np.stack(raw.features.iloc[rows]).astype(np.float32)
+        for m, name in enumerate(["gru", "transformer"], start=1):
+            want = member_probs(teacher.model.temporal[name], feats, 4)
+            np.testing.assert_allclose(branch[rows, m], want, atol=1e-5, err_msg=f"{group} {name}")
+    metrics = fs.read_json(lay.round(1).metrics)["val"]
+    assert set(metrics["members"]) == {"cnn", "gru", "transformer"}
+    assert all(v["n"] == metrics["n"] == 48 for v in metrics["members"].values())
+    assert metrics["abaw2021"] == pytest.approx(0.67 * metrics["macro_f1"] + 0.33 * metrics["accuracy"])
