@@ -92,6 +92,8 @@ class IngestConfig:
     """Face crops are resized to this square side in pixels (then ``resize``, if set, still applies)."""
     face_min_prob: float = 0.9
     """Faces MTCNN scores below this probability do not count (the image becomes ``no_face``)."""
+    face_align: bool = False
+    """Before cropping, rotate the image about the face box centre so that MTCNN's two eye landmarks lie level."""
 
     def __post_init__(self) -> None:
         _check_choice("ingest.image_format", self.image_format, ("png", "jpg"))

@@ -23,10 +23,21 @@ INSTALL_HINT = "pip install --no-deps facenet-pytorch"
 @dataclass(frozen=True, slots=True)
 class Face:
     """The most confident face of one image: ``box`` (left, top, right, bottom) in float pixels, may exceed the
-    image; ``prob`` in [0, 1]."""
+    image; ``prob`` in [0, 1]; ``landmarks`` MTCNN's five (x, y) points: left eye, right eye (as seen in the image),
+    nose, mouth left, mouth right."""
 
     box: tuple[float, float, float, float]
     prob: float
+    landmarks: tuple[tuple[float, float], ...] | None = None
+
+
+def eye_angle(face: Face) -> float:
+    """Angle in degrees of the line from the left to the right eye landmark (image y axis pointing down): positive
+    when the right eye is lower. ``PIL.Image.rotate(eye_angle(face))`` (counter-clockwise) levels the eyes."""
+    if face.landmarks is None:
+        raise ValueError("this face has no landmarks")
+    (lx, ly), (rx, ry) = face.landmarks[0], face.landmarks[1]
+    return math.degrees(math.atan2(ry - ly, rx - lx))
 
 
 def require_detector() -> type:
@@ -71,12 +82,13 @@ def detect_faces(images: Sequence[npt.NDArray[np.uint8]]) -> list[Face | None]:
     mtcnn = _mtcnn()
     with torch.inference_mode():
         for idx in by_shape.values():
-            boxes, probs = mtcnn.detect(np.stack([rgb[i] for i in idx]))
-            for i, b, p in zip(idx, boxes, probs, strict=True):
+            boxes, probs, points = mtcnn.detect(np.stack([rgb[i] for i in idx]), landmarks=True)
+            for i, b, p, pts in zip(idx, boxes, probs, points, strict=True):
                 if b is None or len(b) == 0:
                     continue
                 best = int(np.argmax(np.asarray(p, dtype=np.float64)))
-                out[i] = Face(tuple(float(v) for v in b[best]), float(p[best]))  # type: ignore[arg-type]
+                marks = tuple((float(x), float(y)) for x, y in pts[best]) if pts is not None else None
+                out[i] = Face(tuple(float(v) for v in b[best]), float(p[best]), marks)  # type: ignore[arg-type]
     return out
 
 

@@ -57,6 +57,7 @@ class ImagePolicy:
     face_margin: float = 0.2
     face_size: int = 112
     face_min_prob: float = 0.9
+    face_align: bool = False
 
 
 def process_image(data: bytes, policy: ImagePolicy, box: tuple[int, int, int, int] | None = None) -> ImageCheck:
@@ -69,7 +70,8 @@ def process_image(data: bytes, policy: ImagePolicy, box: tuple[int, int, int, in
 
     With ``policy.detect_faces`` the (box-cropped) image is cropped to its most confident MTCNN face, enlarged by
     ``face_margin`` of the face side on each side (clipped to the image), and resized to ``face_size`` squared;
-    ``resize`` then still applies. No face with probability >= ``face_min_prob`` → reason ``no_face``.
+    ``resize`` then still applies. No face with probability >= ``face_min_prob`` → reason ``no_face``. With
+    ``face_align`` the image is first rotated about the face box centre so that the eyes lie level.
     """
     if not data:
         return ImageCheck("empty", "zero-byte file")
@@ -126,13 +128,16 @@ def process_image(data: bytes, policy: ImagePolicy, box: tuple[int, int, int, in
 
 def _face_crop(img: Image.Image, policy: ImagePolicy) -> Image.Image | str:
     """``img`` cropped to its best face and resized to ``policy.face_size`` squared, or why not (a detail string)."""
-    from engine.faces import crop_box, detect_faces
+    from engine.faces import crop_box, detect_faces, eye_angle
 
     face = detect_faces([np.asarray(img)])[0]
     if face is None:
         return "MTCNN found no face"
     if face.prob < policy.face_min_prob:
         return f"best face prob {face.prob:.6g} < face_min_prob {policy.face_min_prob}"
+    if policy.face_align and face.landmarks is not None:
+        cx, cy = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
+        img = img.rotate(eye_angle(face), resample=Image.Resampling.BILINEAR, center=(cx, cy))
     box = crop_box(face.box, img.size[0], img.size[1], policy.face_margin)
     if box is None:
         return f"face box {tuple(round(v) for v in face.box)} outside image {img.size[0]}x{img.size[1]}"

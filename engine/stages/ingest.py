@@ -86,7 +86,7 @@ QUARANTINE_SCHEMA = pa.schema(
 )
 
 _META_COLS = ["key", "orig_path", "split", "label", "group", "frame", "valence", "arousal"]
-_FACE_KEYS = ("detect_faces", "face_margin", "face_size", "face_min_prob")
+_FACE_KEYS = ("detect_faces", "face_margin", "face_size", "face_min_prob", "face_align")
 
 
 class IngestStage(Stage):
@@ -111,6 +111,7 @@ class IngestStage(Stage):
             face_margin=cfg.face_margin,
             face_size=cfg.face_size,
             face_min_prob=cfg.face_min_prob,
+            face_align=cfg.face_align,
         )
 
     def fingerprint_inputs(self) -> dict[str, Any]:

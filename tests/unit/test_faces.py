@@ -131,3 +131,30 @@ def test_ingest_config_face_keys_validated_and_fingerprint_unchanged_when_off(tm
     assert IngestStage(str(tmp_path), src, replace(off, detect_faces=True, face_size=64)).fingerprint() != (
         on.fingerprint()
     )
+
+
+@needs_facenet
+def test_alignment_levels_the_eyes_of_rotated_real_faces(fer2013_dir):
+    """Real FER2013 faces (160 px) rotated by ±15°: MTCNN's eye line follows the rotation, and after face_align the
+    eyes of the aligned crop lie level (within the detector's landmark noise)."""
+    policy = ImagePolicy(image_format="png", grayscale=False, detect_faces=True, face_size=160, face_align=True)
+    before, after = [], []
+    for img in fer_images(3):
+        upright = Image.fromarray(_rgb160(img.png))
+        base = faces.detect_faces([np.asarray(upright)])[0]
+        assert base is not None and base.landmarks is not None and len(base.landmarks) == 5
+        for degrees in (15, -15):
+            tilted = upright.rotate(degrees, resample=Image.Resampling.BILINEAR)  # counter-clockwise on screen
+            face = faces.detect_faces([np.asarray(tilted)])[0]
+            assert face is not None
+            # counter-clockwise on screen raises the right eye: the eye angle drops by about `degrees`
+            assert abs(faces.eye_angle(face) - (faces.eye_angle(base) - degrees)) < 6, (img.member, degrees)
+            out = process_image(_png(np.asarray(tilted)), policy)
+            assert out.reason is None
+            aligned = faces.detect_faces([np.asarray(Image.open(io.BytesIO(out.data)).convert("RGB"))])[0]
+            assert aligned is not None
+            assert abs(faces.eye_angle(aligned)) < 6, (img.member, degrees, faces.eye_angle(aligned))
+            before.append(abs(faces.eye_angle(face)))
+            after.append(abs(faces.eye_angle(aligned)))
+    print("eye angle before / after alignment:", np.round(before, 1), np.round(after, 1))
+    assert np.mean(after) < np.mean(before) / 3
