@@ -10,7 +10,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import yaml
 
@@ -516,7 +516,7 @@ def _coerce(tp: Any, value: Any, key: str, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key} in {where} must be a mapping, got {value!r}")
-        return build(tp, value, where=where, prefix=f"{key}.")  # type: ignore[type-var]
+        return build(cast(type, tp), value, where=where, prefix=f"{key}.")
     if origin is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key} in {where} must be a mapping, got {value!r}")

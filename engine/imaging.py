@@ -80,7 +80,7 @@ def process_image(data: bytes, policy: ImagePolicy, box: tuple[int, int, int, in
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
             width, height = img.size
             if width * height > policy.max_pixels:
                 return ImageCheck("too_large", f"header claims {width}x{height} > max_pixels {policy.max_pixels}")
@@ -168,7 +168,7 @@ def _dct_matrix(n: int = 32) -> npt.NDArray[np.float64]:
     i = np.arange(n)[None, :]
     m = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * np.sqrt(2 / n)
     m[0] /= np.sqrt(2)
-    return m
+    return np.asarray(m, dtype=np.float64)
 
 
 def phash64(pixels: npt.NDArray[np.uint8]) -> int:
@@ -185,7 +185,7 @@ def phash64(pixels: npt.NDArray[np.uint8]) -> int:
 
 def decode_pixels(data: bytes) -> npt.NDArray[np.uint8]:
     """Pixels of an encoded image as uint8 (H, W) or (H, W, 3)."""
-    img = Image.open(io.BytesIO(data))
+    img: Image.Image = Image.open(io.BytesIO(data))
     if img.mode not in ("L", "RGB"):
         img = img.convert("RGB")
     return np.asarray(img)

@@ -27,7 +27,7 @@ def init_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True
     ctx.verbose_stats_logs = False
-    log.info("ray: %s", ray.cluster_resources())
+    log.info("ray: %s", cluster_resources())
 
 
 LOCAL_START_ATTEMPTS = 3
@@ -63,13 +63,19 @@ def _start_local(num_cpus: int | None, **kwargs: Any) -> None:
 
 def cluster_cpus() -> int:
     """CPUs in the connected cluster (1 when unknown)."""
-    import ray
 
-    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+    return max(1, int(cluster_resources().get("CPU", 1)))
 
 
 def cluster_gpus() -> int:
     """GPUs in the connected cluster."""
+
+    return int(cluster_resources().get("GPU", 0))
+
+
+def cluster_resources() -> dict[str, float]:
+    """``ray.cluster_resources()`` of the connected cluster (typed)."""
     import ray
 
-    return int(ray.cluster_resources().get("GPU", 0))
+    res: dict[str, float] = ray.cluster_resources()
+    return res

@@ -18,7 +18,8 @@ import pyarrow.parquet as pq
 @lru_cache(maxsize=32)
 def _resolve_root(uri: str) -> tuple[pafs.FileSystem, str]:
     if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
+        fs, path = pafs.FileSystem.from_uri(uri)
+        return fs, str(path)
     return pafs.LocalFileSystem(), os.path.abspath(uri)
 
 
@@ -39,7 +40,7 @@ def is_local(path: str) -> bool:
 def exists(path: str) -> bool:
     """Whether a file or directory exists at ``path``."""
     fs, p = resolve(path)
-    return fs.get_file_info(p).type != pafs.FileType.NotFound
+    return bool(fs.get_file_info(p).type != pafs.FileType.NotFound)
 
 
 def makedirs(path: str) -> None:
@@ -87,7 +88,7 @@ def atomic_write(path: str, mode: str = "wb") -> Iterator[IO[Any]]:
             else:
                 import io
 
-                with io.TextIOWrapper(raw, encoding="utf-8", newline="\n") as text:  # type: ignore[arg-type]
+                with io.TextIOWrapper(raw, encoding="utf-8", newline="\n") as text:
                     yield text
         fs.move(tmp, p)
     except BaseException:
