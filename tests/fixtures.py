@@ -402,6 +402,17 @@ FER_TO_ABAW = (1, 2, 3, 4, 5, 6, 0)
 """FER2013 code → Aff-Wild2 EXPR index (Neutral, Anger, Disgust, Fear, Happiness, Sadness, Surprise, Other)."""
 
 
+def _write_affwild2_video(root: Path, split_dir: str, name: str, run: Sequence[FerImage]) -> None:
+    """One 6th-ABAW video: ``<split_dir>/<name>.txt`` (each face's FER2013 label in Aff-Wild2 order, -1 without one)
+    and its frames ``cropped_aligned/<name>/00001.jpg``..."""
+    labels = [str(FER_TO_ABAW[img.label]) if img.label >= 0 else "-1" for img in run]
+    write_file(
+        root / AFFWILD2_EDITIONS["6th"] / split_dir / f"{name}.txt", AFFWILD2_HEADER + "\n" + "\n".join(labels) + "\n"
+    )
+    for i, img in enumerate(run, start=1):
+        write_file(root / "cropped_aligned" / name / f"{i:05d}.jpg", encode(img.png, ".jpg"))
+
+
 def write_affwild2_videos(root: Path, videos: int = 4, frames: int = 12, first: int = 0) -> Path:
     """Aff-Wild2 (6th ABAW) layout whose "videos" are runs of consecutive real FER2013Train faces.
 
@@ -411,13 +422,8 @@ def write_affwild2_videos(root: Path, videos: int = 4, frames: int = 12, first: 
     neighbouring frames are different faces.
     """
     images = fer_images(first + videos * frames + 1, "FER2013Train")[first:]
-    expr = root / AFFWILD2_EDITIONS["6th"] / "Train_Set"
     for v in range(videos):
-        run = images[v * frames : (v + 1) * frames]
-        labels = [str(FER_TO_ABAW[img.label]) if img.label >= 0 else "-1" for img in run]
-        write_file(expr / f"vid{v}.txt", AFFWILD2_HEADER + "\n" + "\n".join(labels) + "\n")
-        for i, img in enumerate(run, start=1):
-            write_file(root / "cropped_aligned" / f"vid{v}" / f"{i:05d}.jpg", encode(img.png, ".jpg"))
+        _write_affwild2_video(root, "Train_Set", f"vid{v}", images[v * frames : (v + 1) * frames])
     write_file(root / AFFWILD2_EDITIONS["6th"] / "Validation_Set" / "vidval.txt", AFFWILD2_HEADER + "\n0\n")
     write_file(root / "cropped_aligned" / "vidval" / "00001.jpg", encode(images[-1].png, ".jpg"))
     return root
@@ -449,14 +455,7 @@ def write_affwild2_segments(
                 ready = sorted(c for c, imgs in by_class.items() if len(imgs) >= segment)
                 c = rng.choice(ready)
                 run += [by_class[c].pop(0) for _ in range(segment)]
-            name = f"{prefix}{v}"
-            labels = [str(FER_TO_ABAW[img.label]) for img in run]
-            write_file(
-                root / AFFWILD2_EDITIONS["6th"] / split_dir / f"{name}.txt",
-                AFFWILD2_HEADER + "\n" + "\n".join(labels) + "\n",
-            )
-            for i, img in enumerate(run, start=1):
-                write_file(root / "cropped_aligned" / name / f"{i:05d}.jpg", encode(img.png, ".jpg"))
+            _write_affwild2_video(root, split_dir, f"{prefix}{v}", run)
     return root
 
 

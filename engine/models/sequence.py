@@ -120,6 +120,25 @@ def ensemble(
     return probs.astype(np.float32), stack
 
 
+def video_sequences(
+    videos: Sequence[str | None], frames: Sequence[int | None]
+) -> tuple[list[npt.NDArray[np.int64]], npt.NDArray[np.int64]]:
+    """Row indices of each video in frame order (videos sorted by id), and of the rows outside any video (video or
+    frame None), in input order."""
+    by_video: dict[str, list[int]] = {}
+    singles: list[int] = []
+    for i, (v, f) in enumerate(zip(videos, frames, strict=True)):
+        if v is None or f is None:
+            singles.append(i)
+        else:
+            by_video.setdefault(v, []).append(i)
+    ordered = [
+        np.asarray(sorted(rows, key=lambda i: int(frames[i])), np.int64)  # type: ignore[arg-type]
+        for _, rows in sorted(by_video.items())
+    ]
+    return ordered, np.asarray(singles, np.int64)
+
+
 def sequence_predict(
     temporal: Mapping[str, nn.Module] | nn.ModuleDict,
     cnn_probs: npt.NDArray[np.float32],
@@ -135,23 +154,12 @@ def sequence_predict(
     Rows sharing a video id are one sequence ordered by frame (a video split across calls is split into
     sequences); rows whose video or frame is None are one-frame sequences. Rows come back in input order.
     """
-    n = cnn_probs.shape[0]
     out = {m: np.zeros_like(cnn_probs, dtype=np.float32) for m in temporal}
-    by_video: dict[str, list[int]] = {}
-    singles: list[int] = []
-    for i, (v, f) in enumerate(zip(videos, frames, strict=True)):
-        if v is None or f is None:
-            singles.append(i)
-        else:
-            by_video.setdefault(v, []).append(i)
-    for rows in by_video.values():
-        rows.sort(key=lambda i: int(frames[i]))  # type: ignore[arg-type]
-        idx = np.asarray(rows)
+    by_video, singles = video_sequences(videos, frames)
+    for idx in by_video:
         for m, head in temporal.items():
             out[m][idx] = member_probs(head, feats[idx], window)
-    if singles:
-        idx = np.asarray(singles)
+    if len(singles):
         for m, head in temporal.items():
-            out[m][idx] = single_frame_probs(head, feats[idx])
-    assert all(v.shape[0] == n for v in out.values())
+            out[m][singles] = single_frame_probs(head, feats[singles])
     return ensemble(cnn_probs, out, weights)

@@ -27,6 +27,7 @@ def _predict_shard(
     from engine.imaging import decode_pixels
     from engine.models.teacher import load_teacher
     from engine.samples import _read_members
+    from engine.stages.video import video_id
 
     torch.set_num_threads(1)
     ref = ShardRef(**item)
@@ -53,7 +54,7 @@ def _predict_shard(
         pos = fs.read_parquet(ref.manifest, columns=["key", "group", "frame"]).to_pylist()
         where = {p["key"]: p for p in pos}
         result["features"] = np.concatenate([o.features for o in outs if o.features is not None])
-        result["videos"] = [None if where[k]["group"] is None else f"{ref.source}/{where[k]['group']}" for k in keys]
+        result["videos"] = [video_id(ref.source, where[k]["group"], where[k]["frame"]) for k in keys]
         result["frames"] = [where[k]["frame"] for k in keys]
     return result
 

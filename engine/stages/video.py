@@ -69,6 +69,12 @@ def video_step(items: list[dict[str, str]], *, out_dir: str, cfg: ScoreConfig, s
     return int(n_video)
 
 
+def video_id(source: str, group: str | None, frame: int | None) -> str | None:
+    """``<source>/<group>``, the id of the video a manifest row belongs to, or None for a row outside any video (no
+    group or no frame). Scoring, evaluation and the fit of sequence members all group rows by it."""
+    return None if group is None or frame is None else f"{source}/{group}"
+
+
 def _video_rows(batch: pa.Table, *, features: bool) -> pa.Table:
     """The video rows (vid, key, shard, frame, probs[, features]) of the shard items in ``batch``."""
     tables = [_video_rows_of(item, features) for item in batch.to_pylist()]
@@ -89,10 +95,11 @@ def _video_rows_of(item: dict[str, str], features: bool) -> pa.Table:
     keep, vids, keys, fr = [], [], [], []
     for i, key in enumerate(raw["key"].to_pylist()):
         j = where.get(key)
-        if j is None or groups[j] is None or frames[j] is None:
+        vid = None if j is None else video_id(source, groups[j], frames[j])
+        if vid is None:
             continue
         keep.append(i)
-        vids.append(f"{source}/{groups[j]}")
+        vids.append(vid)
         keys.append(key)
         fr.append(int(frames[j]))
     feats = _matrix(raw, "features")[keep] if features else None

@@ -119,17 +119,17 @@ def train_step(
         m = online_weights(ctx.policy, q, idx)
         loss_u = (m * F.cross_entropy(logits_strong, q.argmax(dim=1), reduction="none")).sum() / u
         weight_sum = float(m.sum())
-        if getattr(ctx.policy, "use_fairness", False):  # FreeMatch SAF: + w_f * L_f
+        from engine.thresholds import FreeMatchPolicy
+
+        if isinstance(ctx.policy, FreeMatchPolicy) and ctx.policy.use_fairness:  # FreeMatch SAF: + w_f * L_f
             from engine.train.losses import fairness_loss
 
-            policy: Any = ctx.policy
-            loss_f = fairness_loss(
+            loss_f = ctx.policy.fairness_weight * fairness_loss(
                 m,
                 torch.softmax(logits_strong, dim=1),
-                torch.as_tensor(policy.p_model, device=ctx.device),
-                torch.as_tensor(policy.label_hist, device=ctx.device),
+                torch.as_tensor(ctx.policy.p_model, device=ctx.device),
+                torch.as_tensor(ctx.policy.label_hist, device=ctx.device),
             )
-            loss_f = policy.fairness_weight * loss_f
     loss = loss_s + ctx.lambda_u * loss_u + loss_f
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()

@@ -31,6 +31,7 @@ def labelled_sequences(root: str, labelled_path: str) -> dict[str, Any]:
     arrays), ``videos`` (``<source>/<group>`` or None) and ``frames`` (int or None), in key order."""
     from engine.imaging import decode_pixels
     from engine.samples import _read_members
+    from engine.stages.video import video_id
 
     lab = fs.read_parquet(labelled_path, columns=["key", "shard", "label"]).to_pylist()
     by_shard: dict[str, dict[str, int]] = {}
@@ -45,7 +46,7 @@ def labelled_sequences(root: str, labelled_path: str) -> dict[str, Any]:
         images = _read_members(lay.shard(int(idx)), set(wanted))
         for key, label in wanted.items():
             group, frame = pos.get(key, (None, None))
-            video = None if group is None or frame is None else f"{source}/{group}"
+            video = video_id(source, group, frame)
             rows.append((key, label, decode_pixels(images[key]), video, None if video is None else int(frame)))
     rows.sort(key=lambda r: r[0])
     return {
@@ -62,18 +63,11 @@ def training_windows(
 ) -> list[npt.NDArray[np.int64]]:
     """Row-index arrays of the windows (engine.models.sequence.window_starts over each video in frame order; every
     row outside a video is a window of one)."""
-    from engine.models.sequence import window_starts
+    from engine.models.sequence import video_sequences, window_starts
 
-    by_video: dict[str, list[int]] = {}
-    out: list[npt.NDArray[np.int64]] = []
-    for i, (v, f) in enumerate(zip(videos, frames, strict=True)):
-        if v is None or f is None:
-            out.append(np.asarray([i], np.int64))
-        else:
-            by_video.setdefault(v, []).append(i)
-    for _, rows in sorted(by_video.items()):
-        rows.sort(key=lambda i: int(frames[i]))  # type: ignore[arg-type]
-        idx = np.asarray(rows, np.int64)
+    by_video, singles = video_sequences(videos, frames)
+    out = [singles[i : i + 1] for i in range(len(singles))]
+    for idx in by_video:
         w = min(window, len(idx))
         out += [idx[s : s + w] for s in window_starts(len(idx), window)]
     return out
@@ -143,7 +137,7 @@ def fit_temporal(checkpoint: str, *, root: str, labelled_path: str, cfg: TrainCo
         ``temporal_<member>_loss`` / ``temporal_<member>_train_acc`` per member, and ``temporal_cnn_train_acc`` (the
         frozen CNN's own per-frame training accuracy, for comparison).
     """
-    from engine.models.checkpoint import load_checkpoint, save_checkpoint
+    from engine.models.checkpoint import read_checkpoint_meta, save_checkpoint
     from engine.models.teacher import CheckpointTeacher
 
     data = labelled_sequences(root, labelled_path)
@@ -173,13 +167,11 @@ def fit_temporal(checkpoint: str, *, root: str, labelled_path: str, cfg: TrainCo
         len(windows),
         stats,
     )
-    loaded = load_checkpoint(checkpoint)
-    loaded.model.temporal.load_state_dict(temporal.state_dict())  # type: ignore[union-attr]
-    save_checkpoint(
+    save_checkpoint(  # the members were fitted in place, inside the teacher's model
         checkpoint,
-        loaded.model,
-        model_cfg=loaded.model_cfg,
-        label_space=loaded.label_space,
-        extra={**loaded.extra, "temporal_fit": stats},
+        teacher.model,
+        model_cfg=teacher.model_cfg,
+        label_space=teacher.label_space,
+        extra={**read_checkpoint_meta(checkpoint).get("extra", {}), "temporal_fit": stats},
     )
     return stats
