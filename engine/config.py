@@ -128,6 +128,8 @@ class ModelConfig:
     """Per-channel normalisation std, on pixels scaled to [0, 1]."""
     drop_rate: float = 0.0
     """Dropout before the classifier."""
+    width: int = 16
+    """Base width (channels of the first block) of ``vgg_fer``; the blocks have width × (1, 2, 4, 8) channels."""
     head: str = "linear"
     """Classifier on the backbone features: ``linear`` (one head), ``cascade`` (CFC-SP coarse head over the coarse5
     classes present plus a fine head over the Negative classes), or ``esr`` (``esr_branches`` branches whose
@@ -154,6 +156,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check_choice("model.head", self.head, ("linear", "cascade", "esr"))
+        _check_positive("model.width", self.width)
+        _check_range("model.drop_rate", self.drop_rate, 0.0, 1.0, hi_open=True)
         if self.head == "esr" and self.esr_branches < 2:
             raise ConfigError(f"model.esr_branches must be >= 2 for head=esr, got {self.esr_branches}")
         for member in self.temporal:
@@ -301,6 +305,41 @@ class TrainConfig:
     the labelled rows (Adam, all windows every epoch), after the CNN is trained."""
     temporal_lr: float = 1e-3
     """Learning rate of that fit."""
+    schedule: str = "cosine"
+    """LR schedule over the epoch budget, stepped every optimiser step: ``cosine`` (FixMatch's ``cos(7πk/16K)``),
+    ``onecycle`` (torch's OneCycleLR with max LR ``lr``: 30 % warm-up from lr/25, cosine down to lr/2.5e5, momentum
+    cycled 0.95 → 0.85 → 0.95) or ``warmup_cosine`` (linear warm-up over ``warmup_epochs``, then cosine to 0)."""
+    warmup_epochs: float = 0.0
+    """Linear warm-up length of ``warmup_cosine``, in epochs."""
+    label_smoothing: float = 0.0
+    """Label smoothing of the supervised cross-entropy (plain and ESR heads): targets ``(1-ε)·onehot + ε/C``."""
+    ema_decay: float = 0.0
+    """Exponential moving average of the weights, updated after every step with decay ``min(d, (1+k)/(10+k))`` at
+    step k; 0 = off. When on, the EMA weights (with the model's BN statistics) are what is validated, saved,
+    scored and promoted."""
+    select_best: bool = False
+    """Evaluate val macro-F1 after each epoch from ``val_from`` on and keep the best epoch's weights (recorded as
+    ``best_epoch`` / ``best_val_macro_f1``); off: the last epoch is kept. Needs a val split in the campaign."""
+    val_from: float = 0.5
+    """With ``select_best``: the first epoch evaluated, as a fraction of ``epochs`` (val costs a forward pass over
+    the split per evaluated epoch; early epochs of a decaying schedule rarely win)."""
+    tta_flip: bool = False
+    """With ``select_best``: validate with flip TTA (mean of the image and its mirror), as ``eval.tta_flip``."""
+    torch_threads: int = 0
+    """torch intra-op threads per worker; 0 = the worker's share of its node's cores (cores // workers on the node).
+    Ray still reserves one logical CPU per worker, so Ray Data can read while the worker trains."""
+    cache_mb: int = 2048
+    """Decode labelled ∪ pseudo once per round into worker memory (uint8) when it fits in this many MiB per worker;
+    larger sets stream from the shards every epoch, decoding per batch. 0 = always stream."""
+
+    def __post_init__(self) -> None:
+        _check_choice("train.schedule", self.schedule, SCHEDULES)
+        _check_range("train.warmup_epochs", self.warmup_epochs, 0.0, float(self.epochs))
+        _check_range("train.label_smoothing", self.label_smoothing, 0.0, 1.0, hi_open=True)
+        _check_range("train.ema_decay", self.ema_decay, 0.0, 1.0, hi_open=True)
+        _check_range("train.val_from", self.val_from, 0.0, 1.0)
+        _check_range("train.torch_threads", self.torch_threads, 0, 4096)
+        _check_range("train.cache_mb", self.cache_mb, 0, 1 << 30)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -309,6 +348,8 @@ class EvalConfig:
 
     splits: tuple[str, ...] = ("val", "test")
     batch_size: int = 512
+    tta_flip: bool = False
+    """Average the probabilities of the image and its horizontal flip (as ``score.tta_flip``)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -560,6 +601,15 @@ def _suggest(key: str, valid: Mapping[str, Any] | Sequence[str], prefix: str = "
 def _check_choice(key: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}{_suggest(value, choices)}")
+
+
+SCHEDULES = ("cosine", "onecycle", "warmup_cosine")
+"""The LR schedules of ``train.schedule`` (engine.train.optim.build_scheduler)."""
+
+
+def _check_range(key: str, value: float, lo: float, hi: float, *, hi_open: bool = False) -> None:
+    if not (lo <= value < hi if hi_open else lo <= value <= hi):
+        raise ConfigError(f"{key} must be in [{lo}, {hi}{')' if hi_open else ']'}, got {value}")
 
 
 def _check_positive(key: str, value: int) -> None:

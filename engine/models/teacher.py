@@ -17,6 +17,7 @@ from engine.fingerprint import fingerprint as _fingerprint
 if TYPE_CHECKING:
     import torch
 
+    from engine.config import ModelConfig
     from engine.labels import LabelSpace
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,26 @@ class CheckpointTeacher:
         self.tta_flip = tta_flip
         self.mixed_precision = mixed_precision
         self.fingerprint: str = teacher_fingerprint([loaded.fingerprint], None, tta_flip)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: torch.nn.Module,
+        model_cfg: ModelConfig,
+        label_space: LabelSpace,
+        *,
+        device: str | torch.device = "cpu",
+        tta_flip: bool = False,
+        mixed_precision: bool = True,
+    ) -> CheckpointTeacher:
+        """A teacher over a model already in memory (e.g. the student being validated during training): the same
+        prediction path as a loaded checkpoint. The model is not copied and not switched to eval mode here."""
+        self = cls.__new__(cls)
+        self.path, self.model, self.model_cfg, self.label_space = "", model, model_cfg, label_space
+        self.checkpoint_fingerprint, self.device, self.tta_flip = "", device, tta_flip
+        self.mixed_precision = mixed_precision
+        self.fingerprint = ""
+        return self
 
     def predict(self, images: Images) -> TeacherOutput:
         """Probabilities (B, C) float32 for B uint8 images of any size (resized to the checkpoint's input size)."""

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 def _predict_shard(
-    item: dict[str, Any], *, checkpoint: str, rule: dict[str, Any], split: str, batch_size: int
+    item: dict[str, Any], *, checkpoint: str, rule: dict[str, Any], split: str, batch_size: int, tta_flip: bool = False
 ) -> dict[str, Any]:
     import torch
 
@@ -39,7 +39,7 @@ def _predict_shard(
     if not keys:
         return {"keys": [], "y": np.zeros(0, np.int64), "probs": np.zeros((0, 0), np.float32)}
     images = _read_members(ref.tar, set(keys))
-    teacher = load_teacher([checkpoint])
+    teacher = load_teacher([checkpoint], tta_flip=tta_flip)
     outs = [
         teacher.predict([decode_pixels(images[k]) for k in keys[i : i + batch_size]])
         for i in range(0, len(keys), batch_size)
@@ -59,6 +59,37 @@ def _predict_shard(
     return result
 
 
+def split_samples(root: str, rule: PartitionRule, split: str) -> Any:
+    """A pyarrow table (key, image bytes, label) of every evaluated row of ``split`` (the rows :func:`predict_split`
+    scores), ordered by key; read on the caller's process, so meant for val-sized splits."""
+    import pyarrow as pa
+
+    from engine.samples import _read_members
+
+    keys: list[str] = []
+    images: list[bytes] = []
+    labels: list[int] = []
+    for ref in list_shards(root, rule.eval_sources):
+        m = _manifest_cols(ref.manifest)
+        mask = rule.eval_mask(ref.source, split, m["key"], m["split"], m["label"], m["leak_with"])
+        wanted = {k: lab for k, lab, keep in zip(m["key"], m["label"], mask, strict=True) if keep}
+        if not wanted:
+            continue
+        blobs = _read_members(ref.tar, set(wanted))
+        for k in sorted(wanted):
+            keys.append(k)
+            images.append(blobs[k])
+            labels.append(int(wanted[k]))
+    order = np.argsort(np.array(keys, dtype=object), kind="stable")
+    return pa.table(
+        {
+            "key": pa.array([keys[i] for i in order], pa.string()),
+            "image": pa.array([images[i] for i in order], pa.binary()),
+            "label": pa.array([labels[i] for i in order], pa.int64()),
+        }
+    )
+
+
 @dataclass(frozen=True)
 class SplitPredictions:
     """A checkpoint's predictions on every evaluated row of one split, ordered by key."""
@@ -75,9 +106,10 @@ class SplitPredictions:
 
 
 def predict_split(
-    root: str, rule: PartitionRule, checkpoint: str, split: str, batch_size: int = 512
+    root: str, rule: PartitionRule, checkpoint: str, split: str, batch_size: int = 512, tta_flip: bool = False
 ) -> SplitPredictions:
-    """Predictions of ``checkpoint`` on every evaluated row of ``split`` (one Ray task per shard).
+    """Predictions of ``checkpoint`` on every evaluated row of ``split`` (one Ray task per shard; with ``tta_flip``
+    the mean of each image's and its mirror's probabilities).
 
     A checkpoint with sequence members gets its per-frame outputs gathered here and its ensemble computed per video
     (engine.models.sequence.sequence_predict), so a video spread over shards is one sequence.
@@ -91,7 +123,13 @@ def predict_split(
         out
         for out in ds.map(
             _predict_shard,
-            fn_kwargs={"checkpoint": checkpoint, "rule": rule.to_json(), "split": split, "batch_size": batch_size},
+            fn_kwargs={
+                "checkpoint": checkpoint,
+                "rule": rule.to_json(),
+                "split": split,
+                "batch_size": batch_size,
+                "tta_flip": tta_flip,
+            },
         ).iter_rows()
         if len(out["keys"])
     ]
@@ -156,7 +194,10 @@ class EvaluateStage(Stage):
         self.checkpoint_fp, self.rule, self.upstream = checkpoint_fp, rule, upstream
 
     def fingerprint_inputs(self) -> dict[str, Any]:
-        return {"splits": self.cfg.splits, "checkpoint": self.checkpoint_fp, "upstream": self.upstream}
+        fp: dict[str, Any] = {"splits": self.cfg.splits, "checkpoint": self.checkpoint_fp, "upstream": self.upstream}
+        if self.cfg.tta_flip:  # only when on, so committed evaluations without TTA keep their fingerprint
+            fp["tta_flip"] = True
+        return fp
 
     def run(self) -> RunOutput:
         from engine.metrics import classification_metrics
@@ -166,7 +207,7 @@ class EvaluateStage(Stage):
         metrics: dict[str, Any] = {"checkpoint": self.checkpoint, "checkpoint_fingerprint": self.checkpoint_fp}
         counts: dict[str, Any] = {}
         for split in self.cfg.splits:
-            pred = predict_split(self.root, self.rule, self.checkpoint, split, self.cfg.batch_size)
+            pred = predict_split(self.root, self.rule, self.checkpoint, split, self.cfg.batch_size, self.cfg.tta_flip)
             if not pred.keys:
                 continue
             y, probs = pred.y, pred.probs

@@ -8,6 +8,7 @@ from typing import Any
 from engine.config import ModelConfig, ThresholdConfig, TrainConfig
 from engine.labels import LabelSpace
 from engine.layout import RoundLayout, join
+from engine.partition import PartitionRule
 from engine.stages.base import RunOutput, Stage
 
 
@@ -35,6 +36,7 @@ class TrainStage(Stage):
         upstream: dict[str, str],
         mlflow: dict[str, str] | None = None,
         on_existing: str = "error",
+        rule: PartitionRule | None = None,
     ) -> None:
         super().__init__(round_layout.train_dir, on_existing=on_existing, label=f"train r{round_layout.index:03d}")
         self.root, self.layout, self.train_cfg, self.model_cfg, self.space = (
@@ -47,6 +49,8 @@ class TrainStage(Stage):
         self.labelled_path, self.selection_path, self.pool_dataset = labelled_path, selection_path, pool_dataset
         self.num_unlabelled, self.threshold_cfg, self.init_checkpoint = num_unlabelled, threshold_cfg, init_checkpoint
         self.campaign, self.upstream, self.mlflow = campaign, upstream, mlflow
+        self.rule = rule
+        """The campaign's partition rule: the val split for ``train.select_best``."""
 
     def fingerprint_inputs(self) -> dict[str, Any]:
         fp: dict[str, Any] = {
@@ -73,6 +77,7 @@ class TrainStage(Stage):
         if pseudo is not None:
             pseudo = pseudo.select_columns(["image", "label", "weight"])
         online = self.train_cfg.online_policy is not None and self.pool_dataset is not None
+        val = self._val_dataset() if self.train_cfg.select_best else None
         params = {k: v for k, v in asdict(self.threshold_cfg).items() if k not in ("policy", "never_label")}
         params["never_label"] = [self.space.index(n) for n in self.threshold_cfg.never_label]
         result = train_student(
@@ -83,6 +88,7 @@ class TrainStage(Stage):
             pseudo=pseudo,
             unlabelled=self.pool_dataset if online else None,
             num_unlabelled=self.num_unlabelled if online else 0,
+            val=val,
             storage_path=join(self.out_dir, "ray"),
             run_name=f"{self.campaign}-r{self.layout.index:03d}-{self.fingerprint()[:8]}",
             init_checkpoint=self.init_checkpoint if self.train_cfg.warm_start else None,
@@ -98,6 +104,17 @@ class TrainStage(Stage):
                 fit_temporal(self.layout.student, root=self.root, labelled_path=self.labelled_path, cfg=self.train_cfg)
             )
         return RunOutput(counts=counts, extra={"checkpoint": self.layout.student})
+
+    def _val_dataset(self) -> Any:
+        """The campaign's val split (image, label) as a Ray dataset, or None when it has no val row."""
+        import ray
+
+        from engine.stages.evaluate import split_samples
+
+        if self.rule is None:
+            return None
+        table = split_samples(self.root, self.rule, "val")
+        return ray.data.from_arrow(table.select(["image", "label"])) if table.num_rows else None
 
 
 def with_va_labels(ds: Any, root: str, labelled_path: str) -> Any:

@@ -70,6 +70,7 @@ def supervised_input(
     """Model input, labels and loss weights of one supervised batch.
 
     Rows with ``strong`` set (pseudo-labelled) get the strong augmentation, the others (labelled) the weak one.
+    The batch holds either encoded ``image`` bytes or decoded uint8 ``pixels`` (B, in_chans, S, S).
 
     Raises:
         ConfigError: a label outside ``[0, num_classes)``.
@@ -79,7 +80,10 @@ def supervised_input(
     """
     import torch
 
-    x8 = images_to_uint8(batch["image"], size=model_cfg.input_size, in_chans=model_cfg.in_chans)  # type: ignore[arg-type]
+    if "pixels" in batch:  # already decoded (engine.train.memory)
+        x8 = torch.from_numpy(np.ascontiguousarray(batch["pixels"]))
+    else:
+        x8 = images_to_uint8(batch["image"], size=model_cfg.input_size, in_chans=model_cfg.in_chans)  # type: ignore[arg-type]
     strong = torch.from_numpy(np.asarray(batch["strong"], dtype=bool))
     out = torch.empty_like(x8)
     if (~strong).any():

@@ -6,12 +6,11 @@ models) and reads its data with ``ray.train.get_dataset_shard("train" / "unlabel
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,8 +20,10 @@ from engine.config import ModelConfig, TrainConfig, build, to_dict
 from engine.errors import ConfigError, EngineError
 from engine.labels import LabelSpace
 from engine.train.batch import Augmenters, NumpyBatch, cycle_batches
+from engine.train.ema import WeightEMA
 from engine.train.losses import LossWeights, SupervisedLoss
-from engine.train.optim import autocast_dtype, build_optimizer, cosine_factor
+from engine.train.memory import MemorySet, epoch_order, memory_batches, to_images
+from engine.train.optim import autocast_dtype, build_optimizer, build_scheduler
 from engine.train.state import TrainState, read_train_state, write_train_state
 from engine.train.step import StepContext, train_step
 
@@ -53,6 +54,19 @@ class LoopSpec:
     policy_params: Mapping[str, Any] | None = None
     mlflow: Mapping[str, str] | None = None
     fault_after_epoch: int | None = None
+    memory: Any = None
+    """Ray ObjectRef of the supervised set decoded by the driver (``MemorySet.columns``): every epoch draws from it
+    (engine.train.memory); None = stream the ``train`` dataset from Ray Data, decoding per batch."""
+    repeat_factors: tuple[float, ...] | None = None
+    """Class-balanced repeat factors of the labelled rows, applied in the worker on the in-memory set (the streaming
+    path applies them in the Ray Data pipeline)."""
+    val: Any = None
+    """Ray ObjectRef of the decoded val split (``pixels``, ``label``) for ``train.select_best`` (rank 0 validates)."""
+
+    @property
+    def total_steps(self) -> int:
+        """Optimiser steps of the whole budget; the LR schedule is never stepped past it."""
+        return self.train.epochs * self.steps_per_epoch
 
     @property
     def online(self) -> bool:
@@ -73,6 +87,9 @@ def make_loop_config(spec: LoopSpec) -> dict[str, Any]:
         "policy_params": None if spec.policy_params is None else dict(spec.policy_params),
         "mlflow": None if spec.mlflow is None else dict(spec.mlflow),
         "fault_after_epoch": spec.fault_after_epoch,
+        "memory": spec.memory,
+        "repeat_factors": None if spec.repeat_factors is None else list(spec.repeat_factors),
+        "val": spec.val,
     }
 
 
@@ -90,6 +107,9 @@ def parse_loop_config(config: Mapping[str, Any]) -> LoopSpec:
         policy_params=config.get("policy_params"),
         mlflow=config.get("mlflow"),
         fault_after_epoch=config.get("fault_after_epoch"),
+        memory=config.get("memory"),
+        repeat_factors=None if config.get("repeat_factors") is None else tuple(config["repeat_factors"]),
+        val=config.get("val"),
     )
 
 
@@ -99,16 +119,25 @@ class Trainee:
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: Any
     """``torch.amp.GradScaler``, enabled only for fp16 autocast."""
     policy: ThresholdPolicy | None
     history: list[dict[str, Any]]
     start_epoch: int
+    ema: WeightEMA | None = None
+    best: dict[str, Any] | None = None
+    """``{"epoch", "val_macro_f1", "model"}`` of the best validated epoch so far (rank 0 with ``select_best``)."""
+
+    def kept_model(self) -> torch.nn.Module:
+        """The weights that are validated and exported: the EMA when enabled, else the bare model."""
+        return self.ema.module if self.ema is not None else _bare(self.model)
 
     def state(self, epoch: int) -> TrainState:
         """The checkpointable state after ``epoch``."""
         return TrainState(
+            ema=None if self.ema is None else self.ema.state_dict(),
+            best=self.best,
             model=_bare(self.model).state_dict(),
             optimizer=self.optimizer.state_dict(),
             scheduler=self.scheduler.state_dict(),
@@ -129,9 +158,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """
     import ray.train
     import ray.train.torch
+    import torch
 
     spec = parse_loop_config(config)
-    rank = ray.train.get_context().get_world_rank()
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    threads = spec.train.torch_threads or worker_threads(context.get_local_world_size())
+    torch.set_num_threads(threads)
     device = ray.train.torch.get_device()
     amp_dtype = autocast_dtype(spec.train, device)
     t = setup_trainee(spec, amp_dtype=amp_dtype)
@@ -146,8 +179,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         loss=SupervisedLoss(spec.model, spec.label_space, LossWeights.from_train(spec.train)),
     )
     unlabelled = _unlabelled_stream(spec, rank) if t.policy is not None else None
+    todo = t.start_epoch < spec.train.epochs
+    mem = _memory_shard(spec.memory, rank, context.get_world_size()) if spec.memory is not None and todo else None
+    val = MemorySet(ray.get(spec.val)) if spec.val is not None and rank == 0 and todo else None
     for epoch in range(t.start_epoch, spec.train.epochs):
-        record = run_epoch(epoch, t, ctx, spec, rank, unlabelled)
+        record = run_epoch(epoch, t, ctx, spec, rank, unlabelled, mem)
+        record["threads"], record["in_memory"] = threads, mem is not None
+        if val is not None and epoch >= first_val_epoch(spec.train):
+            record.update(validate(t, val, spec, device, epoch))
         t.history.append(record)
         _report(record, t.state(epoch) if rank == 0 else None)
         if rank == 0 and spec.mlflow:
@@ -180,19 +219,20 @@ def setup_trainee(spec: LoopSpec, *, amp_dtype: torch.dtype | None) -> Trainee:
         temporal.requires_grad_(False)
     model = ray.train.torch.prepare_model(model)  # to the worker's device; DDP with several workers
     optimizer = build_optimizer(model, spec.train)
-    total_steps = spec.train.epochs * spec.steps_per_epoch
     t = Trainee(
         model=model,
         optimizer=optimizer,
-        scheduler=torch.optim.lr_scheduler.LambdaLR(
-            optimizer, functools.partial(cosine_factor, total_steps=total_steps)
-        ),
+        scheduler=build_scheduler(optimizer, spec.train, steps_per_epoch=spec.steps_per_epoch),
         scaler=torch.amp.GradScaler(enabled=amp_dtype == torch.float16),
         policy=build_online_policy(spec) if spec.online else None,
         history=[],
         start_epoch=0,
+        ema=WeightEMA(_bare(model), spec.train.ema_decay) if spec.train.ema_decay > 0 else None,
     )
     if restored is not None:
+        if t.ema is not None and restored.ema is not None:
+            t.ema.load_state_dict(restored.ema)
+        t.best = restored.best
         t.optimizer.load_state_dict(restored.optimizer)
         t.scheduler.load_state_dict(restored.scheduler)
         if restored.scaler:
@@ -211,8 +251,10 @@ def run_epoch(
     spec: LoopSpec,
     rank: int,
     unlabelled: Iterator[NumpyBatch] | None,
+    mem: MemorySet | None = None,
 ) -> dict[str, Any]:
-    """One pass over this worker's supervised shard; returns the epoch record (summed over all workers).
+    """One pass over this worker's supervised shard (from memory when ``mem`` is given, else streamed from Ray
+    Data); returns the epoch record (summed over all workers).
 
     The record holds the mean step losses (``train_loss``, ``loss_s``, ``loss_u``), the LR at the epoch start,
     ``steps``, ``images`` (supervised rows), ``unlabelled_images``, ``seconds``, ``images_per_s``, ``mask_rate``
@@ -231,16 +273,27 @@ def run_epoch(
     lr = float(t.optimizer.param_groups[0]["lr"])
     thresholds_start = None if ctx.policy is None else thresholds_to_json(ctx.policy.thresholds())
     t0 = time.perf_counter()
-    shard = ray.train.get_dataset_shard(SUPERVISED)
-    for batch in shard.iter_batches(
-        batch_size=bs,
-        batch_format="numpy",
-        prefetch_batches=2,
-        local_shuffle_buffer_size=max(4 * bs, 1024),
-        local_shuffle_seed=derive_seed(spec.train.seed, epoch, rank, 2),
-    ):
+    batches: Iterable[NumpyBatch]
+    if mem is not None:
+        rng = np.random.default_rng(derive_seed(spec.train.seed, epoch, rank, 2))
+        batches = memory_batches(mem, epoch_order(mem, rng, spec.repeat_factors), bs)
+    else:
+        batches = ray.train.get_dataset_shard(SUPERVISED).iter_batches(
+            batch_size=bs,
+            batch_format="numpy",
+            prefetch_batches=2,
+            local_shuffle_buffer_size=max(4 * bs, 1024),
+            local_shuffle_seed=derive_seed(spec.train.seed, epoch, rank, 2),
+        )
+    first_step_at: float | None = None
+    for batch in batches:
+        if first_step_at is None:
+            first_step_at = time.time()  # wall clock: start-up cost = this minus the stage's start (bench/train.py)
         st = train_step(t.model, t.optimizer, t.scaler, batch, next(unlabelled) if unlabelled else None, ctx)
-        t.scheduler.step()
+        if t.ema is not None:
+            t.ema.update(_bare(t.model))
+        if t.scheduler.last_epoch < spec.total_steps:
+            t.scheduler.step()
         sums += (st.loss, st.loss_s, st.loss_u, 1, st.rows, st.unlabelled_rows, st.weight_sum)
     seconds = time.perf_counter() - t0
     sums = _sum_over_workers(sums, ctx.device)
@@ -262,10 +315,65 @@ def run_epoch(
         "unlabelled_images": u_rows,
         "seconds": seconds,
         "images_per_s": rows / seconds if seconds > 0 else 0.0,
+        "first_step_at": first_step_at,
         "mask_rate": sums[6] / u_rows if u_rows else None,
         "thresholds_start": thresholds_start,
         "thresholds": None if ctx.policy is None else thresholds_to_json(ctx.policy.thresholds()),
     }
+
+
+def worker_threads(local_workers: int) -> int:
+    """torch threads of one training worker: this node's usable cores shared among its ``local_workers`` workers."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(local_workers, 1))
+
+
+def first_val_epoch(cfg: TrainConfig) -> int:
+    """The first epoch validated with ``select_best``: ``floor(val_from * epochs)``, at most the last epoch."""
+    return min(math.floor(cfg.val_from * cfg.epochs), cfg.epochs - 1)
+
+
+def validate(t: Trainee, val: MemorySet, spec: LoopSpec, device: torch.device, epoch: int) -> dict[str, Any]:
+    """Val macro-F1 / accuracy of the kept weights (the EMA when enabled) after ``epoch``, with the evaluate stage's
+    prediction path and metric (engine.models.teacher, engine.metrics); a new best replaces ``t.best``.
+
+    Returns:
+        ``val_macro_f1``, ``val_accuracy``, ``val_seconds`` for the epoch record.
+    """
+    from engine.metrics import classification_metrics
+    from engine.models.teacher import CheckpointTeacher
+
+    t0 = time.perf_counter()
+    model = t.kept_model()
+    was_training = model.training
+    model.eval()
+    teacher = CheckpointTeacher.from_model(
+        model, spec.model, spec.label_space, device=device, tta_flip=spec.train.tta_flip
+    )
+    pixels = val.pixels
+    bs = max(256, spec.train.batch_size)
+    probs = np.concatenate([teacher.predict(to_images(pixels[i : i + bs])).probs for i in range(0, len(pixels), bs)])
+    model.train(was_training)
+    y = np.asarray(val.columns["label"], np.int64)
+    m = classification_metrics(y, probs.argmax(1), list(spec.label_space.classes))
+    f1 = float(m["macro_f1"])
+    if t.best is None or f1 > float(t.best["val_macro_f1"]):
+        state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        t.best = {"epoch": epoch, "val_macro_f1": f1, "model": state}
+    return {"val_macro_f1": f1, "val_accuracy": float(m["accuracy"]), "val_seconds": time.perf_counter() - t0}
+
+
+def _memory_shard(ref: Any, rank: int, world: int) -> MemorySet:
+    """This worker's rows (every ``world``-th from ``rank``) of the driver's decoded supervised set."""
+    import ray
+
+    columns: dict[str, Any] = ray.get(ref)
+    if world > 1:
+        take = np.arange(rank, len(columns["pixels"]), world)
+        columns = {c: v[take] for c, v in columns.items()}
+    return MemorySet(columns)
 
 
 def build_online_policy(spec: LoopSpec) -> ThresholdPolicy:
@@ -319,7 +427,8 @@ def log_epoch_to_mlflow(tracking: Mapping[str, str], record: Mapping[str, Any], 
 
     ts = int(time.time() * 1000)
     step = int(record["epoch"])
-    values = {f"train/{k}": record[k] for k in ("train_loss", "loss_s", "loss_u", "lr", "images_per_s", "mask_rate")}
+    names = ("train_loss", "loss_s", "loss_u", "lr", "images_per_s", "mask_rate", "val_macro_f1", "val_accuracy")
+    values = {f"train/{k}": record.get(k) for k in names}
     for name, tau in zip(label_space.classes, record.get("thresholds") or [], strict=False):
         values[f"train/tau/{name}"] = tau
     metrics = [Metric(k, float(v), ts, step) for k, v in values.items() if v is not None and math.isfinite(float(v))]

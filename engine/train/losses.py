@@ -39,11 +39,14 @@ class LossWeights:
     diversity: float = 0.0
     diversity_gamma: float = 1.0
     va: float = 1.0
+    smoothing: float = 0.0
+    """Label smoothing ε of the class cross-entropies (plain and ESR heads)."""
 
     @classmethod
     def from_train(cls, cfg: TrainConfig) -> LossWeights:
-        """The weights of ``train.fine_weight``, ``diversity_weight``, ``diversity_gamma`` and ``va_weight``."""
-        return cls(cfg.fine_weight, cfg.diversity_weight, cfg.diversity_gamma, cfg.va_weight)
+        """The weights of ``train.fine_weight``, ``diversity_weight``, ``diversity_gamma``, ``va_weight`` and
+        ``label_smoothing``."""
+        return cls(cfg.fine_weight, cfg.diversity_weight, cfg.diversity_gamma, cfg.va_weight, cfg.label_smoothing)
 
 
 class SupervisedLoss:
@@ -78,24 +81,24 @@ class SupervisedLoss:
             terms["coarse"], terms["fine"] = cascade_losses(out, y, w, self.coarse_of, self.fine_of)
             loss = terms["coarse"] + self.weights.fine * terms["fine"]
         elif "branches" in out:
-            terms["branches"] = branch_ce(out["branches"], y, w)
+            terms["branches"] = branch_ce(out["branches"], y, w, self.weights.smoothing)
             loss = terms["branches"]
             if self.weights.diversity > 0 and "branch_features" in out:
                 terms["diversity"] = diversity_loss(out["branch_features"], self.weights.diversity_gamma)
                 loss = loss + self.weights.diversity * terms["diversity"]
         else:
-            loss = weighted_ce(out["logits"], y, w)
+            loss = weighted_ce(out["logits"], y, w, self.weights.smoothing)
         if "va" in out:  # without targets the term is a zero that still reaches the VA head (DDP needs every grad)
             terms["va"] = va_loss(out["va"], va_target) if va_target is not None else 0 * out["va"].sum()
             loss = loss + self.weights.va * terms["va"]
         return loss, {k: float(v.detach()) for k, v in terms.items()}
 
 
-def weighted_ce(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``(1/B) Σ w_b · CE(logits_b, y_b)``."""
+def weighted_ce(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+    """``(1/B) Σ w_b · CE(logits_b, y_b)``; with label smoothing ε the target is ``(1-ε)·onehot(y_b) + ε/C``."""
     import torch.nn.functional as F
 
-    return (w * F.cross_entropy(logits, y, reduction="none")).mean()
+    return (w * F.cross_entropy(logits, y, reduction="none", label_smoothing=smoothing)).mean()
 
 
 def cascade_losses(
@@ -114,12 +117,14 @@ def cascade_losses(
     return coarse, fine
 
 
-def branch_ce(branches: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Mean over the M branches of each branch's weighted CE; ``branches`` is (B, M, C)."""
+def branch_ce(branches: torch.Tensor, y: torch.Tensor, w: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+    """Mean over the M branches of each branch's weighted CE (label smoothing ε); ``branches`` is (B, M, C)."""
     import torch.nn.functional as F
 
     b, m, c = branches.shape
-    ce = F.cross_entropy(branches.reshape(b * m, c), y.repeat_interleave(m), reduction="none").reshape(b, m)
+    ce = F.cross_entropy(
+        branches.reshape(b * m, c), y.repeat_interleave(m), reduction="none", label_smoothing=smoothing
+    ).reshape(b, m)
     return (w[:, None] * ce).mean()
 
 

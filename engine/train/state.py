@@ -32,6 +32,11 @@ class TrainState:
     scaler: dict[str, Any] | None = None
     policy: dict[str, Any] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    ema: dict[str, Any] | None = None
+    """``WeightEMA.state_dict()`` (averaged weights and update count) when ``train.ema_decay`` > 0."""
+    best: dict[str, Any] | None = None
+    """``{"epoch", "val_macro_f1", "model"}``: the best validated epoch and its (kept) weights, with
+    ``train.select_best``."""
 
 
 def write_train_state(directory: str, state: TrainState) -> None:
@@ -46,6 +51,8 @@ def write_train_state(directory: str, state: TrainState) -> None:
         "scaler": state.scaler,
         "epoch": int(state.epoch),
         "global_step": int(state.global_step),
+        "ema": None if state.ema is None else {**state.ema, "module": _cpu(state.ema["module"])},
+        "best": None if state.best is None else {**state.best, "model": _cpu(state.best["model"])},
     }
     torch.save(payload, os.path.join(directory, STATE_FILE))
     with open(os.path.join(directory, HISTORY_FILE), "w", encoding="utf-8") as fh:
@@ -88,4 +95,10 @@ def read_train_state(directory: str) -> TrainState:
         global_step=int(payload["global_step"]),
         policy=policy,
         history=history,
+        ema=payload.get("ema"),
+        best=payload.get("best"),
     )
+
+
+def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu") for k, v in tensors.items()}

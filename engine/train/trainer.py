@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 import uuid
@@ -19,6 +20,8 @@ from engine.train.loop import SUPERVISED, UNLABELLED, LoopSpec, build_online_pol
 if TYPE_CHECKING:
     import ray.data
 
+    from engine.train.state import TrainState
+
 logger = logging.getLogger(__name__)
 
 
@@ -31,6 +34,7 @@ def train_student(
     pseudo: ray.data.Dataset | None,
     unlabelled: ray.data.Dataset | None,
     num_unlabelled: int = 0,
+    val: ray.data.Dataset | None = None,
     storage_path: str,
     run_name: str,
     init_checkpoint: str | None,
@@ -66,6 +70,7 @@ def train_student(
         pseudo: columns ``image``, ``label``, ``weight`` (float32), or None.
         unlabelled: columns ``image``, ``idx`` (int64 in [0, num_unlabelled)); used only by the online branch.
         num_unlabelled: the unlabelled pool size N_u (indices' range; DTM-R's cache size).
+        val: columns ``image``, ``label``: the val split for ``train.select_best`` (required by it, else unused).
         storage_path: Ray Train storage root (local path or URI); the run lives in ``storage_path/run_name``.
         run_name: Ray Train run name; give every round its own.
         init_checkpoint: engine checkpoint to warm-start from (same architecture, label space and input size): the
@@ -104,6 +109,13 @@ def train_student(
     if pseudo is not None:
         data.check_columns(pseudo, ("image", "label", "weight"), "pseudo-labelled")
         rows += pseudo.count()
+    if train_cfg.select_best:
+        if val is None:
+            raise ConfigError(
+                "train.select_best=true needs the campaign's val split (eval sources with a val split); add one or "
+                "set train.select_best=false"
+            )
+        data.check_columns(val, ("image", "label"), "val")
     if init_checkpoint and not fs.exists(init_checkpoint):
         raise ConfigError(
             f"warm-start checkpoint {init_checkpoint} does not exist; train or import the teacher first, or set "
@@ -111,6 +123,16 @@ def train_student(
         )
     if rows < train_cfg.num_workers:
         raise ConfigError(f"{rows} training rows cannot feed train.num_workers={train_cfg.num_workers} workers")
+    in_memory = fits_in_memory(train_cfg, model_cfg, rows)
+    factors = None if counts is None else tuple(data.balanced_repeat_factors(counts))
+    supervised = data.build_supervised_dataset(
+        labelled,
+        pseudo,
+        lambda_u=train_cfg.lambda_u,
+        repeat_factors=None if in_memory or factors is None else list(factors),
+        seed=train_cfg.seed,
+        with_va=model_cfg.va_head,
+    )
     spec = LoopSpec(
         train=train_cfg,
         model=model_cfg,
@@ -122,17 +144,11 @@ def train_student(
         policy_params=policy_params,
         mlflow=mlflow,
         fault_after_epoch=fault_after_epoch,
+        memory=put_decoded(supervised, model_cfg, "supervised") if in_memory else None,
+        repeat_factors=factors if in_memory else None,
+        val=put_decoded(val.select_columns(["image", "label"]), model_cfg, "val") if val is not None else None,
     )
-    datasets: dict[str, Any] = {
-        SUPERVISED: data.build_supervised_dataset(
-            labelled,
-            pseudo,
-            lambda_u=train_cfg.lambda_u,
-            repeat_factors=None if counts is None else data.balanced_repeat_factors(counts),
-            seed=train_cfg.seed,
-            with_va=model_cfg.va_head,
-        )
-    }
+    datasets: dict[str, Any] = {} if in_memory else {SUPERVISED: supervised}
     if online:
         assert unlabelled is not None
         build_online_policy(spec)  # fail fast on the driver with the same parameters the workers use
@@ -142,6 +158,26 @@ def train_student(
         logger.info("train.online_policy is null: the unlabelled dataset is not used")
     result = _fit(spec, datasets, storage_path=storage_path, run_name=run_name)
     return _export(result, spec, out_checkpoint=out_checkpoint, seconds_since=t0)
+
+
+def put_decoded(ds: ray.data.Dataset, model_cfg: ModelConfig, what: str) -> Any:
+    """Decode ``ds`` (``image`` bytes + other columns) on the driver, Ray Data reading the shards in parallel, and
+    put the uint8 columns (engine.train.memory) in the object store once for every worker and every attempt."""
+    import ray
+
+    from engine.train.memory import decode_rows
+
+    t0 = time.monotonic()
+    mem = decode_rows(ds.iter_batches(batch_size=1024, batch_format="numpy", prefetch_batches=2), model_cfg)
+    logger.info("%s set decoded: %d rows, %.1f MiB, %.1f s", what, mem.rows, mem.nbytes / 2**20, time.monotonic() - t0)
+    return ray.put(mem.columns)
+
+
+def fits_in_memory(train_cfg: TrainConfig, model_cfg: ModelConfig, rows: int) -> bool:
+    """Whether each worker's share of ``rows`` supervised rows, decoded to uint8 at the model's input size, fits in
+    ``train.cache_mb`` (then it is decoded once per round instead of every epoch)."""
+    per_worker = math.ceil(rows / train_cfg.num_workers) * model_cfg.in_chans * model_cfg.input_size**2
+    return train_cfg.cache_mb > 0 and per_worker <= train_cfg.cache_mb * 2**20
 
 
 def _check_config(cfg: TrainConfig, *, online: bool, unlabelled: ray.data.Dataset | None, num_unlabelled: int) -> None:
@@ -201,8 +237,11 @@ def _export(result: Any, spec: LoopSpec, *, out_checkpoint: str, seconds_since: 
     with result.checkpoint.as_directory() as directory:
         state = read_train_state(directory)
     model = create_model(spec.model, len(spec.label_space), label_space=spec.label_space)
-    model.load_state_dict(state.model)
+    model.load_state_dict(kept_weights(state))
     summary = summarise_history(state.history, call_id=spec.call_id)
+    summary["best_epoch"] = None if state.best is None else int(state.best["epoch"])
+    summary["best_val_macro_f1"] = None if state.best is None else float(state.best["val_macro_f1"])
+    summary["in_memory"] = spec.memory is not None
     summary.update(
         seconds=time.monotonic() - seconds_since,
         online_policy=spec.train.online_policy,
@@ -225,6 +264,16 @@ def _export(result: Any, spec: LoopSpec, *, out_checkpoint: str, seconds_since: 
         summary["seconds"],
     )
     return summary
+
+
+def kept_weights(state: TrainState) -> dict[str, Any]:
+    """The weights a finished run exports: the best validated epoch's (``train.select_best``), else the EMA's
+    (``train.ema_decay`` > 0), else the last epoch's."""
+    if state.best is not None:
+        return dict(state.best["model"])
+    if state.ema is not None:
+        return dict(state.ema["module"])
+    return state.model
 
 
 def backfill_mlflow(tracking: Mapping[str, str], history: Sequence[Mapping[str, Any]], spec: LoopSpec) -> int:

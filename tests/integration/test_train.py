@@ -303,3 +303,57 @@ def test_online_crash_resume_then_finished_run_is_not_retrained(tmp_path: Path, 
     assert (again["epochs"], again["epochs_run"], again["resumed_from_epoch"]) == (2, 0, 2)
     assert again["fingerprint"] == res["fingerprint"] and again["history"] == hist
     assert [m.step for m in client.get_metric_history(run_id, "train/train_loss")] == [0, 1]
+
+
+def test_best_val_epoch_with_ema_is_kept_across_a_resume(
+    tmp_path: Path, datasets: dict[str, Any], faces: list[tuple[bytes, int]]
+) -> None:
+    """select_best + EMA, in memory: every epoch validated, a crash after epoch 1, the resumed run keeps the best
+    epoch's EMA weights; the exported student scores exactly the recorded val macro-F1; the worker's torch threads
+    are the machine's cores."""
+    import os
+
+    import ray
+    import torch
+
+    from engine.metrics import classification_metrics
+    from engine.models.checkpoint import load_checkpoint
+    from engine.models.teacher import CheckpointTeacher
+    from engine.train.batch import images_to_uint8
+    from engine.train.memory import to_images
+    from engine.train.state import read_train_state
+
+    val_rows = faces[N_LABELLED + N_PSEUDO :]
+    val = ray.data.from_items([{"image": b, "label": y} for b, y in val_rows], override_num_blocks=1)
+    cfg = TrainConfig(
+        epochs=4, batch_size=32, lr=0.05, schedule="onecycle", ema_decay=0.6, label_smoothing=0.1,
+        select_best=True, val_from=0.0, max_failures=0, seed=1,
+    )  # fmt: skip
+    with pytest.raises(EngineError, match="injected test fault"):
+        _train(tmp_path, "best", cfg, datasets, val=val, fault_after_epoch=1)
+    res = _train(tmp_path, "best", cfg, datasets, val=val)
+    hist = res["history"]
+    assert (res["epochs"], res["epochs_run"], res["resumed_from_epoch"]) == (4, 2, 2)
+    assert {r["threads"] for r in hist} == {len(os.sched_getaffinity(0))} and all(r["in_memory"] for r in hist)
+    scores = [r["val_macro_f1"] for r in hist]
+    best = int(np.argmax(scores))  # the first of equal maxima, as the worker keeps only strict improvements
+    assert res["best_epoch"] == best and res["best_val_macro_f1"] == scores[best]
+    state = read_train_state(res["ray_checkpoint"])
+    assert state.best is not None and state.best["epoch"] == best and state.ema is not None
+    assert state.ema["updates"] == sum(r["steps"] for r in hist)  # the EMA state survived the crash
+
+    loaded = load_checkpoint(str(tmp_path / "best.pt"), expect_label_space=BASIC7, expect_input_size=48)
+    for key, value in loaded.model.state_dict().items():
+        assert torch.equal(value, state.best["model"][key])
+    assert loaded.extra["train"]["best_epoch"] == best
+    px = images_to_uint8([b for b, _ in val_rows], size=48, in_chans=1).numpy()
+    probs = CheckpointTeacher.from_model(loaded.model.eval(), loaded.model_cfg, BASIC7).predict(to_images(px)).probs
+    m = classification_metrics(np.array([y for _, y in val_rows]), probs.argmax(1), list(BASIC7.classes))
+    assert float(m["macro_f1"]) == scores[best]
+
+
+def test_streaming_path_when_the_cache_is_off(tmp_path: Path, datasets: dict[str, Any]) -> None:
+    """cache_mb=0: batches stream from Ray Data (decoded per batch); one thread when asked for one."""
+    res = _train(tmp_path, "stream", TrainConfig(epochs=1, batch_size=32, cache_mb=0, torch_threads=1), datasets)
+    rec = res["history"][0]
+    assert (rec["in_memory"], rec["threads"], rec["images"], rec["steps"]) == (False, 1, N_LABELLED + N_PSEUDO, 5)
