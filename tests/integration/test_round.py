@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from engine.campaign import run_campaign
 from engine.config import load_config
@@ -28,7 +31,8 @@ def _cfg(root, fer2013_dir):
             "campaign.max_eval=null",
             "campaign.labelled_fraction=0.3",
             "campaign.stop_when_no_gain=false",
-            "train.epochs=1",
+            "train.epochs=2",
+            "train.val_from=0",
             "train.batch_size=32",
             "threshold.policy=fixed",
             "threshold.tau=0.2",
@@ -67,6 +71,18 @@ def test_campaign_round_counts_match_files_and_rerun_skips(ray_local, fer2013_di
     ]
     assert metrics["val"]["n"] == len(evaluable) == r1["metrics"]["val/n"]
     assert r1["quality"]["selected"] == len(selection)
+
+    # select_best (conf/demo.yaml): each round's student is its best val epoch, recorded in round.json; evaluating
+    # the kept checkpoint on val gives exactly the macro-F1 the worker measured for that epoch.
+    for r in (0, 1):
+        doc = fs.read_json(lay.round(r).state)
+        train = doc["stages"]["train"]["counts"]
+        history = json.loads(
+            sorted((tmp_path / f"campaigns/demo/rounds/r{r:03d}/train").rglob("history.json"))[-1].read_text()
+        )
+        val_f1 = [h["val_macro_f1"] for h in history]
+        assert len(val_f1) == 2 and train["best_epoch"] == int(np.argmax(val_f1))
+        assert train["best_val_macro_f1"] == max(val_f1) == pytest.approx(doc["metrics"]["val/macro_f1"], abs=1e-12)
 
     from engine.tracking import Tracker, default_artifact_root, default_uri
 
