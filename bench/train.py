@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import yaml
 
 from engine.config import IngestConfig, ModelConfig, SourceConfig, ThresholdConfig, TrainConfig, build, to_dict
 from engine.io import fs
@@ -167,8 +168,6 @@ def bench(a: argparse.Namespace, root: str) -> None:
     sets = dict(kv.split("=", 1) for kv in a.set)
     train_dict = {**to_dict(TrainConfig()), "epochs": a.epochs, "batch_size": a.batch_size, "optimizer": "sgd"}
     for k, v in sets.items():
-        import yaml
-
         train_dict[k.removeprefix("train.")] = yaml.safe_load(v)
     train_cfg = build(TrainConfig, train_dict, where="bench", prefix="train.")
     threads = a.threads or os.cpu_count() or 1

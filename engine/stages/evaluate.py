@@ -19,6 +19,14 @@ if TYPE_CHECKING:
     import torch
 
 
+def _split_rows(ref: ShardRef, rule: PartitionRule, split: str) -> tuple[list[str], list[int]]:
+    """Keys and labels of the rows of ``split`` in one shard that the campaign evaluates, in manifest order."""
+    m = _manifest_cols(ref.manifest)
+    mask = rule.eval_mask(ref.source, split, m["key"], m["split"], m["label"], m["leak_with"])
+    rows = [(k, int(lab)) for k, lab, keep in zip(m["key"], m["label"], mask, strict=True) if keep]
+    return [k for k, _ in rows], [lab for _, lab in rows]
+
+
 def _predict_shard(
     item: dict[str, Any], *, checkpoint: str, rule: dict[str, Any], split: str, batch_size: int, tta_flip: bool = False
 ) -> dict[str, Any]:
@@ -32,10 +40,7 @@ def _predict_shard(
     torch.set_num_threads(1)
     ref = ShardRef(**item)
     r = PartitionRule.from_json(rule)
-    m = _manifest_cols(ref.manifest)
-    mask = r.eval_mask(ref.source, split, m["key"], m["split"], m["label"], m["leak_with"])
-    keys = [k for k, keep in zip(m["key"], mask, strict=True) if keep]
-    labels = [lab for lab, keep in zip(m["label"], mask, strict=True) if keep]
+    keys, labels = _split_rows(ref, r, split)
     if not keys:
         return {"keys": [], "y": np.zeros(0, np.int64), "probs": np.zeros((0, 0), np.float32)}
     images = _read_members(ref.tar, set(keys))
@@ -70,16 +75,14 @@ def split_samples(root: str, rule: PartitionRule, split: str) -> Any:
     images: list[bytes] = []
     labels: list[int] = []
     for ref in list_shards(root, rule.eval_sources):
-        m = _manifest_cols(ref.manifest)
-        mask = rule.eval_mask(ref.source, split, m["key"], m["split"], m["label"], m["leak_with"])
-        wanted = {k: lab for k, lab, keep in zip(m["key"], m["label"], mask, strict=True) if keep}
+        wanted = dict(zip(*_split_rows(ref, rule, split), strict=True))
         if not wanted:
             continue
         blobs = _read_members(ref.tar, set(wanted))
         for k in sorted(wanted):
             keys.append(k)
             images.append(blobs[k])
-            labels.append(int(wanted[k]))
+            labels.append(wanted[k])
     order = np.argsort(np.array(keys, dtype=object), kind="stable")
     return pa.table(
         {

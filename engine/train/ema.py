@@ -31,6 +31,7 @@ class WeightEMA:
         self.updates = 0
         """Number of :meth:`update` calls so far (the next update uses ``ema_decay_at(decay, updates)``)."""
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self._param_names = frozenset(name for name, _ in self.module.named_parameters())
 
     def update(self, model: torch.nn.Module) -> None:
         """One EMA step towards ``model``'s current weights (same architecture as at construction)."""
@@ -46,14 +47,6 @@ class WeightEMA:
                 else:
                     target.copy_(value)
         self.updates += 1
-
-    @property
-    def _param_names(self) -> frozenset[str]:
-        names = getattr(self, "_names", None)
-        if names is None:
-            names = frozenset(name for name, _ in self.module.named_parameters())
-            self._names = names
-        return names
 
     def state_dict(self) -> dict[str, object]:
         """The averaged weights and buffers plus the update count (for resume)."""
