@@ -44,9 +44,9 @@ import pyarrow.compute as pc
 from engine.config import IngestConfig, ModelConfig, ScoreConfig, SourceConfig
 from engine.io import fs
 from engine.layout import RoundLayout, SourceLayout, join
-from engine.partition import PartitionRule
 from engine.runtime import init_ray
 from engine.stages.ingest import run_ingest
+from engine.stages.partition import PartitionRule
 from engine.stages.score import ScoreStage, ShardRef, list_shards, pool_keys
 
 SOURCE = "fer2013"

@@ -29,9 +29,9 @@ from engine.config import ScoreConfig, SelectConfig, SourceConfig, ThresholdConf
 from engine.io import fs
 from engine.labels import get_label_space
 from engine.layout import CampaignLayout, RoundLayout, join
-from engine.partition import PartitionRule
 from engine.runtime import init_ray
 from engine.stages.ingest import run_ingest
+from engine.stages.partition import PartitionRule
 from engine.stages.score import ScoreStage, list_shards
 from engine.stages.select import SelectStage
 from engine.stages.threshold import ThresholdStage

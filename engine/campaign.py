@@ -29,8 +29,8 @@ def prepare(cfg: Config, results: dict[str, Any] | None = None) -> tuple[Any, st
 
     When ``results`` is given, it receives ``{"ingest": {source: StageResult}, "partition": StageResult}``.
     """
-    from engine.partition import PartitionStage, load_rule
     from engine.stages.ingest import run_ingest
+    from engine.stages.partition import PartitionStage, load_rule
 
     c = cfg.campaign
     used = list(dict.fromkeys([*c.labelled, *c.unlabelled, *c.eval]))

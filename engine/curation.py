@@ -31,31 +31,16 @@ import yaml
 from engine.config import Config, CurationConfig, ModelConfig, TrainConfig, build
 from engine.errors import ConfigError, MissingExtra
 from engine.io import fs
-from engine.labels import LabelSpace
+from engine.labels import LabelSpace, campaign_space
 from engine.layout import CampaignLayout, RoundLayout, join
-from engine.partition import keys_uniform
+from engine.schemas import LABEL_ISSUES_SCHEMA
 from engine.stages.base import RunOutput, Stage
+from engine.stages.partition import keys_uniform
 
 if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger(__name__)
-
-LABEL_ISSUES_SCHEMA = pa.schema(
-    [
-        ("key", pa.string()),
-        ("shard", pa.string()),
-        ("given_label", pa.int16()),
-        ("given_name", pa.string()),
-        ("suggested_label", pa.int16()),
-        ("suggested_name", pa.string()),
-        ("quality", pa.float32()),
-        ("given_prob", pa.float32()),
-        ("fold", pa.int16()),
-    ]
-)
-"""``quality`` is cleanlab's self-confidence label quality in [0, 1] (low = likely wrong); ``suggested_label`` is the
-out-of-fold argmax."""
 
 
 def curation_dir(lay: RoundLayout) -> str:
@@ -95,8 +80,6 @@ class RoundRef:
 
     @property
     def space(self) -> LabelSpace:
-        from engine.round import campaign_space
-
         return campaign_space(self.cfg)
 
 

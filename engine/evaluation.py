@@ -61,9 +61,9 @@ def evaluate_checkpoint(
     """
     from engine.metrics import classification_metrics
     from engine.models.checkpoint import read_checkpoint_meta
-    from engine.partition import PartitionRule
     from engine.stages.evaluate import predict_split
     from engine.stages.ingest import run_ingest
+    from engine.stages.partition import PartitionRule
 
     if split not in EVAL_SPLITS:
         raise ConfigError(f"--split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")

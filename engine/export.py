@@ -36,31 +36,12 @@ import pyarrow.parquet as pq
 from engine.curation import RoundRef
 from engine.errors import ConfigError
 from engine.io import fs
-from engine.layout import SUCCESS, SourceLayout, join
+from engine.layout import SUCCESS, SourceLayout, join, parse_shard
+from engine.schemas import SAMPLE_SCHEMA
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("webdataset", "imagefolder", "csv")
-
-SAMPLE_SCHEMA = pa.schema(
-    [
-        ("key", pa.string()),
-        ("label", pa.int16()),
-        ("label_name", pa.string()),
-        ("origin", pa.string()),
-        ("source", pa.string()),
-        ("orig_path", pa.string()),
-        ("shard", pa.string()),
-        ("confidence", pa.float32()),
-        ("threshold", pa.float32()),
-        ("policy", pa.string()),
-        ("weight", pa.float32()),
-        ("repeat", pa.int16()),
-        ("round", pa.int16()),
-        ("file_name", pa.string()),
-    ]
-)
-"""One row per exported sample; ``confidence``, ``threshold`` and ``policy`` are null for labelled samples."""
 
 
 def export_round(ref: RoundRef, fmt: str, out_dir: str, *, overwrite: bool = False) -> dict[str, Any]:
@@ -137,11 +118,11 @@ def export_shard(
 ) -> dict[str, Any]:
     """Export the labelled and selected samples of one source shard; returns its counts, part path and digests."""
     rows = _shard_rows(shard, labelled=labelled, selection=selection, thresholds=thresholds, round_index=round_index)
-    source, idx = shard.rsplit("-", 1)
+    source, idx = parse_shard(shard)
     sl = SourceLayout(root, source)
-    meta = fs.read_parquet(sl.manifest_part(int(idx)), columns=["key", "orig_path"])
+    meta = fs.read_parquet(sl.manifest_part(idx), columns=["key", "orig_path"])
     orig = dict(zip(meta["key"].to_pylist(), meta["orig_path"].to_pylist(), strict=True))
-    images = read_images(sl.shard(int(idx)), {r["key"] for r in rows})
+    images = read_images(sl.shard(idx), {r["key"] for r in rows})
     missing = [r["key"] for r in rows if r["key"] not in images]
     if missing:
         raise RuntimeError(f"export: {len(missing)} keys have no image in {sl.shard(int(idx))}, e.g. {missing[0]}")
@@ -278,7 +259,7 @@ def datasheet(
     per_source: dict[str, dict[str, int]] = {}
     files: dict[str, str] = {}
     for r in results:
-        src = r["shard"].rsplit("-", 1)[0]
+        src = parse_shard(r["shard"])[0]
         for k, v in r["counts"].items():
             origin, name = k.split("|", 1)
             per_class[origin][name] += v

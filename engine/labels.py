@@ -5,11 +5,15 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from engine.errors import UnknownLabelError
+
+if TYPE_CHECKING:
+    from engine.config import Config
 
 CANONICAL_NAMES: tuple[str, ...] = (
     "Neutral",
@@ -178,3 +182,11 @@ def names_to_space(names: Iterable[str], dst: LabelSpace) -> tuple[int, ...]:
 def _closest(value: str, valid: Iterable[str]) -> str:
     close = difflib.get_close_matches(value, list(valid), n=1, cutoff=0.5)
     return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def campaign_space(cfg: Config) -> LabelSpace:
+    """The label space of the campaign: that of its labelled sources (they must agree)."""
+    spaces = {cfg.source(s).label_space for s in cfg.campaign.labelled}
+    if len(spaces) != 1:
+        raise ValueError(f"campaign.labelled sources must share one label space, got {sorted(spaces)}")
+    return get_label_space(spaces.pop())

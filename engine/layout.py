@@ -12,6 +12,20 @@ def shard_name(source: str, index: int) -> str:
     return f"{source}-{index:06d}"
 
 
+def parse_shard(name: str) -> tuple[str, int]:
+    """``(source, index)`` of a shard id ``<source>-000123``: the inverse of :func:`shard_name`."""
+    source, sep, idx = name.rpartition("-")
+    if not (sep and source and idx.isdigit()):
+        raise ValueError(f"{name!r} is not a shard id <source>-<index>")
+    return source, int(idx)
+
+
+def video_id(source: str, group: str | None, frame: int | None) -> str | None:
+    """``<source>/<group>``, the id of the video a manifest row belongs to, or None for a row outside any video (no
+    group or no frame). Scoring, evaluation and the fit of sequence members all group rows by it."""
+    return None if group is None or frame is None else f"{source}/{group}"
+
+
 def round_name(index: int) -> str:
     """``r003``: the id of one round."""
     return f"r{index:03d}"

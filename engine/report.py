@@ -391,7 +391,7 @@ def _selected_keys(selection: str, shard: str) -> set[str]:
 def _gallery_section(ref: RoundRef, names: list[str], rc: ReportConfig, images: _ImageRequests) -> str:
     import ray
 
-    from engine.partition import load_rule
+    from engine.stages.partition import load_rule
     from engine.stages.score import list_shards
 
     lay = ref.layout

@@ -11,10 +11,10 @@ import pyarrow as pa
 
 from engine.config import Config
 from engine.io import fs
-from engine.labels import LabelSpace, get_label_space
+from engine.labels import LabelSpace, campaign_space
 from engine.layout import CampaignLayout, RoundLayout, join
-from engine.partition import PartitionRule
 from engine.stages.base import StageResult
+from engine.stages.partition import PartitionRule
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +26,6 @@ class TeacherRef:
     paths: tuple[str, ...]
     fingerprint: str
     round: int = -1
-
-
-def campaign_space(cfg: Config) -> LabelSpace:
-    """The label space of the campaign: that of its labelled sources (they must agree)."""
-    spaces = {cfg.source(s).label_space for s in cfg.campaign.labelled}
-    if len(spaces) != 1:
-        raise ValueError(f"campaign.labelled sources must share one label space, got {sorted(spaces)}")
-    return get_label_space(spaces.pop())
 
 
 def _results_doc(results: dict[str, StageResult]) -> dict[str, Any]:

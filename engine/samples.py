@@ -10,12 +10,12 @@ from typing import Any
 import pyarrow.compute as pc
 
 from engine.io import fs
-from engine.layout import SourceLayout
+from engine.layout import SourceLayout, parse_shard
 
 
 def _shard_tar(root: str, shard: str) -> str:
-    source, idx = shard.rsplit("-", 1)
-    return SourceLayout(root, source).shard(int(idx))
+    source, idx = parse_shard(shard)
+    return SourceLayout(root, source).shard(idx)
 
 
 def _read_members(tar_path: str, wanted: set[str]) -> dict[str, bytes]:

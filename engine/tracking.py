@@ -7,6 +7,7 @@ global active-run state and any caller (driver, stage, report) can log to any ru
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 import time
@@ -325,6 +326,26 @@ class Tracker:
         from mlflow.entities import RunTag
 
         self._client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+
+def log_run_metrics(uri: str, run_id: str, metrics: Mapping[str, float | int | None], step: int) -> None:
+    """Log ``metrics`` at ``step`` of an existing run, without a :class:`Tracker` (no experiment lookup): what a Ray
+    Train worker calls once per epoch. ``None`` and non-finite values are skipped."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    now_ms = int(time.time() * 1000)
+    batch = [
+        Metric(str(k), float(v), now_ms, int(step)) for k, v in metrics.items() if v is not None and math.isfinite(v)
+    ]
+    MlflowClient(tracking_uri=uri).log_batch(run_id, metrics=batch)
+
+
+def run_metric_steps(uri: str, run_id: str, key: str) -> set[int]:
+    """The steps at which the run ``run_id`` has a value of ``key``."""
+    from mlflow.tracking import MlflowClient
+
+    return {m.step for m in MlflowClient(tracking_uri=uri).get_metric_history(run_id, key)}
 
 
 def _record(run: Any) -> RunRecord:

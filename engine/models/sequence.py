@@ -17,6 +17,8 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from engine.errors import ConfigError
+
 
 class TemporalHead(nn.Module):
     """Per-frame logits from a window of per-frame features: (B, T, D) → (B, T, C).
@@ -112,8 +114,6 @@ def ensemble(
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     """``(probs (N, C), member_probs (N, M, C))``: the weighted mean of ``[cnn, *members]`` (weights normalised,
     equal when None) and the stacked member probabilities in that order."""
-    from engine.models.teacher import normalize_weights
-
     stack = np.stack([cnn_probs, *members.values()], axis=1).astype(np.float32)
     w = np.asarray(normalize_weights(weights, stack.shape[1]), np.float64)
     probs = np.einsum("nmc,m->nc", stack.astype(np.float64), w)
@@ -163,3 +163,20 @@ def sequence_predict(
         for m, head in temporal.items():
             out[m][singles] = single_frame_probs(head, feats[singles])
     return ensemble(cnn_probs, out, weights)
+
+
+def normalize_weights(weights: Sequence[float] | None, n: int) -> tuple[float, ...]:
+    """``weights`` divided by their sum (equal weights when None).
+
+    Raises:
+        ConfigError: wrong length, a negative or non-finite weight, or a zero sum.
+    """
+    if weights is None:
+        return tuple([1.0 / n] * n)
+    w = [float(v) for v in weights]
+    if len(w) != n:
+        raise ConfigError(f"got {len(w)} ensemble weights for {n} members; give one weight per member")
+    if any(not np.isfinite(v) or v < 0 for v in w) or sum(w) <= 0:
+        raise ConfigError(f"ensemble weights must be finite, non-negative and not all zero, got {w}")
+    total = sum(w)
+    return tuple(v / total for v in w)

@@ -168,6 +168,8 @@ class EnsembleTeacher:
                     f"{m.label_space.name} {list(m.label_space.classes)}; use members trained on one label space"
                 )
         self.members = list(members)
+        from engine.models.sequence import normalize_weights
+
         self.weights = normalize_weights(weights, len(members))
         self.label_space: LabelSpace = first
         self.fingerprint: str = teacher_fingerprint([m.fingerprint for m in members], self.weights, False)
@@ -185,23 +187,6 @@ class EnsembleTeacher:
             members_va = np.stack([o.va for o in outs if o.va is not None], axis=1).astype(np.float64)
             va = np.einsum("bmk,m->bk", members_va, w).astype(np.float32)
         return TeacherOutput(probs=probs, branch_probs=branch, va=va)
-
-
-def normalize_weights(weights: Sequence[float] | None, n: int) -> tuple[float, ...]:
-    """``weights`` divided by their sum (equal weights when None).
-
-    Raises:
-        ConfigError: wrong length, a negative or non-finite weight, or a zero sum.
-    """
-    if weights is None:
-        return tuple([1.0 / n] * n)
-    w = [float(v) for v in weights]
-    if len(w) != n:
-        raise ConfigError(f"got {len(w)} ensemble weights for {n} members; give one weight per member")
-    if any(not np.isfinite(v) or v < 0 for v in w) or sum(w) <= 0:
-        raise ConfigError(f"ensemble weights must be finite, non-negative and not all zero, got {w}")
-    total = sum(w)
-    return tuple(v / total for v in w)
 
 
 def load_teacher(

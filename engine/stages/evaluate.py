@@ -10,9 +10,9 @@ import numpy as np
 from engine.config import EvalConfig
 from engine.io import fs
 from engine.labels import LabelSpace
-from engine.layout import join
-from engine.partition import PartitionRule
+from engine.layout import join, video_id
 from engine.stages.base import RunOutput, Stage
+from engine.stages.partition import PartitionRule
 from engine.stages.score import ShardRef, _manifest_cols, list_shards
 
 if TYPE_CHECKING:
@@ -35,7 +35,6 @@ def _predict_shard(
     from engine.imaging import decode_pixels
     from engine.models.teacher import load_teacher
     from engine.samples import _read_members
-    from engine.stages.video import video_id
 
     torch.set_num_threads(1)
     ref = ShardRef(**item)

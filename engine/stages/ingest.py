@@ -31,59 +31,13 @@ from engine.config import IngestConfig, SourceConfig
 from engine.imaging import ImagePolicy, process_image
 from engine.io import fs
 from engine.layout import SourceLayout, shard_name
+from engine.schemas import LISTING_SCHEMA, MANIFEST_SCHEMA, QUARANTINE_SCHEMA
 from engine.stages.base import RunOutput, Stage
 
 log = logging.getLogger(__name__)
 
 ROLE = {"train": "fit", "unlabelled": "fit", "val": "val", "test": "test"}
 SPLIT_ORDER = {"train": 0, "unlabelled": 1, "val": 2, "test": 3}
-
-LISTING_SCHEMA = pa.schema(
-    [
-        ("key", pa.string()),
-        ("orig_path", pa.string()),
-        ("locator", pa.string()),
-        ("split", pa.string()),
-        ("label", pa.int16()),
-        ("group", pa.string()),
-        ("frame", pa.int32()),
-        ("valence", pa.float32()),
-        ("arousal", pa.float32()),
-        ("box", pa.list_(pa.int32())),
-    ]
-)
-
-MANIFEST_SCHEMA = pa.schema(
-    [
-        ("key", pa.string()),
-        ("shard", pa.string()),
-        ("source", pa.string()),
-        ("orig_path", pa.string()),
-        ("sha256", pa.string()),
-        ("phash", pa.uint64()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("label", pa.int16()),
-        ("split", pa.string()),
-        ("group", pa.string()),
-        ("frame", pa.int32()),
-        ("valence", pa.float32()),
-        ("arousal", pa.float32()),
-        ("leak_with", pa.string()),
-    ]
-)
-
-QUARANTINE_SCHEMA = pa.schema(
-    [
-        ("key", pa.string()),
-        ("source", pa.string()),
-        ("orig_path", pa.string()),
-        ("split", pa.string()),
-        ("reason", pa.string()),
-        ("detail", pa.string()),
-        ("duplicate_of", pa.string()),
-    ]
-)
 
 _META_COLS = ["key", "orig_path", "split", "label", "group", "frame", "valence", "arousal"]
 _FACE_KEYS = ("detect_faces", "face_margin", "face_size", "face_min_prob", "face_align")

@@ -30,93 +30,16 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from engine.config import ScoreConfig
 from engine.io import fs
-from engine.layout import RoundLayout, SourceLayout, join
-from engine.partition import PartitionRule
+from engine.layout import RoundLayout, SourceLayout, join, parse_shard
+from engine.schemas import score_table
 from engine.stages.base import RunOutput, Stage
+from engine.stages.partition import PartitionRule
 from engine.stats import ScoreStats
 
 log = logging.getLogger(__name__)
-
-
-def score_schema(num_classes: int, branches: int = 0, *, va: bool = False, features: int = 0) -> pa.Schema:
-    """Schema of a score part (DESIGN.md "Schemas"): ``branch_probs`` and ``disagreement`` with branches, ``valence``
-    and ``arousal`` with a VA head, ``features`` (raw parts of sequence teachers only)."""
-    fields = [
-        ("key", pa.string()),
-        ("shard", pa.string()),
-        ("probs", pa.list_(pa.float32(), num_classes)),
-        ("pred", pa.int16()),
-        ("conf", pa.float32()),
-        ("margin", pa.float32()),
-        ("entropy", pa.float32()),
-        ("teacher", pa.string()),
-    ]
-    if branches:
-        fields.append(("branch_probs", pa.list_(pa.list_(pa.float32(), num_classes), branches)))
-        fields.append(("disagreement", pa.float32()))
-    if va:
-        fields += [("valence", pa.float32()), ("arousal", pa.float32())]
-    if features:
-        fields.append(("features", pa.list_(pa.float32(), features)))
-    return pa.schema(fields)
-
-
-def score_table(
-    keys: list[str],
-    shard: str,
-    probs: np.ndarray,
-    teacher_id: str,
-    *,
-    branch_probs: np.ndarray | None = None,
-    va: np.ndarray | None = None,
-    features: np.ndarray | None = None,
-    disagreement: str = "vote_entropy",
-) -> pa.Table:
-    """A score part of one shard from (N, C) probs, optional (N, M, C) branch probs, (N, 2) valence/arousal and
-    (N, D) features."""
-    from engine.disagreement import branch_disagreement
-
-    probs = probs.astype(np.float32, copy=False)
-    c = probs.shape[1]
-    data: dict[str, Any] = {
-        "key": keys,
-        "shard": [shard] * len(keys),
-        "probs": pa.FixedSizeListArray.from_arrays(pa.array(probs.ravel()), c),
-        **score_columns(probs),
-        "teacher": [teacher_id] * len(keys),
-    }
-    branches = 0
-    if branch_probs is not None:
-        bp = branch_probs.astype(np.float32, copy=False)
-        branches = bp.shape[1]
-        inner = pa.FixedSizeListArray.from_arrays(pa.array(bp.ravel()), c)
-        data["branch_probs"] = pa.FixedSizeListArray.from_arrays(inner, branches)
-        data["disagreement"] = branch_disagreement(bp, disagreement)
-    if va is not None:
-        data["valence"] = va[:, 0].astype(np.float32)
-        data["arousal"] = va[:, 1].astype(np.float32)
-    dim = 0
-    if features is not None:
-        dim = features.shape[1]
-        data["features"] = pa.FixedSizeListArray.from_arrays(pa.array(features.astype(np.float32).ravel()), dim)
-    return pa.table(data, schema=score_schema(c, branches, va=va is not None, features=dim))
-
-
-def score_columns(probs: np.ndarray) -> dict[str, np.ndarray]:
-    """pred, conf, margin (top-1 minus top-2) and entropy (nats) of probabilities (N, C)."""
-    probs = probs.astype(np.float32, copy=False)
-    top2 = np.sort(probs, axis=1)[:, -2:] if probs.shape[1] > 1 else np.concatenate([np.zeros_like(probs), probs], 1)
-    ent = -(probs * np.log(np.clip(probs, 1e-12, None))).sum(1)
-    return {
-        "pred": probs.argmax(1).astype(np.int16),
-        "conf": top2[:, 1].astype(np.float32),
-        "margin": (top2[:, 1] - top2[:, 0]).astype(np.float32),
-        "entropy": ent.astype(np.float32),
-    }
 
 
 @dataclass(frozen=True)
@@ -422,9 +345,9 @@ class PoolScorer:
     def _pool(self, url: str) -> tuple[str, set[str]]:
         name = url.rsplit("/", 1)[-1].removesuffix(".tar")
         if name not in self._members:
-            source, idx = name.rsplit("-", 1)
+            source, idx = parse_shard(name)
             lay = SourceLayout(url.rsplit("/sources/", 1)[0], source)
-            ref = ShardRef(source, int(idx), name, url, lay.manifest_part(int(idx)))
+            ref = ShardRef(source, idx, name, url, lay.manifest_part(idx))
             self._members[name] = set(pool_keys(self.rule, ref, self.labelled))
         return name, self._members[name]
 

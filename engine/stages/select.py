@@ -38,24 +38,12 @@ import pyarrow.parquet as pq
 from engine.config import SelectConfig
 from engine.io import fs
 from engine.layout import RoundLayout, join
+from engine.schemas import SELECTION_SCHEMA
 from engine.stages.base import RunOutput, Stage
 
 log = logging.getLogger(__name__)
 
 HIST_BINS = 1 << 16
-
-SELECTION_SCHEMA = pa.schema(
-    [
-        ("key", pa.string()),
-        ("shard", pa.string()),
-        ("label", pa.int16()),
-        ("conf", pa.float32()),
-        ("weight", pa.float32()),
-        ("repeat", pa.int16()),
-        ("policy", pa.string()),
-        ("round", pa.int16()),
-    ]
-)
 
 
 def conf_bin(conf: np.ndarray) -> np.ndarray:

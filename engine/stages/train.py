@@ -8,8 +8,8 @@ from typing import Any
 from engine.config import ModelConfig, ThresholdConfig, TrainConfig
 from engine.labels import LabelSpace
 from engine.layout import RoundLayout, join
-from engine.partition import PartitionRule
 from engine.stages.base import RunOutput, Stage
+from engine.stages.partition import PartitionRule
 
 
 class TrainStage(Stage):
@@ -124,14 +124,14 @@ def with_va_labels(ds: Any, root: str, labelled_path: str) -> Any:
     import numpy as np
 
     from engine.io import fs
-    from engine.layout import SourceLayout
+    from engine.layout import SourceLayout, parse_shard
 
     lab = fs.read_parquet(labelled_path, columns=["key", "shard"])
     keys = set(lab["key"].to_pylist())
     va: dict[str, tuple[float, float]] = {}
     for shard in sorted(set(lab["shard"].to_pylist())):
-        source, idx = shard.rsplit("-", 1)
-        m = fs.read_parquet(SourceLayout(root, source).manifest_part(int(idx)), columns=["key", "valence", "arousal"])
+        source, idx = parse_shard(shard)
+        m = fs.read_parquet(SourceLayout(root, source).manifest_part(idx), columns=["key", "valence", "arousal"])
         for k, v, a in zip(m["key"].to_pylist(), m["valence"].to_pylist(), m["arousal"].to_pylist(), strict=True):
             if k in keys:
                 va[k] = (np.nan if v is None else v, np.nan if a is None else a)

@@ -28,7 +28,8 @@ import pyarrow as pa
 
 from engine.config import ScoreConfig
 from engine.io import fs
-from engine.layout import join
+from engine.layout import join, parse_shard, video_id
+from engine.schemas import score_columns, score_table
 from engine.stats import ScoreStats
 
 
@@ -69,12 +70,6 @@ def video_step(items: list[dict[str, str]], *, out_dir: str, cfg: ScoreConfig, s
     return int(n_video)
 
 
-def video_id(source: str, group: str | None, frame: int | None) -> str | None:
-    """``<source>/<group>``, the id of the video a manifest row belongs to, or None for a row outside any video (no
-    group or no frame). Scoring, evaluation and the fit of sequence members all group rows by it."""
-    return None if group is None or frame is None else f"{source}/{group}"
-
-
 def _video_rows(batch: pa.Table, *, features: bool) -> pa.Table:
     """The video rows (vid, key, shard, frame, probs[, features]) of the shard items in ``batch``."""
     tables = [_video_rows_of(item, features) for item in batch.to_pylist()]
@@ -91,7 +86,7 @@ def _video_rows_of(item: dict[str, str], features: bool) -> pa.Table:
     m = fs.read_parquet(item["manifest"], columns=["key", "group", "frame"])
     where = {k: i for i, k in enumerate(m["key"].to_pylist())}
     groups, frames = m["group"].to_pylist(), m["frame"].to_pylist()
-    source = item["shard"].rsplit("-", 1)[0]
+    source = parse_shard(item["shard"])[0]
     keep, vids, keys, fr = [], [], [], []
     for i, key in enumerate(raw["key"].to_pylist()):
         j = where.get(key)
@@ -193,8 +188,6 @@ def _finalise(
     disagreement: str,
 ) -> None:
     """Write a shard's final part and stats: its raw rows with the video rows' processed probabilities."""
-    from engine.stages.score import score_columns, score_table
-
     shard = item["shard"]
     if not fs.exists(item["raw"]):
         fs.write_json(join(out_dir, "stats", f"{shard}.json"), {"n": 0})

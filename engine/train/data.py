@@ -17,21 +17,10 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from engine.errors import ConfigError
+from engine.schemas import SUPERVISED_SCHEMA
 
 if TYPE_CHECKING:
     import ray.data
-
-SUPERVISED_SCHEMA = pa.schema(
-    [
-        ("image", pa.binary()),
-        ("label", pa.int64()),
-        ("weight", pa.float32()),
-        ("strong", pa.bool_()),
-        ("valence", pa.float32()),
-        ("arousal", pa.float32()),
-    ]
-)
-"""Columns of the supervised stream the workers read; valence/arousal are NaN where the row has no VA label."""
 
 
 def check_columns(ds: ray.data.Dataset, required: Sequence[str], what: str) -> None:

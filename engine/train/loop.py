@@ -422,17 +422,13 @@ def warm_start(model: torch.nn.Module, spec: LoopSpec) -> None:
 def log_epoch_to_mlflow(tracking: Mapping[str, str], record: Mapping[str, Any], label_space: LabelSpace) -> None:
     """Log one epoch record to the MLflow run ``tracking["run_id"]`` at step ``epoch`` (keys ``train/<metric>``,
     per-class thresholds as ``train/tau/<class>``; missing and infinite values are skipped)."""
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
+    from engine.tracking import log_run_metrics
 
-    ts = int(time.time() * 1000)
-    step = int(record["epoch"])
     names = ("train_loss", "loss_s", "loss_u", "lr", "images_per_s", "mask_rate", "val_macro_f1", "val_accuracy")
     values = {f"train/{k}": record.get(k) for k in names}
     for name, tau in zip(label_space.classes, record.get("thresholds") or [], strict=False):
         values[f"train/tau/{name}"] = tau
-    metrics = [Metric(k, float(v), ts, step) for k, v in values.items() if v is not None and math.isfinite(float(v))]
-    MlflowClient(tracking_uri=tracking["tracking_uri"]).log_batch(tracking["run_id"], metrics=metrics)
+    log_run_metrics(tracking["tracking_uri"], tracking["run_id"], values, int(record["epoch"]))
 
 
 def derive_seed(seed: int, *parts: int) -> int:

@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from engine.config import TrainConfig
 from engine.io import fs
-from engine.layout import SourceLayout
+from engine.layout import SourceLayout, parse_shard, video_id
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,6 @@ def labelled_sequences(root: str, labelled_path: str) -> dict[str, Any]:
     arrays), ``videos`` (``<source>/<group>`` or None) and ``frames`` (int or None), in key order."""
     from engine.imaging import decode_pixels
     from engine.samples import _read_members
-    from engine.stages.video import video_id
 
     lab = fs.read_parquet(labelled_path, columns=["key", "shard", "label"]).to_pylist()
     by_shard: dict[str, dict[str, int]] = {}
@@ -39,11 +38,11 @@ def labelled_sequences(root: str, labelled_path: str) -> dict[str, Any]:
         by_shard.setdefault(r["shard"], {})[r["key"]] = int(r["label"])
     rows: list[tuple[str, int, Any, str | None, int | None]] = []
     for shard, wanted in sorted(by_shard.items()):
-        source, idx = shard.rsplit("-", 1)
+        source, idx = parse_shard(shard)
         lay = SourceLayout(root, source)
-        m = fs.read_parquet(lay.manifest_part(int(idx)), columns=["key", "group", "frame"]).to_pylist()
+        m = fs.read_parquet(lay.manifest_part(idx), columns=["key", "group", "frame"]).to_pylist()
         pos = {r["key"]: (r["group"], r["frame"]) for r in m if r["key"] in wanted}
-        images = _read_members(lay.shard(int(idx)), set(wanted))
+        images = _read_members(lay.shard(idx), set(wanted))
         for key, label in wanted.items():
             group, frame = pos.get(key, (None, None))
             video = video_id(source, group, frame)

@@ -283,12 +283,10 @@ def backfill_mlflow(tracking: Mapping[str, str], history: Sequence[Mapping[str, 
     crash with a retry) leaves a checkpointed epoch without metrics; after a resume this fills the gap, so the run
     holds every epoch exactly once (step = epoch). Presence is judged by ``train/lr``, which every record has.
     """
-    from mlflow.tracking import MlflowClient
-
+    from engine.tracking import run_metric_steps
     from engine.train.loop import log_epoch_to_mlflow
 
-    client = MlflowClient(tracking_uri=tracking["tracking_uri"])
-    logged = {m.step for m in client.get_metric_history(tracking["run_id"], "train/lr")}
+    logged = run_metric_steps(tracking["tracking_uri"], tracking["run_id"], "train/lr")
     missing = [r for r in history if int(r["epoch"]) not in logged]
     for record in missing:
         log_epoch_to_mlflow(tracking, record, spec.label_space)

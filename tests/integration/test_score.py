@@ -17,7 +17,7 @@ import pytest
 from engine.config import IngestConfig, ModelConfig, ScoreConfig, SourceConfig
 from engine.io import fs
 from engine.layout import RoundLayout, SourceLayout
-from engine.partition import PartitionRule
+from engine.stages.partition import PartitionRule
 from engine.stages.score import ScoreStage
 
 SCORER_CLASS = "MapWorker(MapBatches(PoolScorer))"

@@ -30,8 +30,7 @@ from engine.config import SelectConfig
 from engine.io import fs
 from engine.labels import get_label_space
 from engine.layout import RoundLayout, SourceLayout
-from engine.stages.ingest import MANIFEST_SCHEMA, QUARANTINE_SCHEMA
-from engine.stages.score import score_columns, score_schema
+from engine.schemas import MANIFEST_SCHEMA, QUARANTINE_SCHEMA, score_columns, score_schema
 from engine.stages.select import SelectStage
 
 SPACE = get_label_space("basic7")

@@ -207,7 +207,8 @@ def test_invalid_inputs_fail_before_training(tmp_path: Path, datasets: dict[str,
 
 
 def test_supervised_stream_weights_flags_and_repeats(datasets: dict[str, Any], faces: list[tuple[bytes, int]]) -> None:
-    from engine.train.data import SUPERVISED_SCHEMA, build_supervised_dataset
+    from engine.schemas import SUPERVISED_SCHEMA
+    from engine.train.data import build_supervised_dataset
 
     # Integer repeat factors make the class-balanced resampling exact: class 0 twice, class 1 never, others once.
     factors = [2.0, 0.0] + [1.0] * (len(BASIC7) - 2)

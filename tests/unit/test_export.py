@@ -9,9 +9,9 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from engine.export import SAMPLE_SCHEMA, export_shard, read_images
+from engine.export import export_shard, read_images
 from engine.io import fs
-from engine.stages.select import SELECTION_SCHEMA
+from engine.schemas import SAMPLE_SCHEMA, SELECTION_SCHEMA
 
 NAMES = ["Neutral", "Anger", "Happiness"]
 

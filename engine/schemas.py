@@ -1,0 +1,202 @@
+"""The parquet schemas of every committed file (DESIGN.md "Schemas"), and the one function that builds a score part.
+
+Sources list rows as ``LISTING_SCHEMA``; ingest commits ``MANIFEST_SCHEMA`` parts and a ``QUARANTINE_SCHEMA`` table;
+score parts follow :func:`score_schema`; the selection is ``SELECTION_SCHEMA``; training streams
+``SUPERVISED_SCHEMA``; curation writes ``LABEL_ISSUES_SCHEMA``; exports write ``SAMPLE_SCHEMA``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+LISTING_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("orig_path", pa.string()),
+        ("locator", pa.string()),
+        ("split", pa.string()),
+        ("label", pa.int16()),
+        ("group", pa.string()),
+        ("frame", pa.int32()),
+        ("valence", pa.float32()),
+        ("arousal", pa.float32()),
+        ("box", pa.list_(pa.int32())),
+    ]
+)
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("shard", pa.string()),
+        ("source", pa.string()),
+        ("orig_path", pa.string()),
+        ("sha256", pa.string()),
+        ("phash", pa.uint64()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("label", pa.int16()),
+        ("split", pa.string()),
+        ("group", pa.string()),
+        ("frame", pa.int32()),
+        ("valence", pa.float32()),
+        ("arousal", pa.float32()),
+        ("leak_with", pa.string()),
+    ]
+)
+
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("source", pa.string()),
+        ("orig_path", pa.string()),
+        ("split", pa.string()),
+        ("reason", pa.string()),
+        ("detail", pa.string()),
+        ("duplicate_of", pa.string()),
+    ]
+)
+
+
+def score_schema(num_classes: int, branches: int = 0, *, va: bool = False, features: int = 0) -> pa.Schema:
+    """Schema of a score part (DESIGN.md "Schemas"): ``branch_probs`` and ``disagreement`` with branches, ``valence``
+    and ``arousal`` with a VA head, ``features`` (raw parts of sequence teachers only)."""
+    fields = [
+        ("key", pa.string()),
+        ("shard", pa.string()),
+        ("probs", pa.list_(pa.float32(), num_classes)),
+        ("pred", pa.int16()),
+        ("conf", pa.float32()),
+        ("margin", pa.float32()),
+        ("entropy", pa.float32()),
+        ("teacher", pa.string()),
+    ]
+    if branches:
+        fields.append(("branch_probs", pa.list_(pa.list_(pa.float32(), num_classes), branches)))
+        fields.append(("disagreement", pa.float32()))
+    if va:
+        fields += [("valence", pa.float32()), ("arousal", pa.float32())]
+    if features:
+        fields.append(("features", pa.list_(pa.float32(), features)))
+    return pa.schema(fields)
+
+
+def score_table(
+    keys: list[str],
+    shard: str,
+    probs: np.ndarray,
+    teacher_id: str,
+    *,
+    branch_probs: np.ndarray | None = None,
+    va: np.ndarray | None = None,
+    features: np.ndarray | None = None,
+    disagreement: str = "vote_entropy",
+) -> pa.Table:
+    """A score part of one shard from (N, C) probs, optional (N, M, C) branch probs, (N, 2) valence/arousal and
+    (N, D) features."""
+    from engine.disagreement import branch_disagreement
+
+    probs = probs.astype(np.float32, copy=False)
+    c = probs.shape[1]
+    data: dict[str, Any] = {
+        "key": keys,
+        "shard": [shard] * len(keys),
+        "probs": pa.FixedSizeListArray.from_arrays(pa.array(probs.ravel()), c),
+        **score_columns(probs),
+        "teacher": [teacher_id] * len(keys),
+    }
+    branches = 0
+    if branch_probs is not None:
+        bp = branch_probs.astype(np.float32, copy=False)
+        branches = bp.shape[1]
+        inner = pa.FixedSizeListArray.from_arrays(pa.array(bp.ravel()), c)
+        data["branch_probs"] = pa.FixedSizeListArray.from_arrays(inner, branches)
+        data["disagreement"] = branch_disagreement(bp, disagreement)
+    if va is not None:
+        data["valence"] = va[:, 0].astype(np.float32)
+        data["arousal"] = va[:, 1].astype(np.float32)
+    dim = 0
+    if features is not None:
+        dim = features.shape[1]
+        data["features"] = pa.FixedSizeListArray.from_arrays(pa.array(features.astype(np.float32).ravel()), dim)
+    return pa.table(data, schema=score_schema(c, branches, va=va is not None, features=dim))
+
+
+def score_columns(probs: np.ndarray) -> dict[str, np.ndarray]:
+    """pred, conf, margin (top-1 minus top-2) and entropy (nats) of probabilities (N, C)."""
+    probs = probs.astype(np.float32, copy=False)
+    top2 = np.sort(probs, axis=1)[:, -2:] if probs.shape[1] > 1 else np.concatenate([np.zeros_like(probs), probs], 1)
+    ent = -(probs * np.log(np.clip(probs, 1e-12, None))).sum(1)
+    return {
+        "pred": probs.argmax(1).astype(np.int16),
+        "conf": top2[:, 1].astype(np.float32),
+        "margin": (top2[:, 1] - top2[:, 0]).astype(np.float32),
+        "entropy": ent.astype(np.float32),
+    }
+
+
+SELECTION_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("shard", pa.string()),
+        ("label", pa.int16()),
+        ("conf", pa.float32()),
+        ("weight", pa.float32()),
+        ("repeat", pa.int16()),
+        ("policy", pa.string()),
+        ("round", pa.int16()),
+    ]
+)
+
+
+SUPERVISED_SCHEMA = pa.schema(
+    [
+        ("image", pa.binary()),
+        ("label", pa.int64()),
+        ("weight", pa.float32()),
+        ("strong", pa.bool_()),
+        ("valence", pa.float32()),
+        ("arousal", pa.float32()),
+    ]
+)
+"""Columns of the supervised stream the workers read; valence/arousal are NaN where the row has no VA label."""
+
+
+SAMPLE_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("label", pa.int16()),
+        ("label_name", pa.string()),
+        ("origin", pa.string()),
+        ("source", pa.string()),
+        ("orig_path", pa.string()),
+        ("shard", pa.string()),
+        ("confidence", pa.float32()),
+        ("threshold", pa.float32()),
+        ("policy", pa.string()),
+        ("weight", pa.float32()),
+        ("repeat", pa.int16()),
+        ("round", pa.int16()),
+        ("file_name", pa.string()),
+    ]
+)
+"""One row per exported sample; ``confidence``, ``threshold`` and ``policy`` are null for labelled samples."""
+
+
+LABEL_ISSUES_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("shard", pa.string()),
+        ("given_label", pa.int16()),
+        ("given_name", pa.string()),
+        ("suggested_label", pa.int16()),
+        ("suggested_name", pa.string()),
+        ("quality", pa.float32()),
+        ("given_prob", pa.float32()),
+        ("fold", pa.int16()),
+    ]
+)
+"""``quality`` is cleanlab's self-confidence label quality in [0, 1] (low = likely wrong); ``suggested_label`` is the
+out-of-fold argmax."""
