@@ -15,6 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from tests.integration.processes import alive, free_port, kill_all, marked, tiny_overrides
@@ -101,13 +102,27 @@ def test_job_submit_runs_round_0_and_1(fer2013_dir: Path, tmp_path: Path) -> Non
     rounds = root / "campaigns" / "demo" / "rounds"
     docs = [json.loads((rounds / f"r{r:03d}" / "round.json").read_text()) for r in (0, 1)]
     assert [d["round"] for d in docs] == [0, 1]
-    for d in docs:
-        assert 0.0 <= d["metrics"]["val/macro_f1"] <= 1.0
-        assert d["metrics"]["val/n"] > 0
-        assert d["mlflow_run_id"]
-    assert docs[1]["stages"]["score"]["counts"]["rows"] > 0
+    # The job's numbers are the committed files' numbers: val rows = labelled val rows without a training twin,
+    # macro-F1 = the evaluate stage's, scored rows = the pool (train/unlabelled rows outside the labelled set).
+    manifest = pq.read_table(root / "sources/fer2013/manifest").to_pandas()
+    labelled = pq.read_table(root / "campaigns/demo/partition/labelled.parquet").to_pandas()
+    val = manifest[(manifest.split == "val") & (manifest.label >= 0)]
+    evaluable = val[~val.leak_with.fillna("").str.contains("train|unlabelled")]
+    pool = manifest[
+        manifest.split.isin(["train", "unlabelled"]) & manifest.leak_with.isna() & ~manifest.key.isin(labelled.key)
+    ]
+    for r, d in enumerate(docs):
+        metrics = json.loads((rounds / f"r{r:03d}" / "eval" / "metrics.json").read_text())
+        assert d["metrics"]["val/n"] == metrics["val"]["n"] == len(evaluable) > 0
+        assert d["metrics"]["val/macro_f1"] == metrics["val"]["macro_f1"]
+    assert docs[1]["stages"]["score"]["counts"]["rows"] == len(pool) > 0
     state = json.loads((root / "campaigns" / "demo" / "campaign.json").read_text())
     assert [state["rounds"][r]["status"] for r in ("0", "1")] == ["done", "done"]
+    from engine.tracking import Tracker, default_artifact_root, default_uri
+
+    tracker = Tracker(default_uri(str(root)), "fer-pseudolabel", default_artifact_root(str(root)))
+    kids = tracker.children(state["mlflow_run_id"])
+    assert [(k.round_index, k.run_id) for k in kids] == [(r, d["mlflow_run_id"]) for r, d in enumerate(docs)]
     assert [state["rounds"][r]["mlflow_run_id"] for r in ("0", "1")] == [d["mlflow_run_id"] for d in docs]
     # The job printed the campaign summary (driver output reaches `ray job submit` through the job logs).
     assert "round r001:" in out

@@ -14,8 +14,6 @@ Synthetic inputs (``write_pool``): per shard a score part (score schema of DESIG
 from __future__ import annotations
 
 import math
-import resource
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -261,22 +259,18 @@ def test_selection_equals_pandas_reference(ray_local, small_pool, name) -> None:
         assert (sel["repeat"] > 1).any()
 
 
-def _peak_rss_reset() -> str:
-    """Reset the kernel's peak-RSS counter of this process (Linux); returns the method used."""
+def _peak_rss_reset() -> None:
+    """Reset the kernel's peak-RSS counter (VmHWM) of this process (Linux, like the rest of the integration suite)."""
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
-        return "VmHWM"
-    except OSError:
-        return "ru_maxrss"
+    except OSError as exc:
+        pytest.fail(f"cannot reset the peak RSS of the test process ({exc}); this test needs a writable /proc")
 
 
-def _peak_rss_bytes(method: str) -> int:
-    if method == "VmHWM":
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
-    scale = 1 if sys.platform == "darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale  # lifetime peak: an upper bound
+def _peak_rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
 
 def test_one_million_rows_under_one_gib_of_driver_memory(ray_local, tmp_path) -> None:
@@ -284,20 +278,19 @@ def test_one_million_rows_under_one_gib_of_driver_memory(ray_local, tmp_path) ->
     inp = write_pool(tmp_path, rows=1_000_000, shards=100, seed=2)
     gen_s = time.perf_counter() - t0
     cfg = SelectConfig(cap_per_class=20_000, max_unlabelled_ratio=4.0, floor_per_class=18_000)
-    method = _peak_rss_reset()
-    before = _peak_rss_bytes(method)
+    _peak_rss_reset()
+    before = _peak_rss_bytes()
     t0 = time.perf_counter()
     sel, quality, res = run_select(inp, cfg, "big")
     stage_s = time.perf_counter() - t0
-    peak = _peak_rss_bytes(method)
+    peak = _peak_rss_bytes()
     print(
-        f"select 1M rows: peak driver RSS {peak / 2**20:.0f} MiB ({method}; {before / 2**20:.0f} MiB before the "
+        f"select 1M rows: peak driver RSS {peak / 2**20:.0f} MiB (VmHWM; {before / 2**20:.0f} MiB before the "
         f"stage), stage {stage_s:.1f} s, data {gen_s:.1f} s"
     )
     # What the stage adds to the driver: the test process already holds torch, mlflow and earlier tests' objects
     # (about 1.2 GiB late in the full suite), so the bound is on the growth from the level right before the stage.
-    # Without /proc the lifetime peak is all there is; it bounds this stage only if it was below 1 GiB before it.
-    assert peak - before < 2**30 or (method == "ru_maxrss" and before >= 2**30)
+    assert peak - before < 2**30
     assert res.counts["excluded_leakage"] == 10_000 and res.counts["excluded_labelled"] == 5_000
     assert res.counts["excluded_unknown"] == 2_000
     assert not set(sel["key"]) & _forbidden(inp)

@@ -258,7 +258,11 @@ def test_online_crash_resume_then_finished_run_is_not_retrained(tmp_path: Path, 
     assert len({r["call_id"] for r in hist}) == 2  # epoch 0 by the crashed call, epoch 1 by this one
     for rec in hist:
         assert (rec["images"], rec["steps"], rec["unlabelled_images"]) == (N_LABELLED + N_PSEUDO, 5, 5 * 32)
-        assert 0.0 <= rec["mask_rate"] <= 1.0 and rec["loss_u"] >= 0.0
+        # DTM-R's hard mask: the rate is a count of accepted unlabelled rows over the 160 drawn, and the
+        # unlabelled loss is zero exactly when none was accepted.
+        accepted = rec["mask_rate"] * rec["unlabelled_images"]
+        assert accepted == pytest.approx(round(accepted), abs=1e-6) and 0 <= round(accepted) <= 160
+        assert (rec["loss_u"] == 0.0) == (round(accepted) == 0)
     assert math.isfinite(res["train_loss"]) and res["train_loss"] > 0
     assert 0.0 <= res["mask_rate"] <= 1.0 and res["mask_rate"] == hist[1]["mask_rate"]
     assert hist[0]["lr"] == pytest.approx(0.03)
