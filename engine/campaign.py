@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 from engine.config import Config, flatten
+from engine.errors import ConfigError
 from engine.io import fs
 from engine.layout import CampaignLayout
 from engine.round import TeacherRef, run_round
@@ -35,7 +36,7 @@ def prepare(cfg: Config, results: dict[str, Any] | None = None) -> tuple[Any, st
     c = cfg.campaign
     used = list(dict.fromkeys([*c.labelled, *c.unlabelled, *c.eval]))
     if not c.labelled:
-        raise ValueError("campaign.labelled is empty: name at least one labelled source")
+        raise ConfigError("campaign.labelled is empty: name at least one labelled source")
     ingested = {
         s: run_ingest(cfg.storage.root, cfg.source(s), cfg.ingest, on_existing=cfg.storage.on_existing) for s in used
     }

@@ -104,6 +104,11 @@ class IngestConfig:
             raise ConfigError(f"ingest.face_margin must be >= 0, got {self.face_margin}")
         _check_positive("ingest.samples_per_shard", self.samples_per_shard)
         _check_positive("ingest.list_chunk_rows", self.list_chunk_rows)
+        _check_positive("ingest.min_side_px", self.min_side_px)
+        _check_positive("ingest.max_pixels", self.max_pixels)
+        _check_positive("ingest.max_bytes", self.max_bytes)
+        if self.resize is not None:
+            _check_positive("ingest.resize", self.resize)
 
 
 TEMPORAL_MEMBERS = ("gru", "transformer")
@@ -157,6 +162,15 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _check_choice("model.head", self.head, ("linear", "cascade", "esr"))
         _check_positive("model.width", self.width)
+        _check_positive("model.in_chans", self.in_chans)
+        _check_positive("model.input_size", self.input_size)
+        if len(self.mean) not in (1, self.in_chans) or len(self.std) not in (1, self.in_chans):
+            raise ConfigError(
+                f"model.mean and model.std need 1 or model.in_chans={self.in_chans} values, got {list(self.mean)} "
+                f"and {list(self.std)}"
+            )
+        if any(v <= 0 for v in self.std):
+            raise ConfigError(f"model.std must be positive, got {list(self.std)}")
         _check_range("model.drop_rate", self.drop_rate, 0.0, 1.0, hi_open=True)
         if self.head == "esr" and self.esr_branches < 2:
             raise ConfigError(f"model.esr_branches must be >= 2 for head=esr, got {self.esr_branches}")
@@ -192,8 +206,6 @@ class ScoreConfig:
     """Average the probabilities of the image and its horizontal flip."""
     hist_bins: int = 1000
     """Bins of the per-class confidence histograms in ``score/stats.json``."""
-    sources: tuple[str, ...] = ()
-    """Sources scored as the unlabelled pool; empty means the campaign's unlabelled sources."""
     disagreement: str = "vote_entropy"
     """Column ``disagreement`` of teachers with branches (ESR, ensembles): ``vote_entropy`` (entropy of the members'
     argmax votes, nats), ``variance`` (per-class variance across members, mean over classes) or ``js`` (Jensen-Shannon:
@@ -210,6 +222,11 @@ class ScoreConfig:
         if self.smooth is not None:
             _check_choice("score.smooth", self.smooth, ("mean", "ema"))
         _check_positive("score.smooth_window", self.smooth_window)
+        _check_positive("score.batch_size", self.batch_size)
+        _check_positive("score.num_actors", self.num_actors)
+        _check_positive("score.hist_bins", self.hist_bins)
+        _check_range("score.cpus_per_actor", self.cpus_per_actor, 0.0, 1024.0)
+        _check_range("score.gpus_per_actor", self.gpus_per_actor, 0.0, 64.0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -241,6 +258,16 @@ class ThresholdConfig:
     never_label: tuple[str, ...] = ()
     """Classes never pseudo-labelled (e.g. ``Other`` for corpora that lack it)."""
 
+    def __post_init__(self) -> None:
+        _check_range("threshold.tau", self.tau, 0.0, 1.0)
+        _check_range("threshold.tau_min", self.tau_min, 0.0, 1.0)
+        _check_range("threshold.momentum", self.momentum, 0.0, 1.0)
+        _check_range("threshold.quantile", self.quantile, 0.0, 1.0)
+        _check_range("threshold.fairness_weight", self.fairness_weight, 0.0, float("inf"))
+        if self.n_sigma <= 0:
+            raise ConfigError(f"threshold.n_sigma must be positive, got {self.n_sigma}")
+        _check_positive("threshold.top_k", self.top_k)
+
 
 @dataclass(frozen=True, kw_only=True)
 class SelectConfig:
@@ -263,6 +290,18 @@ class SelectConfig:
     """VA gating: class name -> lowest predicted valence a pseudo-label of that class may have (e.g. Happiness: 0)."""
     max_valence: dict[str, float] = field(default_factory=dict)
     """VA gating: class name -> highest predicted valence a pseudo-label of that class may have (e.g. Sadness: 0)."""
+
+    def __post_init__(self) -> None:
+        if self.cap_per_class is not None:
+            _check_range("select.cap_per_class", self.cap_per_class, 0, 1 << 62)
+        for key in ("cap_multiple_of_labelled", "max_unlabelled_ratio"):
+            value = getattr(self, key)
+            if value is not None:
+                _check_range(f"select.{key}", value, 0.0, float("inf"))
+        _check_range("select.floor_per_class", self.floor_per_class, 0, 1 << 62)
+        _check_range("select.weight", self.weight, 0.0, float("inf"))
+        if self.max_disagreement is not None:
+            _check_range("select.max_disagreement", self.max_disagreement, 0.0, float("inf"))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -333,6 +372,18 @@ class TrainConfig:
     larger sets stream from the shards every epoch, decoding per batch. 0 = always stream."""
 
     def __post_init__(self) -> None:
+        _check_positive("train.epochs", self.epochs)
+        _check_positive("train.batch_size", self.batch_size)
+        _check_positive("train.mu", self.mu)
+        _check_positive("train.num_workers", self.num_workers)
+        _check_positive("train.temporal_epochs", self.temporal_epochs)
+        for key in ("lr", "temporal_lr"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"train.{key} must be positive, got {getattr(self, key)}")
+        for key in ("weight_decay", "lambda_u", "fine_weight", "diversity_weight", "diversity_gamma", "va_weight"):
+            _check_range(f"train.{key}", getattr(self, key), 0.0, float("inf"))
+        _check_range("train.max_failures", self.max_failures, 0, 1000)
+        _check_choice("train.optimizer", self.optimizer, ("sgd", "adamw"))
         _check_choice("train.schedule", self.schedule, SCHEDULES)
         _check_range("train.warmup_epochs", self.warmup_epochs, 0.0, float(self.epochs))
         _check_range("train.label_smoothing", self.label_smoothing, 0.0, 1.0, hi_open=True)
@@ -350,6 +401,11 @@ class EvalConfig:
     batch_size: int = 512
     tta_flip: bool = False
     """Average the probabilities of the image and its horizontal flip (as ``score.tta_flip``)."""
+
+    def __post_init__(self) -> None:
+        _check_positive("eval.batch_size", self.batch_size)
+        for split in self.splits:
+            _check_choice("eval.splits", split, ("val", "test"))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -429,6 +485,15 @@ class CampaignConfig:
     """Round-0 teacher checkpoint instead of training one on the labelled set."""
     stop_when_no_gain: bool = True
     """Stop the campaign when a student does not beat its teacher on val macro-F1."""
+
+    def __post_init__(self) -> None:
+        if self.labelled_fraction is not None and not 0 < self.labelled_fraction <= 1:
+            raise ConfigError(f"campaign.labelled_fraction must be in (0, 1] or null, got {self.labelled_fraction}")
+        for key in ("max_labelled", "max_unlabelled", "max_eval"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise ConfigError(f"campaign.{key} must be positive or null, got {value}")
+        _check_range("campaign.rounds", self.rounds, 0, 10_000)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from engine.errors import UnknownLabelError
+from engine.errors import ConfigError, UnknownLabelError
 
 if TYPE_CHECKING:
     from engine.config import Config
@@ -188,5 +188,5 @@ def campaign_space(cfg: Config) -> LabelSpace:
     """The label space of the campaign: that of its labelled sources (they must agree)."""
     spaces = {cfg.source(s).label_space for s in cfg.campaign.labelled}
     if len(spaces) != 1:
-        raise ValueError(f"campaign.labelled sources must share one label space, got {sorted(spaces)}")
+        raise ConfigError(f"campaign.labelled sources must share one label space, got {sorted(spaces)}")
     return get_label_space(spaces.pop())

@@ -1,13 +1,32 @@
-"""Integration fixtures: one local Ray for the whole session (2 CPUs, no dashboard)."""
+"""Integration fixtures: one local Ray for the whole session (2 CPUs, no dashboard) and one tiny real campaign
+(ingest + round 0 + round 1 on FER2013) that every test reading a finished campaign shares."""
 
 from __future__ import annotations
 
 import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.integration.processes import tiny_sets
+
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+REPO = Path(__file__).resolve().parents[2]
+
+TINY_CAMPAIGN_SETS = [
+    "train.val_from=0",  # every epoch validated, so the kept (best) epoch is checked against round.json
+    "threshold.tau=0.0",  # with the per-class cap: a non-empty selection and rejected rows whatever the teacher
+    "select.cap_per_class=10",
+    "curation.label_issues=true",
+    "curation.folds=2",
+    "curation.epochs=1",
+]
+"""What the shared campaign sets beyond :func:`tests.integration.processes.tiny_sets` (2 epochs)."""
 
 
 @pytest.fixture(scope="session")
@@ -19,6 +38,37 @@ def ray_local():
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
+
+
+@dataclass(frozen=True)
+class TinyCampaign:
+    """The shared finished campaign ``demo``. ``cfg`` has the relative storage root ``.`` (as conf/demo.yaml):
+    run the engine on it only with ``root`` as the working directory. Tests must not change ``root``; a test that
+    needs to, copies it (:meth:`copy_sources` for a fresh campaign on the same ingested source)."""
+
+    cfg: Any
+    root: Path
+    state: dict[str, Any]
+
+    def copy_sources(self, dest: Path) -> Path:
+        """``dest/sources`` = this campaign's committed ingest: a tiny campaign rooted at ``dest`` with the same
+        source settings (:func:`tiny_sets`) skips its ingest."""
+        shutil.copytree(self.root / "sources", dest / "sources")
+        return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_campaign(ray_local, fer2013_dir, tmp_path_factory) -> TinyCampaign:
+    from engine.campaign import run_campaign
+    from engine.config import load_config
+
+    root = tmp_path_factory.mktemp("tiny_campaign")
+    cfg = load_config([REPO / "conf/demo.yaml"], [*tiny_sets(".", fer2013_dir, epochs=2), *TINY_CAMPAIGN_SETS])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)  # a relative storage root, as in conf/demo.yaml (Ray Train needs it made absolute)
+        state = run_campaign(cfg)
+    assert [state["rounds"][r]["status"] for r in ("0", "1")] == ["done", "done"]
+    return TinyCampaign(cfg, root, state)
 
 
 def pytest_collection_modifyitems(items):

@@ -120,9 +120,13 @@ def _signal(proc: Proc, sig: int) -> None:
             os.kill(proc[0], sig)
 
 
-def tiny_overrides(root: Path, fer2013_dir: Path, epochs: int) -> list[str]:
-    """``--set`` values of a tiny campaign: 150 images per split, tiny_cnn, ``epochs`` epochs, absolute paths."""
-    sets = [
+def tiny_sets(root: Path | str, fer2013_dir: Path, epochs: int) -> list[str]:
+    """Overrides of conf/demo.yaml for a tiny campaign: 150 images per split, tiny_cnn, ``epochs`` epochs.
+
+    The source part (path, limit, shard size) is the same for every tiny campaign of the suite, so each can start
+    from a copy of the shared campaign's ingested ``sources/`` (tests/integration/conftest.py) and skip ingest.
+    """
+    return [
         f"storage.root={root}",
         f"sources.fer2013.path={Path(fer2013_dir).resolve()}",
         "sources.fer2013.limit=150",
@@ -139,4 +143,8 @@ def tiny_overrides(root: Path, fer2013_dir: Path, epochs: int) -> list[str]:
         "threshold.tau=0.2",
         "select.cap_multiple_of_labelled=null",
     ]
-    return [a for s in sets for a in ("--set", s)]
+
+
+def tiny_overrides(root: Path, fer2013_dir: Path, epochs: int) -> list[str]:
+    """:func:`tiny_sets` as ``--set`` command-line arguments (absolute paths)."""
+    return [a for s in tiny_sets(root, fer2013_dir, epochs) for a in ("--set", s)]

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
-from engine.config import ModelConfig, load_config
+from engine.config import ModelConfig
 from engine.errors import ConfigError
 from engine.evaluation import evaluate_checkpoint, shared_classes
 from engine.labels import get_label_space
@@ -26,22 +26,21 @@ def test_shared_classes_keep_data_order_and_map_labels():
     assert label_map.tolist() == [-1, 0, 1, 2, -1, 3, -1]
 
 
-def test_evaluate_checkpoint_matches_a_hand_computed_evaluation(ray_local, fer2013_dir, tmp_path):
+def test_evaluate_checkpoint_matches_a_hand_computed_evaluation(tiny_campaign, tmp_path):
+    import dataclasses
+
     import torch
 
     from engine.models.checkpoint import save_checkpoint
     from engine.models.factory import create_model
     from engine.models.teacher import load_teacher
 
-    cfg = load_config(
-        [],
-        [
-            f"storage.root={tmp_path}",
-            "sources.fer.format=fer2013",
-            f"sources.fer.path={fer2013_dir}",
-            "sources.fer.limit=60",
-            "ingest.samples_per_shard=50",
-        ],
+    # The shared campaign's ingested source (found committed: evaluation ingests only what is missing), no flip TTA.
+    base = tiny_campaign.cfg
+    cfg = dataclasses.replace(
+        base,
+        storage=dataclasses.replace(base.storage, root=str(tiny_campaign.root)),
+        eval=dataclasses.replace(base.eval, tta_flip=False),
     )
     torch.manual_seed(0)
     abaw8 = get_label_space("abaw8")  # one class (Other) more than the data's basic7
@@ -49,9 +48,9 @@ def test_evaluate_checkpoint_matches_a_hand_computed_evaluation(ray_local, fer20
     mcfg = ModelConfig(name="tiny_cnn")
     save_checkpoint(ckpt, create_model(mcfg, len(abaw8)), model_cfg=mcfg, label_space=abaw8)
 
-    m = evaluate_checkpoint(cfg, ckpt, "fer", split="test")
+    m = evaluate_checkpoint(cfg, ckpt, "fer2013", split="test")
 
-    manifest = pq.read_table(tmp_path / "sources/fer/manifest").to_pandas()
+    manifest = pq.read_table(tiny_campaign.root / "sources/fer2013/manifest").to_pandas()
     test = manifest[(manifest.split == "test") & (manifest.label >= 0)]
     leaky = test.leak_with.fillna("").str.contains("train|unlabelled|val")
     rows = test[~leaky].sort_values("key")
@@ -61,7 +60,7 @@ def test_evaluate_checkpoint_matches_a_hand_computed_evaluation(ray_local, fer20
     assert m["excluded_unshared"] == 0
     images = {}
     for shard in sorted(set(rows.shard)):
-        with tarfile.open(tmp_path / f"sources/fer/shards/{shard}.tar") as tar:
+        with tarfile.open(tiny_campaign.root / f"sources/fer2013/shards/{shard}.tar") as tar:
             for member in tar:
                 key, _, ext = member.name.partition(".")
                 if ext == "png":
@@ -77,6 +76,6 @@ def test_evaluate_checkpoint_matches_a_hand_computed_evaluation(ray_local, fer20
     assert sum(v["support"] for v in m["per_class"].values()) == len(rows)
 
     with pytest.raises(ConfigError, match="split"):
-        evaluate_checkpoint(cfg, ckpt, "fer", split="train")
+        evaluate_checkpoint(cfg, ckpt, "fer2013", split="train")
     with pytest.raises(ConfigError, match="unknown source"):
         evaluate_checkpoint(cfg, ckpt, "nope")

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
@@ -43,11 +44,11 @@ def _dashboard_available() -> bool:
 
 
 @pytest.mark.skipif(not _dashboard_available(), reason="ray job submit needs ray[default] (dashboard, job server)")
-def test_job_submit_runs_round_0_and_1(fer2013_dir: Path, tmp_path: Path) -> None:
+def test_job_submit_runs_round_0_and_1(tiny_campaign: Any, fer2013_dir: Path, tmp_path: Path) -> None:
     temp_dir = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Ray's unix socket paths must stay < 108 bytes
     gcs, dash, client, agent = (free_port() for _ in range(4))
     env = _env()
-    root = tmp_path / "store"
+    root = tiny_campaign.copy_sources(tmp_path / "store")  # ingest committed: the job starts at the partition
     try:
         start = subprocess.run(
             [
@@ -126,3 +127,4 @@ def test_job_submit_runs_round_0_and_1(fer2013_dir: Path, tmp_path: Path) -> Non
     assert [state["rounds"][r]["mlflow_run_id"] for r in ("0", "1")] == [d["mlflow_run_id"] for d in docs]
     # The job printed the campaign summary (driver output reaches `ray job submit` through the job logs).
     assert "round r001:" in out
+    assert "ingest fer2013: skipped" in out  # the shared campaign's ingest, found committed (same fingerprint)

@@ -1,8 +1,7 @@
-"""A tiny real campaign (round 0 + round 1 on FER2013): report.html in headless Chromium, label issues, exports."""
+"""The shared tiny campaign (round 0 + round 1 on FER2013): report.html in headless Chromium, label issues, exports."""
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import os
 from collections import Counter
@@ -11,11 +10,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from engine.config import CurationConfig
 from engine.io import fs
 from engine.labels import get_label_space
 from engine.layout import CampaignLayout
-from tests.integration.test_round import _cfg
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -30,21 +27,10 @@ CHROMIUM_ARGS = [
 
 
 @pytest.fixture(scope="module")
-def campaign(ray_local, fer2013_dir, tmp_path_factory):
-    from engine.campaign import run_campaign
-
-    root = tmp_path_factory.mktemp("report_export")
-    base = _cfg(root, fer2013_dir)
-    # tau 0 with a per-class cap: a non-empty selection and rejected rows whatever the 1-epoch teacher predicts.
-    cfg = dataclasses.replace(
-        base,
-        threshold=dataclasses.replace(base.threshold, tau=0.0),
-        select=dataclasses.replace(base.select, cap_per_class=10),
-        curation=CurationConfig(label_issues=True, folds=2, epochs=1),
-    )
-    state = run_campaign(cfg)
-    assert [state["rounds"][r]["status"] for r in ("0", "1")] == ["done", "done"]
-    return cfg, root, state
+def campaign(tiny_campaign):
+    """The shared tiny campaign: tau 0 with a per-class cap (a non-empty selection and rejected rows whatever the
+    2-epoch teacher predicts), label issues on (2 folds, 1 epoch)."""
+    return tiny_campaign.cfg, tiny_campaign.root, tiny_campaign.state
 
 
 def _expected(root: Path) -> dict[str, int]:

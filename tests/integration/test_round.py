@@ -1,51 +1,21 @@
-"""A whole campaign (round 0 + round 1) on a tiny real FER2013 subset: exact counts across files, idempotent re-run."""
+"""The shared tiny campaign (round 0 + round 1 on real FER2013): exact counts across files, idempotent re-run."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 from engine.campaign import run_campaign
-from engine.config import load_config
 from engine.io import fs
 from engine.layout import CampaignLayout
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _cfg(root, fer2013_dir):
-    return load_config(
-        [REPO / "conf/demo.yaml"],
-        [
-            f"storage.root={root}",
-            f"sources.fer2013.path={fer2013_dir}",
-            "sources.fer2013.limit=150",
-            "model.name=tiny_cnn",
-            "ingest.samples_per_shard=100",
-            "campaign.max_labelled=null",
-            "campaign.max_unlabelled=null",
-            "campaign.max_eval=null",
-            "campaign.labelled_fraction=0.3",
-            "campaign.stop_when_no_gain=false",
-            "train.epochs=2",
-            "train.val_from=0",
-            "train.batch_size=32",
-            "threshold.policy=fixed",
-            "threshold.tau=0.2",
-            "select.cap_multiple_of_labelled=null",
-        ],
-    )
+from engine.stages.select import conf_bin
 
 
-def test_campaign_round_counts_match_files_and_rerun_skips(ray_local, fer2013_dir, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    cfg = _cfg(".", fer2013_dir)  # a relative storage root, as in conf/demo.yaml (Ray Train needs it made absolute)
-    state = run_campaign(cfg)
-    assert [state["rounds"][r]["status"] for r in ("0", "1")] == ["done", "done"]
+def test_campaign_round_counts_match_files(tiny_campaign):
+    tmp_path, state = tiny_campaign.root, tiny_campaign.state
     lay = CampaignLayout(str(tmp_path), "demo")
     r1 = fs.read_json(lay.round(1).state)
 
@@ -58,10 +28,18 @@ def test_campaign_round_counts_match_files_and_rerun_skips(ray_local, fer2013_di
     parts = sorted((tmp_path / "campaigns/demo/rounds/r001/score").glob("part-*.parquet"))
     scores = pq.ParquetDataset([str(p) for p in parts]).read(columns=["key", "conf", "pred"]).to_pandas()
     assert sorted(scores.key) == sorted(pool.key)
+    # tau 0 passes every row; the cap keeps each class's 10 most confident (the boundary bin split by the stage).
     selection = pq.read_table(lay.round(1).selection).to_pandas()
-    passing = scores[scores.conf >= 0.2]
-    assert r1["stages"]["select"]["counts"]["selected"] == len(selection) == len(passing)
-    assert sorted(selection.key) == sorted(passing.key)
+    assert r1["stages"]["select"]["counts"]["selected"] == len(selection)
+    assert set(selection.key) <= set(scores.key)
+    picked = scores.key.isin(selection.key).to_numpy()
+    bins = conf_bin(scores.conf.to_numpy())
+    for c in range(7):
+        in_c = scores.pred.to_numpy() == c
+        assert int((picked & in_c).sum()) == min(10, int(in_c.sum())), f"class {c}"
+        if (picked & in_c).any() and (~picked & in_c).any():
+            assert bins[picked & in_c].min() >= bins[~picked & in_c].max(), f"class {c}: a less confident row kept"
+    assert (selection.set_index("key").label == scores.set_index("key").pred.loc[selection.key]).all()
     assert not set(selection.key) & set(manifest[manifest.leak_with.notna()].key)
     metrics = fs.read_json(lay.round(1).metrics)
     evaluable = manifest[
@@ -86,12 +64,16 @@ def test_campaign_round_counts_match_files_and_rerun_skips(ray_local, fer2013_di
 
     from engine.tracking import Tracker, default_artifact_root, default_uri
 
-    tracker = Tracker(default_uri(str(tmp_path)), cfg.tracking.experiment, default_artifact_root(str(tmp_path)))
+    tracker = Tracker(default_uri(str(tmp_path)), "fer-pseudolabel", default_artifact_root(str(tmp_path)))
     kids = tracker.children(state["mlflow_run_id"])
     assert [k.round_index for k in kids] == [0, 1]
 
+
+def test_campaign_rerun_changes_nothing(tiny_campaign, monkeypatch):
+    tmp_path, state = tiny_campaign.root, tiny_campaign.state
     mtimes = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file() and "mlflow" not in p.name}
-    again = run_campaign(cfg)
+    monkeypatch.chdir(tmp_path)
+    again = run_campaign(tiny_campaign.cfg)
     assert again["rounds"] == state["rounds"]
     changed = [
         p

@@ -69,6 +69,47 @@ def test_value_checks():
         load_config([], ["ingest.image_format=gif"])
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("campaign.labelled_fraction=1.5", r"campaign\.labelled_fraction must be in \(0, 1\] or null, got 1\.5"),
+        ("campaign.labelled_fraction=-0.2", r"campaign\.labelled_fraction must be in \(0, 1\] or null, got -0\.2"),
+        ("campaign.labelled_fraction=0", r"campaign\.labelled_fraction must be in \(0, 1\] or null, got 0"),
+        ("campaign.max_labelled=-5", r"campaign\.max_labelled must be positive or null, got -5"),
+        ("campaign.max_eval=0", r"campaign\.max_eval must be positive or null, got 0"),
+        ("campaign.rounds=-3", r"campaign\.rounds must be in \[0, 10000\], got -3"),
+        ("train.epochs=0", r"train\.epochs must be positive, got 0"),
+        ("train.epochs=-1", r"train\.epochs must be positive, got -1"),
+        ("train.lr=-1", r"train\.lr must be positive, got -1"),
+        ("train.batch_size=0", r"train\.batch_size must be positive, got 0"),
+        ("train.weight_decay=-0.1", r"train\.weight_decay must be in \[0\.0, inf\], got -0\.1"),
+        ("train.optimizer=adam", r"train\.optimizer must be one of sgd, adamw; got 'adam'"),
+        ("threshold.tau=7", r"threshold\.tau must be in \[0\.0, 1\.0\], got 7"),
+        ("threshold.tau_min=-0.1", r"threshold\.tau_min must be in \[0\.0, 1\.0\], got -0\.1"),
+        ("threshold.top_k=0", r"threshold\.top_k must be positive, got 0"),
+        ("score.batch_size=-1", r"score\.batch_size must be positive, got -1"),
+        ("score.num_actors=0", r"score\.num_actors must be positive, got 0"),
+        ("ingest.max_pixels=-1", r"ingest\.max_pixels must be positive, got -1"),
+        ("ingest.min_side_px=0", r"ingest\.min_side_px must be positive, got 0"),
+        ("ingest.resize=0", r"ingest\.resize must be positive, got 0"),
+        ("eval.batch_size=0", r"eval\.batch_size must be positive, got 0"),
+        ("eval.splits=[train]", r"eval\.splits must be one of val, test; got 'train'"),
+        ("select.cap_per_class=-1", r"select\.cap_per_class must be in \[0, \d+\], got -1"),
+        ("select.weight=-1", r"select\.weight must be in \[0\.0, inf\], got -1"),
+        ("model.std=[0]", r"model\.std must be positive, got \[0(\.0)?\]"),
+        ("model.mean=[0.5,0.5]", r"model\.mean and model\.std need 1 or model\.in_chans=1 values"),
+    ],
+)
+def test_out_of_range_values_are_refused_at_load(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config([], [override])
+
+
+def test_dead_score_sources_key_is_gone():
+    with pytest.raises(ConfigError, match="score"):
+        load_config([], ["score.sources=[a]"])
+
+
 def test_config_is_frozen():
     cfg = load_config()
     with pytest.raises(AttributeError):
