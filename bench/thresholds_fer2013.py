@@ -60,7 +60,7 @@ def _machine() -> str:
 
 def _pool_rule(root: str) -> PartitionRule:
     """All of FER2013 Training is the pool: an empty labelled set, no sampling."""
-    path = join(CampaignLayout(root, "thresholds").partition_dir, "labelled.parquet")
+    path = CampaignLayout(root, "thresholds").labelled
     if not fs.exists(path):
         fs.write_parquet(path, pa.table({"key": pa.array([], pa.string()), "label": pa.array([], pa.int16())}))
     return PartitionRule(

@@ -351,7 +351,7 @@ class LabelIssuesStage(Stage):
         if reused is not None:
             return reused
         ref, names = self.ref, list(self.ref.space.classes)
-        labelled = fs.read_parquet(join(ref.campaign_layout.partition_dir, "labelled.parquet")).sort_by("key")
+        labelled = fs.read_parquet(ref.campaign_layout.labelled).sort_by("key")
         keys = labelled["key"].to_pylist()
         labels = labelled["label"].to_numpy().astype(np.int64)
         images = labelled_images(ref.root, labelled)

@@ -5,6 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SUCCESS = "_SUCCESS.json"
+METRICS = "metrics.json"
+"""The evaluate stage's metrics file, in its output directory (``eval/`` of a round)."""
+
+
+def confusion_name(split: str) -> str:
+    """The evaluate stage's confusion-matrix plot of one split, in its output directory."""
+    return f"confusion_{split}.png"
 
 
 def shard_name(source: str, index: int) -> str:
@@ -18,6 +25,14 @@ def parse_shard(name: str) -> tuple[str, int]:
     if not (sep and source and idx.isdigit()):
         raise ValueError(f"{name!r} is not a shard id <source>-<index>")
     return source, int(idx)
+
+
+def parse_shard_url(url: str) -> tuple[str, str]:
+    """``(storage root, shard id)`` of a shard tar ``<root>/sources/<source>/shards/<source>-000123.tar``."""
+    root, sep, rest = url.rpartition("/sources/")
+    if not sep or not rest.endswith(".tar"):
+        raise ValueError(f"{url!r} is not a shard tar <root>/sources/<source>/shards/<id>.tar")
+    return root, rest.rsplit("/", 1)[-1].removesuffix(".tar")
 
 
 def video_id(source: str, group: str | None, frame: int | None) -> str | None:
@@ -109,6 +124,11 @@ class CampaignLayout:
         """Which keys are labelled / unlabelled / eval in this campaign."""
         return join(self.dir, "partition")
 
+    @property
+    def labelled(self) -> str:
+        """The labelled set the partition stage commits: (key, shard, label, ...) rows."""
+        return join(self.partition_dir, "labelled.parquet")
+
     def round(self, index: int) -> RoundLayout:
         return RoundLayout(join(self.dir, "rounds", round_name(index)), index)
 
@@ -165,11 +185,15 @@ class RoundLayout:
 
     @property
     def metrics(self) -> str:
-        return join(self.eval_dir, "metrics.json")
+        return join(self.eval_dir, METRICS)
+
+    def confusion_png(self, split: str) -> str:
+        return join(self.eval_dir, confusion_name(split))
 
     @property
-    def confusion_png(self) -> str:
-        return join(self.eval_dir, "confusion.png")
+    def online_pool(self) -> str:
+        """The unlabelled pool of the online branch, (key, shard, label=-1, idx), written by the round before train."""
+        return join(self.dir, "online_pool.parquet")
 
     @property
     def report(self) -> str:

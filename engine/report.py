@@ -495,7 +495,7 @@ def _label_issue_section(ref: RoundRef, names: list[str], rc: ReportConfig, imag
         )
     c = marker["counts"]
     per_class = marker.get("extra", {}).get("flagged_per_class", {})
-    labelled = fs.read_parquet(join(ref.campaign_layout.partition_dir, "labelled.parquet"), columns=["label"])
+    labelled = fs.read_parquet(ref.campaign_layout.labelled, columns=["label"])
     n_lab = np.bincount(labelled["label"].to_numpy().astype(np.int64), minlength=len(names))
     rows = [
         [n, str(per_class.get(n, 0)), str(int(n_lab[i])), f"{per_class.get(n, 0) / n_lab[i]:.1%}" if n_lab[i] else "—"]

@@ -127,7 +127,7 @@ def run_round(
     if cfg.train.online_policy:
         from engine.samples import samples_dataset
 
-        path = join(CampaignLayout(root, name).partition_dir, "pool.parquet")
+        path = lay.online_pool
         n_pool = pool_table(root, rule, path)
         pool_ds = samples_dataset(root, path).select_columns(["image", "idx"])
     if index == 0 and cfg.campaign.teacher_checkpoint:
@@ -166,7 +166,7 @@ def run_round(
         on_existing=oe,
         label=f"evaluate r{index:03d}",
     ).execute()
-    metrics = fs.read_json(join(lay.eval_dir, "metrics.json"))
+    metrics = fs.read_json(lay.metrics)
     doc = {
         "round": index,
         "campaign": name,
@@ -230,7 +230,7 @@ def _log_round(tracker: Any, run_id: str, lay: RoundLayout, doc: dict[str, Any],
     for path in [
         lay.thresholds,
         lay.quality,
-        join(lay.eval_dir, "metrics.json"),
+        lay.metrics,
         join(lay.eval_dir, "confusion_val.png"),
         join(lay.eval_dir, "confusion_test.png"),
     ]:

@@ -10,7 +10,7 @@ import numpy as np
 from engine.config import EvalConfig
 from engine.io import fs
 from engine.labels import LabelSpace
-from engine.layout import join, video_id
+from engine.layout import METRICS, confusion_name, join, video_id
 from engine.stages.base import RunOutput, Stage
 from engine.stages.partition import PartitionRule
 from engine.stages.score import ShardRef, _manifest_cols, list_shards
@@ -230,10 +230,10 @@ class EvaluateStage(Stage):
             confusion_png(
                 np.asarray(m["confusion"]),
                 names,
-                join(self.out_dir, f"confusion_{split}.png"),
+                join(self.out_dir, confusion_name(split)),
                 title=f"{split}: macro-F1 {m['macro_f1']:.3f}, acc {m['accuracy']:.3f}",
             )
-        fs.write_json(join(self.out_dir, "metrics.json"), metrics)
+        fs.write_json(join(self.out_dir, METRICS), metrics)
         return RunOutput(counts=counts)
 
 

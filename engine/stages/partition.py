@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine.config import CampaignConfig
+from engine.errors import ConfigError
 from engine.io import fs
 from engine.layout import CampaignLayout, SourceLayout, join
 from engine.stages.base import RunOutput, Stage
@@ -133,11 +134,11 @@ class PartitionStage(Stage):
         cand = pa.concat_tables(lab_tables) if lab_tables else None
         labelled = _stratified(cand, c.labelled_fraction, c.max_labelled, c.seed) if cand is not None else None
         if labelled is None or labelled.num_rows == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"campaign {c.name}: the labelled set is empty; set campaign.labelled to a labelled source"
             )
         labelled = labelled.select(["key", "shard", "source", "label"]).sort_by("key")
-        path = join(self.out_dir, "labelled.parquet")
+        path = self.layout.labelled
         fs.write_parquet(path, labelled)
         labelled_keys = set(labelled["key"].to_pylist())
 

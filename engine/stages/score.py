@@ -33,7 +33,7 @@ import numpy as np
 
 from engine.config import ScoreConfig
 from engine.io import fs
-from engine.layout import RoundLayout, SourceLayout, join, parse_shard
+from engine.layout import RoundLayout, SourceLayout, join, parse_shard, parse_shard_url
 from engine.schemas import score_table
 from engine.stages.base import RunOutput, Stage
 from engine.stages.partition import PartitionRule
@@ -343,10 +343,10 @@ class PoolScorer:
         self._members: dict[str, set[str]] = {}
 
     def _pool(self, url: str) -> tuple[str, set[str]]:
-        name = url.rsplit("/", 1)[-1].removesuffix(".tar")
+        root, name = parse_shard_url(url)
         if name not in self._members:
             source, idx = parse_shard(name)
-            lay = SourceLayout(url.rsplit("/sources/", 1)[0], source)
+            lay = SourceLayout(root, source)
             ref = ShardRef(source, idx, name, url, lay.manifest_part(idx))
             self._members[name] = set(pool_keys(self.rule, ref, self.labelled))
         return name, self._members[name]
