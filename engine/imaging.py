@@ -10,7 +10,9 @@ from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from engine.errors import SourceFormatError
 
 # Quarantine reasons, in the order they are checked.
 REASONS = (
@@ -93,14 +95,14 @@ def process_image(data: bytes, policy: ImagePolicy, box: tuple[int, int, int, in
     except (OSError, SyntaxError, ValueError) as exc:
         reason = "truncated" if "truncat" in str(exc).lower() or "end of" in str(exc).lower() else "decode_error"
         return ImageCheck(reason, f"{type(exc).__name__}: {exc}"[:200])
-    changed = False
+    upright = upright_8bit(img)  # EXIF orientation and 8-bit grey / RGB, as every later decode sees the image
+    changed = upright is not img
+    img = upright
     if box is not None:
         left, top, right, bottom = box
         if not (0 <= left < right <= width and 0 <= top < bottom <= height):
             return ImageCheck("bad_box", f"box {box} outside image {width}x{height}")
         img, changed = img.crop(box), True
-    if img.mode not in ("L", "RGB"):
-        img, changed = img.convert("RGB" if img.mode not in ("1", "I", "I;16", "F") else "L"), True
     if policy.grayscale and img.mode != "L":
         img, changed = img.convert("L"), True
     if min(img.size) < policy.min_side_px:
@@ -184,8 +186,43 @@ def phash64(pixels: npt.NDArray[np.uint8]) -> int:
 
 
 def decode_pixels(data: bytes) -> npt.NDArray[np.uint8]:
-    """Pixels of an encoded image as uint8 (H, W) or (H, W, 3)."""
-    img: Image.Image = Image.open(io.BytesIO(data))
-    if img.mode not in ("L", "RGB"):
-        img = img.convert("RGB")
-    return np.asarray(img)
+    """The one image decoder (ingest, score, train, evaluate, curation): pixels of an encoded image (PNG, JPEG,
+    anything Pillow reads), upright and 8-bit as :func:`upright_8bit` makes them.
+
+    Returns:
+        uint8 array of shape (H, W) or (H, W, 3).
+
+    Raises:
+        SourceFormatError: the bytes are not a decodable image.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img: Image.Image = Image.open(io.BytesIO(data))
+            img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise SourceFormatError(
+            f"cannot decode image ({len(data)} bytes): {type(exc).__name__}: {exc}; "
+            "re-run ingest, which quarantines undecodable files"
+        ) from None
+    return np.asarray(upright_8bit(img), dtype=np.uint8)
+
+
+def upright_8bit(img: Image.Image) -> Image.Image:
+    """``img`` turned upright by its EXIF orientation, in mode ``L`` or ``RGB``.
+
+    Grey modes become ``L``: 16/32-bit integer grey (Pillow's ``I``, ``I;16`` ...) is scaled by 1/257 (65535 → 255)
+    and rounded, float grey ``F`` is rounded and clipped, ``1`` / ``LA`` are converted; every other mode (``P``,
+    ``RGBA``, ``CMYK`` ...) becomes ``RGB`` (alpha dropped).
+    """
+    if img.getexif().get(0x0112, 1) != 1:  # orientation tag set: rotate the pixels upright
+        img = ImageOps.exif_transpose(img)
+    mode = img.mode
+    if mode in ("L", "RGB"):
+        return img
+    if mode.startswith("I") or mode == "F":
+        values = np.asarray(img, dtype=np.float64)
+        if mode != "F":
+            values = values / 257.0
+        return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+    return img.convert("L" if mode in ("1", "LA", "La") else "RGB")

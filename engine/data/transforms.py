@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import io
-import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, ImageOps, UnidentifiedImageError
 
-from engine.errors import ConfigError, SourceFormatError
+from engine.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
@@ -24,42 +21,6 @@ _LUMA = (0.299, 0.587, 0.114)
 CUTOUT_FILL = 127
 
 Augment = Callable[["torch.Tensor"], "torch.Tensor"]
-
-
-def decode_image(data: bytes) -> npt.NDArray[np.uint8]:
-    """Decode one encoded image (PNG, JPEG, anything Pillow reads) to pixels.
-
-    EXIF orientation is applied. Grey modes (``1``, ``L``, ``LA``, 16/32-bit ``I``, ``F``) become (H, W);
-    every other mode (``RGB``, ``RGBA``, ``P``, ``CMYK`` ...) becomes (H, W, 3). Alpha is dropped.
-
-    Returns:
-        uint8 array of shape (H, W) or (H, W, 3).
-
-    Raises:
-        SourceFormatError: the bytes are not a decodable image.
-    """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img: Image.Image = Image.open(io.BytesIO(data))
-            img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise SourceFormatError(
-            f"cannot decode image ({len(data)} bytes): {type(exc).__name__}: {exc}; "
-            "re-run ingest, which quarantines undecodable files"
-        ) from None
-    if img.getexif().get(0x0112, 1) != 1:  # orientation tag set: rotate the pixels upright
-        img = ImageOps.exif_transpose(img)
-    mode = img.mode
-    if mode not in ("L", "RGB"):
-        if mode.startswith("I") or mode == "F":
-            values = np.asarray(img, dtype=np.float64)
-            if mode != "F":
-                values = values / 257.0  # 16-bit grey (Pillow's I and I;16 modes) to 8 bits
-            return np.clip(np.rint(values), 0, 255).astype(np.uint8)
-        img = img.convert("L" if mode in ("1", "LA", "La") else "RGB")
-    out: npt.NDArray[np.uint8] = np.asarray(img, dtype=np.uint8)
-    return out
 
 
 def to_tensor_batch(
@@ -101,7 +62,9 @@ def to_tensor_batch(
     outs = []
     for arr in groups:
         if arr.dtype != np.uint8:
-            raise ConfigError(f"to_tensor_batch expects uint8 images, got {arr.dtype}; decode with decode_image")
+            raise ConfigError(
+                f"to_tensor_batch expects uint8 images, got {arr.dtype}; decode with engine.imaging.decode_pixelse"
+            )
         x = torch.from_numpy(np.ascontiguousarray(arr))
         if device is not None:
             x = x.to(device)

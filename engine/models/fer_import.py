@@ -221,7 +221,7 @@ def evaluate_on_fer2013(
     Returns:
         ``{"accuracy": fraction correct, "n": images scored}``.
     """
-    from engine.data.transforms import decode_image
+    from engine.imaging import decode_pixels
     from engine.labels import get_label_space
     from engine.models.teacher import CheckpointTeacher
 
@@ -244,7 +244,7 @@ def evaluate_on_fer2013(
             if member.name in wanted:
                 fobj = tar.extractfile(member)
                 assert fobj is not None
-                images[member.name] = decode_image(fobj.read())
+                images[member.name] = decode_pixels(fobj.read())
                 if len(images) == len(wanted):
                     break
     teacher = CheckpointTeacher(ckpt, expect_label_space=basic7)

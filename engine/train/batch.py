@@ -13,11 +13,11 @@ from engine.data.transforms import (
     Augment,
     build_strong_augment,
     build_weak_augment,
-    decode_image,
     match_channels,
     normalize_batch,
 )
 from engine.errors import ConfigError, EngineError
+from engine.imaging import decode_pixels
 
 if TYPE_CHECKING:
     import torch
@@ -51,7 +51,7 @@ def images_to_uint8(images: Sequence[bytes], *, size: int, in_chans: int) -> tor
 
     if len(images) == 0:
         return torch.empty((0, in_chans, size, size), dtype=torch.uint8)
-    arrays = [decode_image(bytes(b)) for b in images]
+    arrays = [decode_pixels(bytes(b)) for b in images]
     groups = [np.stack(arrays)] if len({a.shape for a in arrays}) == 1 else [a[None] for a in arrays]
     outs = []
     for arr in groups:

@@ -16,12 +16,12 @@ from engine.data.transforms import (
     CUTOUT_FILL,
     build_strong_augment,
     build_weak_augment,
-    decode_image,
     match_channels,
     to_model_input,
     to_tensor_batch,
 )
 from engine.errors import ConfigError, SourceFormatError
+from engine.imaging import decode_pixels
 
 GREY: dict[str, Any] = {"input_size": 48, "in_chans": 1, "mean": (0.5,), "std": (0.5,)}
 
@@ -36,8 +36,8 @@ def test_decode_grey_and_rgb_round_trip() -> None:
     rng = np.random.default_rng(0)
     grey = rng.integers(0, 256, (48, 40), dtype=np.uint8)
     rgb = rng.integers(0, 256, (30, 20, 3), dtype=np.uint8)
-    out_grey = decode_image(_png(grey))
-    out_rgb = decode_image(_png(rgb))
+    out_grey = decode_pixels(_png(grey))
+    out_rgb = decode_pixels(_png(rgb))
     assert out_grey.dtype == np.uint8 and out_grey.shape == (48, 40)
     assert np.array_equal(out_grey, grey)
     assert np.array_equal(out_rgb, rgb)
@@ -46,16 +46,16 @@ def test_decode_grey_and_rgb_round_trip() -> None:
 def test_decode_drops_alpha_and_scales_16_bit() -> None:
     rgba = np.zeros((4, 4, 4), dtype=np.uint8)
     rgba[..., 0], rgba[..., 3] = 200, 7
-    assert np.array_equal(decode_image(_png(rgba)), np.full((4, 4, 3), (200, 0, 0), dtype=np.uint8))
+    assert np.array_equal(decode_pixels(_png(rgba)), np.full((4, 4, 3), (200, 0, 0), dtype=np.uint8))
     sixteen = np.full((4, 4), 65535, dtype=np.uint16)
     sixteen[0, 0] = 257 * 10
-    out = decode_image(_png(sixteen))
+    out = decode_pixels(_png(sixteen))
     assert out.shape == (4, 4) and out[0, 0] == 10 and out[1, 1] == 255
 
 
 def test_decode_garbage_raises_source_format_error() -> None:
     with pytest.raises(SourceFormatError, match="cannot decode image"):
-        decode_image(b"not an image at all")
+        decode_pixels(b"not an image at all")
 
 
 def test_to_tensor_batch_exact_values_and_shape() -> None:
