@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -225,3 +226,17 @@ def load_teacher(
         teacher.fingerprint[:8],
     )
     return teacher
+
+
+def worker_teacher(path: str, *, tta_flip: bool = False) -> Teacher:
+    """The teacher of one checkpoint, loaded once per process and kept while the file is unchanged: Ray reuses
+    its worker processes across tasks, so per-shard prediction tasks pay the load once per worker, not per shard."""
+    import os
+
+    st = os.stat(path) if "://" not in path else None
+    return _cached_teacher(path, tta_flip, (st.st_mtime_ns, st.st_size) if st else None)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_teacher(path: str, tta_flip: bool, stamp: tuple[int, int] | None) -> Teacher:
+    return load_teacher([path], tta_flip=tta_flip)

