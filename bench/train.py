@@ -37,12 +37,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
-from engine.config import IngestConfig, ModelConfig, SourceConfig, ThresholdConfig, TrainConfig, build, to_dict
+from engine.config import (
+    CampaignConfig,
+    Config,
+    ModelConfig,
+    SourceConfig,
+    StorageConfig,
+    TrainConfig,
+    build,
+    to_dict,
+)
 from engine.io import fs
-from engine.labels import get_label_space
-from engine.layout import RoundLayout, SourceLayout, join
+from engine.layout import CampaignLayout, SourceLayout, join
+from engine.partition_rule import PartitionRule
 from engine.runtime import init_ray
-from engine.stages.ingest import run_ingest
+from engine.stages.base import StageContext, StageResult
+from engine.stages.ingest import IngestStage
 
 SOURCE = "fer2013"
 
@@ -53,7 +63,8 @@ def labelled_table(root: str, fer: str, n: int) -> pa.Table:
     src = SourceConfig(
         name=SOURCE, format="fer2013", path=os.path.abspath(fer), label_space="basic7", limit=n + n // 4
     )
-    run_ingest(root, src, IngestConfig())
+    cfg = Config(storage=StorageConfig(root=root), sources={SOURCE: src})
+    IngestStage(StageContext(cfg, source=SOURCE)).execute()
     m = fs.read_parquet(SourceLayout(root, SOURCE).manifest_dir, columns=["key", "shard", "split", "label"])
     m = m.filter(pc.and_(pc.equal(m["split"], "train"), pc.greater_equal(m["label"], 0)))
     if m.num_rows < n:
@@ -65,13 +76,14 @@ def decoded(root: str, table: pa.Table, model_cfg: ModelConfig) -> tuple[Any, An
     """uint8 (N, C, S, S) pixels and int64 labels of ``table``'s rows, decoded once (the plain loop's input)."""
     import torch
 
-    from engine.samples import _read_members, _shard_tar
+    from engine.io.tars import read_images
+    from engine.layout import shard_tar
     from engine.train.batch import images_to_uint8
 
     rows = table.to_pylist()
     blobs: dict[str, bytes] = {}
     for shard in sorted({r["shard"] for r in rows}):
-        blobs.update(_read_members(_shard_tar(root, shard), {r["key"] for r in rows if r["shard"] == shard}))
+        blobs.update(read_images(shard_tar(root, shard), {r["key"] for r in rows if r["shard"] == shard}))
     x8 = images_to_uint8([blobs[r["key"]] for r in rows], size=model_cfg.input_size, in_chans=model_cfg.in_chans)
     return x8, torch.tensor([r["label"] for r in rows], dtype=torch.int64)
 
@@ -111,27 +123,22 @@ def run_stage(root: str, table_path: str, model_cfg: ModelConfig, train_cfg: Tra
     """Execute a TrainStage on a fresh folder; returns wall time, start-up, steady images/s and the history."""
     from engine.stages.train import TrainStage
 
-    out = join(root, "bench", f"train-{time.time_ns()}")
-    stage = TrainStage(
-        root,
-        RoundLayout(out, 0),
-        train_cfg,
-        model_cfg,
-        get_label_space("basic7"),
-        labelled_path=table_path,
-        selection_path=None,
-        pool_dataset=None,
-        num_unlabelled=0,
-        threshold_cfg=ThresholdConfig(),
-        init_checkpoint=None,
-        campaign="bench",
-        upstream={},
+    campaign = CampaignLayout(root, f"train-{time.time_ns()}")
+    cfg = Config(
+        storage=StorageConfig(root=root),
+        sources={SOURCE: SourceConfig(name=SOURCE, format="fer2013", path=root, label_space="basic7")},
+        model=model_cfg,
+        train=train_cfg,
+        campaign=CampaignConfig(name=campaign.campaign, labelled=(SOURCE,)),
     )
+    fs.write_json(campaign.rule, PartitionRule(0, (), (), 1.0, 1.0, table_path).to_json())  # the given labelled set
+    stage = TrainStage(StageContext(cfg, round=0, upstream={"partition": StageResult("partition", "bench")}))
+    out = stage.out_dir
     t0_wall, t0 = time.time(), time.perf_counter()
     stage.execute()
     wall = time.perf_counter() - t0
     history = _history(out)
-    fs.remove(out)
+    fs.remove(campaign.dir)
     steady = history[1:] or history
     return {
         "wall": wall,

@@ -6,6 +6,7 @@ the stop reason); ids are stored before a round's work starts, so a re-run logs 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -13,7 +14,8 @@ from engine.config import Config, flatten
 from engine.errors import ConfigError
 from engine.io import fs
 from engine.layout import CampaignLayout
-from engine.round import TeacherRef, run_round
+from engine.round import run_round
+from engine.stages.base import StageContext, TeacherRef
 
 log = logging.getLogger(__name__)
 
@@ -25,26 +27,18 @@ def _tracker(cfg: Config) -> Any:
     return Tracker(uri, cfg.tracking.experiment, default_artifact_root(cfg.storage.root))
 
 
-def prepare(cfg: Config, results: dict[str, Any] | None = None) -> tuple[Any, str]:
-    """Ingest every source the campaign uses and commit its partition; returns (rule, partition fingerprint).
+def prepare(cfg: Config) -> StageContext:
+    """Ingest every source the campaign uses and commit its partition; returns the campaign's stage context (the
+    ingest and partition results as upstream, no round yet)."""
+    from engine.stages.ingest import IngestStage
+    from engine.stages.partition import PartitionStage, used_sources
 
-    When ``results`` is given, it receives ``{"ingest": {source: StageResult}, "partition": StageResult}``.
-    """
-    from engine.stages.ingest import run_ingest
-    from engine.stages.partition import PartitionStage, load_rule
-
-    c = cfg.campaign
-    used = list(dict.fromkeys([*c.labelled, *c.unlabelled, *c.eval]))
-    if not c.labelled:
+    if not cfg.campaign.labelled:
         raise ConfigError("campaign.labelled is empty: name at least one labelled source")
-    ingested = {
-        s: run_ingest(cfg.storage.root, cfg.source(s), cfg.ingest, on_existing=cfg.storage.on_existing) for s in used
-    }
-    fps = {s: r.fingerprint for s, r in ingested.items()}
-    part = PartitionStage(cfg.storage.root, c, fps, on_existing=cfg.storage.on_existing).execute()
-    if results is not None:
-        results.update(ingest=ingested, partition=part)
-    return load_rule(cfg.storage.root, c.name), part.fingerprint
+    ctx = StageContext(cfg)
+    for s in used_sources(cfg.campaign):
+        ctx = ctx.with_result(f"ingest:{s}", IngestStage(dataclasses.replace(ctx, source=s)).execute())
+    return ctx.with_result("partition", PartitionStage(ctx).execute())
 
 
 def completed(cfg: Config) -> dict[str, Any] | None:
@@ -73,8 +67,7 @@ def run_campaign(cfg: Config, *, max_rounds: int | None = None) -> dict[str, Any
     from engine.fingerprint import fingerprint
 
     lay = CampaignLayout(cfg.storage.root, cfg.campaign.name)
-    prepared: dict[str, Any] = {}
-    rule, part_fp = prepare(cfg, prepared)
+    campaign_ctx = prepare(cfg)
     tracker = _tracker(cfg)
     state = fs.read_json_or_none(lay.state) or {
         "name": cfg.campaign.name,
@@ -89,9 +82,10 @@ def run_campaign(cfg: Config, *, max_rounds: int | None = None) -> dict[str, Any
         tags={"engine.campaign": cfg.campaign.name},
     )
     state["config_fingerprint"] = fingerprint(cfg)
+    up = campaign_ctx.upstream
     state["prepared"] = {
-        "ingest": {s: _result_doc(r) for s, r in prepared["ingest"].items()},
-        "partition": _result_doc(prepared["partition"]),
+        "ingest": {k.split(":", 1)[1]: _result_doc(r) for k, r in up.items() if k.startswith("ingest:")},
+        "partition": _result_doc(up["partition"]),
     }
     state["tracking_uri"] = tracker.uri
     fs.write_json(lay.state, state)
@@ -113,7 +107,10 @@ def run_campaign(cfg: Config, *, max_rounds: int | None = None) -> dict[str, Any
         )
         state["rounds"][str(r)] = {**entry, "mlflow_run_id": run_id, "status": "running"}
         fs.write_json(lay.state, state)
-        doc = run_round(cfg, r, teacher=teacher, rule=rule, partition_fp=part_fp, tracker=tracker, run_id=run_id)
+        round_ctx = dataclasses.replace(
+            campaign_ctx, round=r, teacher=teacher, tracking={"tracking_uri": tracker.uri, "run_id": run_id}
+        )
+        doc = run_round(round_ctx, tracker=tracker)
         tracker.set_terminated(run_id, "FINISHED")
         _promote(state, doc, cfg)
         fs.write_json(lay.state, state)

@@ -419,7 +419,7 @@ class TrackingConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class ReportConfig:
-    """The round's self-contained ``report.html`` (engine/report.py), written at the end of every round."""
+    """The round's self-contained ``report.html`` (engine/report/), written at the end of every round."""
 
     enabled: bool = True
     """Write the report (and log it to MLflow) at the end of each round."""
@@ -438,7 +438,7 @@ class ReportConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class CurationConfig:
-    """Label-issue flags on the labelled set (engine/curation.py): out-of-fold probabilities → cleanlab."""
+    """Label-issue flags on the labelled set (engine/stages/curation.py): out-of-fold probabilities → cleanlab."""
 
     label_issues: bool = False
     """At the end of each round, write ``curation/label_issues.parquet`` (needs the ``curation`` extra: cleanlab)."""

@@ -61,15 +61,15 @@ def evaluate_checkpoint(
     """
     from engine.metrics import classification_metrics
     from engine.models.checkpoint import read_checkpoint_meta
+    from engine.partition_rule import PartitionRule
     from engine.stages.evaluate import predict_split
     from engine.stages.ingest import run_ingest
-    from engine.stages.partition import PartitionRule
 
     if split not in EVAL_SPLITS:
         raise ConfigError(f"--split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
     src = cfg.source(source)
     root = cfg.storage.root
-    run_ingest(root, src, cfg.ingest, on_existing=cfg.storage.on_existing)
+    run_ingest(cfg, source)
     meta = read_checkpoint_meta(checkpoint)
     model_space = get_label_space(str(meta["label_space"]["name"]))
     data_space = get_label_space(src.label_space)

@@ -25,7 +25,6 @@ import hashlib
 import io
 import json
 import logging
-import tarfile
 from typing import Any
 
 import pyarrow as pa
@@ -33,11 +32,12 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from engine.curation import RoundRef
 from engine.errors import ConfigError
 from engine.io import fs
+from engine.io.tars import read_members, tar_bytes
 from engine.layout import SUCCESS, SourceLayout, join, parse_shard
 from engine.schemas import SAMPLE_SCHEMA
+from engine.stored import RoundRef
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def export_shard(
     sl = SourceLayout(root, source)
     meta = fs.read_parquet(sl.manifest_part(idx), columns=["key", "orig_path"])
     orig = dict(zip(meta["key"].to_pylist(), meta["orig_path"].to_pylist(), strict=True))
-    images = read_images(sl.shard(idx), {r["key"] for r in rows})
+    images = read_members(sl.shard(idx), {r["key"] for r in rows})
     missing = [r["key"] for r in rows if r["key"] not in images]
     if missing:
         raise RuntimeError(f"export: {len(missing)} keys have no image in {sl.shard(int(idx))}, e.g. {missing[0]}")
@@ -169,19 +169,6 @@ def _filtered(path: str, shard: str, columns: list[str]) -> pa.Table:
     )
 
 
-def read_images(tar_path: str, wanted: set[str]) -> dict[str, tuple[str, bytes]]:
-    """``key → (extension, encoded bytes)`` of the wanted image members of one shard tar."""
-    out: dict[str, tuple[str, bytes]] = {}
-    with tarfile.open(fileobj=io.BytesIO(fs.read_bytes(tar_path)), mode="r") as tar:
-        for m in tar:
-            key, _, ext = m.name.partition(".")
-            if key in wanted and ext in ("png", "jpg", "jpeg"):
-                f = tar.extractfile(m)
-                if f is not None:
-                    out[key] = (ext, f.read())
-    return out
-
-
 def _file_name(fmt: str, shard: str, key: str, label_name: str, ext: str) -> str:
     if fmt == "webdataset":
         return f"shards/curated-{shard}.tar#{key}.{ext}"
@@ -198,23 +185,18 @@ def _write_images(
         for r in rows:
             fs.write_bytes(join(out_dir, r["file_name"]), images[r["key"]][1])
         return {}
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for r in rows:
-            ext, data = images[r["key"]]
-            _add(tar, f"{r['key']}.{ext}", data)
-            _add(tar, f"{r['key']}.cls", str(r["label"]).encode())
-            _add(tar, f"{r['key']}.json", json.dumps(r, sort_keys=True).encode())
+    members = []
+    for r in rows:
+        ext, data = images[r["key"]]
+        members += [
+            (f"{r['key']}.{ext}", data),
+            (f"{r['key']}.cls", str(r["label"]).encode()),
+            (f"{r['key']}.json", json.dumps(r, sort_keys=True).encode()),
+        ]
+    data = tar_bytes(members)
     rel = f"shards/curated-{shard}.tar"
-    fs.write_bytes(join(out_dir, rel), buf.getvalue())
-    return {rel: hashlib.sha256(buf.getvalue()).hexdigest()}
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o644
-    info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(data))
+    fs.write_bytes(join(out_dir, rel), data)
+    return {rel: hashlib.sha256(data).hexdigest()}
 
 
 def _merge_parts(out_dir: str, parts: list[str], fmt: str) -> int:

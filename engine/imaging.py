@@ -7,12 +7,16 @@ import io
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from engine.errors import SourceFormatError
+
+if TYPE_CHECKING:
+    from engine.config import IngestConfig
 
 # Quarantine reasons, in the order they are checked.
 REASONS = (
@@ -44,26 +48,9 @@ class ImageCheck:
     phash: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class ImagePolicy:
-    """What ``process_image`` accepts and how it stores the result."""
-
-    image_format: str = "png"
-    resize: int | None = None
-    grayscale: bool = False
-    min_side_px: int = 16
-    max_pixels: int = 50_000_000
-    max_bytes: int = 50_000_000
-    detect_faces: bool = False
-    """Crop to the most confident MTCNN face (engine/faces.py); images without one are ``no_face``."""
-    face_margin: float = 0.2
-    face_size: int = 112
-    face_min_prob: float = 0.9
-    face_align: bool = False
-
-
-def process_image(data: bytes, policy: ImagePolicy, box: tuple[int, int, int, int] | None = None) -> ImageCheck:
-    """Validate one encoded image, apply the optional crop/resize/grey, and hash the stored pixels.
+def process_image(data: bytes, policy: IngestConfig, box: tuple[int, int, int, int] | None = None) -> ImageCheck:
+    """Validate one encoded image, apply the optional crop/resize/grey of the ``ingest`` section ``policy``, and hash
+    the stored pixels.
 
     The claimed size is checked from the header before any pixel is decoded, so a decompression bomb costs nothing.
     Original bytes are kept unchanged when no pixel operation applies and the format already matches; otherwise the
@@ -128,7 +115,7 @@ def process_image(data: bytes, policy: ImagePolicy, box: tuple[int, int, int, in
     )
 
 
-def _face_crop(img: Image.Image, policy: ImagePolicy) -> Image.Image | str:
+def _face_crop(img: Image.Image, policy: IngestConfig) -> Image.Image | str:
     """``img`` cropped to its best face and resized to ``policy.face_size`` squared, or why not (a detail string)."""
     from engine.faces import crop_box, detect_faces, eye_angle
 

@@ -27,6 +27,12 @@ def parse_shard(name: str) -> tuple[str, int]:
     return source, int(idx)
 
 
+def shard_tar(root: str, shard: str) -> str:
+    """The tar of the shard id ``shard`` under ``root``."""
+    source, index = parse_shard(shard)
+    return SourceLayout(root, source).shard(index)
+
+
 def parse_shard_url(url: str) -> tuple[str, str]:
     """``(storage root, shard id)`` of a shard tar ``<root>/sources/<source>/shards/<source>-000123.tar``."""
     root, sep, rest = url.rpartition("/sources/")
@@ -129,6 +135,11 @@ class CampaignLayout:
         """The labelled set the partition stage commits: (key, shard, label, ...) rows."""
         return join(self.partition_dir, "labelled.parquet")
 
+    @property
+    def rule(self) -> str:
+        """The partition rule (pool / eval membership parameters) the partition stage commits."""
+        return join(self.partition_dir, "rule.json")
+
     def round(self, index: int) -> RoundLayout:
         return RoundLayout(join(self.dir, "rounds", round_name(index)), index)
 
@@ -192,8 +203,8 @@ class RoundLayout:
 
     @property
     def online_pool(self) -> str:
-        """The unlabelled pool of the online branch, (key, shard, label=-1, idx), written by the round before train."""
-        return join(self.dir, "online_pool.parquet")
+        """The unlabelled pool of the online branch, (key, shard, label=-1, idx): an input the train stage writes."""
+        return join(self.train_dir, "online_pool.parquet")
 
     @property
     def report(self) -> str:

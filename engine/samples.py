@@ -2,40 +2,21 @@
 
 from __future__ import annotations
 
-import io
-import tarfile
 from collections.abc import Iterator
 from typing import Any
 
 import pyarrow.compute as pc
 
 from engine.io import fs
-from engine.layout import SourceLayout, parse_shard
-
-
-def _shard_tar(root: str, shard: str) -> str:
-    source, idx = parse_shard(shard)
-    return SourceLayout(root, source).shard(idx)
-
-
-def _read_members(tar_path: str, wanted: set[str]) -> dict[str, bytes]:
-    out: dict[str, bytes] = {}
-    fobj = io.BytesIO(fs.read_bytes(tar_path))
-    with tarfile.open(fileobj=fobj, mode="r") as tar:
-        for m in tar:
-            key, _, ext = m.name.partition(".")
-            if key in wanted and ext in ("png", "jpg", "jpeg"):
-                f = tar.extractfile(m)
-                if f is not None:
-                    out[key] = f.read()
-    return out
+from engine.io.tars import read_images
+from engine.layout import shard_tar
 
 
 def _rows_of_shard(item: dict[str, Any], *, root: str) -> Iterator[dict[str, Any]]:
     t = fs.read_parquet(item["table"])
     t = t.filter(pc.equal(t["shard"], item["shard"]))
     rows = t.to_pylist()
-    images = _read_members(_shard_tar(root, item["shard"]), {r["key"] for r in rows})
+    images = read_images(shard_tar(root, item["shard"]), {r["key"] for r in rows})
     for r in sorted(rows, key=lambda r: r["key"]):
         for _ in range(int(r.get("repeat") or 1)):
             row = {

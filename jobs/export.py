@@ -16,8 +16,8 @@ from engine.runtime import init_ray
 
 def run(args: argparse.Namespace) -> None:
     init_ray()
-    from engine.curation import open_round
     from engine.export import export_round
+    from engine.stored import open_round
 
     sheet = export_round(open_round(args.round), args.format, args.out, overwrite=args.overwrite)
     total = sheet["counts"]["total"]

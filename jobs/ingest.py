@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> None:
     from engine.stages.ingest import run_ingest
 
     for name in args.source or list(cfg.sources):
-        result = run_ingest(cfg.storage.root, cfg.source(name), cfg.ingest, on_existing=cfg.storage.on_existing)
+        result = run_ingest(cfg, name)
         print_ingest_summary(name, result)
 
 

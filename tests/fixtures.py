@@ -12,7 +12,7 @@ import tarfile
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from PIL import Image
 
@@ -522,3 +522,16 @@ if __name__ == "__main__":  # python -m tests.fixtures {affectnet_va,affwild2_vi
     if len(sys.argv) != 3 or sys.argv[1] not in builders:
         sys.exit(f"usage: python -m tests.fixtures {{{','.join(builders)}}} OUT_DIR")
     print(builders[sys.argv[1]](Path(sys.argv[2])))
+
+
+# ---------------------------------------------------------------- stages outside a campaign
+
+
+def ingest_stage(root: Path | str, source: Any, ingest: Any = None) -> Any:
+    """The ingest stage of one ``SourceConfig`` (with its ``name``) under ``root``, as a campaign builds it."""
+    from engine.config import Config, IngestConfig, StorageConfig
+    from engine.stages.base import StageContext
+    from engine.stages.ingest import IngestStage
+
+    cfg = Config(storage=StorageConfig(root=str(root)), sources={source.name: source}, ingest=ingest or IngestConfig())
+    return IngestStage(StageContext(cfg, source=source.name))

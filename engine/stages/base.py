@@ -1,19 +1,27 @@
-"""The stage contract, written once: fingerprint, skip, mismatch policy, run, ``_SUCCESS.json`` last."""
+"""The stage contract, written once: one constructor (a :class:`StageContext`), declared inputs and outputs,
+fingerprint, skip, mismatch policy, run, ``_SUCCESS.json`` last."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from engine import __version__
-from engine.config import flatten
-from engine.errors import FingerprintMismatch
+from engine.config import Config, flatten
+from engine.errors import ConfigError, EngineError, FingerprintMismatch
 from engine.fingerprint import fingerprint, short
 from engine.io import fs
-from engine.layout import SUCCESS, join
+from engine.layout import SUCCESS, CampaignLayout, RoundLayout, join, round_name
+
+if TYPE_CHECKING:
+    from engine.labels import LabelSpace
+    from engine.partition_rule import PartitionRule
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +52,70 @@ class StageResult:
         )
 
 
+@dataclass(frozen=True)
+class TeacherRef:
+    """The checkpoint(s) scoring a round and their combined fingerprint."""
+
+    paths: tuple[str, ...]
+    fingerprint: str
+    round: int = -1
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """Everything a stage is built from, the same for every stage: the config (with the storage root), where in
+    the campaign it runs (``round``, or ``source`` for ingest), the committed results of the stages upstream of it
+    by name (``ingest:<source>``, ``partition``, ``score``, ``threshold``, ``select``, ``train``), the round's
+    teacher and the MLflow run its per-epoch metrics go to. Stages read their upstream outputs from committed files
+    through the layout; the context only says which commits those are."""
+
+    cfg: Config
+    round: int | None = None
+    source: str | None = None
+    upstream: Mapping[str, StageResult] = field(default_factory=dict)
+    teacher: TeacherRef | None = None
+    tracking: Mapping[str, str] | None = None
+    """``{"tracking_uri", "run_id"}`` of the round's MLflow run, or None."""
+
+    @property
+    def root(self) -> str:
+        return self.cfg.storage.root
+
+    @property
+    def campaign(self) -> CampaignLayout:
+        return CampaignLayout(self.root, self.cfg.campaign.name)
+
+    @property
+    def round_layout(self) -> RoundLayout:
+        if self.round is None:
+            raise EngineError("a round stage was given a context without a round")
+        return self.campaign.round(self.round)
+
+    @functools.cached_property
+    def space(self) -> LabelSpace:
+        """The campaign's label space (that of its labelled sources)."""
+        from engine.labels import campaign_space
+
+        return campaign_space(self.cfg)
+
+    @functools.cached_property
+    def rule(self) -> PartitionRule:
+        """The campaign's committed partition rule."""
+        from engine.partition_rule import load_rule
+
+        return load_rule(self.root, self.cfg.campaign.name)
+
+    def fingerprint_of(self, name: str) -> str:
+        """The fingerprint of the committed upstream stage ``name``."""
+        if name not in self.upstream:
+            raise EngineError(f"upstream stage {name!r} is not committed in this context ({sorted(self.upstream)})")
+        return self.upstream[name].fingerprint
+
+    def with_result(self, name: str, result: StageResult) -> StageContext:
+        """This context with one more committed upstream stage."""
+        return dataclasses.replace(self, upstream={**self.upstream, name: result})
+
+
 @dataclass
 class RunOutput:
     """What ``Stage.run`` returns; ``execute`` commits it into ``_SUCCESS.json``."""
@@ -53,20 +125,44 @@ class RunOutput:
 
 
 class Stage(ABC):
-    """One stage of the pipeline with an output directory it alone writes.
+    """One stage of the pipeline with an output directory it alone writes, built from a :class:`StageContext`.
 
-    Subclasses declare ``name`` and ``VERSION`` (bump by hand when the meaning of the outputs changes), return the
-    config subset and upstream digests they depend on from ``fingerprint_inputs`` and do the work in ``run``, which
-    writes every file atomically and never writes ``_SUCCESS.json``.
+    Subclasses declare ``name`` and ``VERSION`` (bump by hand when the meaning of the outputs changes), their output
+    directory (``out_dir``), the upstream stages they read (``inputs``), the files they commit (``outputs``) and what
+    they run on (``resources``); they return the config subset and upstream digests they depend on from
+    ``fingerprint_inputs`` and do the work in ``run``, which reads its inputs from committed files, writes every file
+    atomically and never writes ``_SUCCESS.json``.
     """
 
     name: ClassVar[str]
     VERSION: ClassVar[int] = 1
 
-    def __init__(self, out_dir: str, *, on_existing: str = "error", label: str = "") -> None:
-        self.out_dir = out_dir
-        self.on_existing = on_existing
-        self.label = label or self.name
+    def __init__(self, ctx: StageContext) -> None:
+        self.ctx = ctx
+        self.on_existing = ctx.cfg.storage.on_existing
+
+    @property
+    @abstractmethod
+    def out_dir(self) -> str:
+        """The directory this stage alone writes."""
+
+    def inputs(self) -> tuple[str, ...]:
+        """Names of the upstream stages (keys of ``ctx.upstream``) whose committed outputs this stage reads."""
+        return ()
+
+    def outputs(self) -> tuple[str, ...]:
+        """The files this stage commits (besides ``_SUCCESS.json``; per-shard parts are named by their folder)."""
+        return ()
+
+    def resources(self) -> dict[str, float]:
+        """What the stage's own work reserves on the cluster (Ray resource names); the driver's part is 0."""
+        return {}
+
+    @property
+    def label(self) -> str:
+        """How logs name this stage: its name, then the round or the source."""
+        where = round_name(self.ctx.round) if self.ctx.round is not None else self.ctx.source
+        return f"{self.name} {where}" if where else self.name
 
     @abstractmethod
     def fingerprint_inputs(self) -> dict[str, Any]:
@@ -93,6 +189,9 @@ class Stage(ABC):
 
     def execute(self) -> StageResult:
         """Skip if committed with this fingerprint, else (re)run and commit; see DESIGN.md "The stage contract"."""
+        missing = [n for n in self.inputs() if n not in self.ctx.upstream]
+        if missing:
+            raise ConfigError(f"{self.label}: upstream stage(s) {missing} not committed; run them first")
         fp = self.fingerprint()
         inputs = self.fingerprint_inputs()
         marker = fs.read_json_or_none(self.success_path)
@@ -136,6 +235,12 @@ class Stage(ABC):
         fs.remove(join(self.out_dir, RUNNING))
         log.info("%s: committed %s in %.1f s", self.label, _fmt_counts(out.counts), seconds)
         return StageResult(self.name, fp, out.counts, out.extra, seconds, skipped=False)
+
+
+def committed(out_dir: str) -> StageResult | None:
+    """The result a stage committed into ``out_dir`` (its ``_SUCCESS.json``), None when it has not committed."""
+    marker = fs.read_json_or_none(join(out_dir, SUCCESS))
+    return None if marker is None else StageResult.from_marker(marker)
 
 
 def _changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

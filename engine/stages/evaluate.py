@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from engine.config import EvalConfig
 from engine.io import fs
-from engine.labels import LabelSpace
 from engine.layout import METRICS, confusion_name, join, video_id
-from engine.stages.base import RunOutput, Stage
-from engine.stages.partition import PartitionRule
+from engine.partition_rule import PartitionRule
+from engine.stages.base import RunOutput, Stage, StageContext
 from engine.stages.score import ShardRef, _manifest_cols, list_shards
 
 if TYPE_CHECKING:
@@ -33,8 +32,8 @@ def _predict_shard(
     import torch
 
     from engine.imaging import decode_pixels
+    from engine.io.tars import read_images
     from engine.models.teacher import worker_teacher
-    from engine.samples import _read_members
 
     torch.set_num_threads(1)
     ref = ShardRef(**item)
@@ -42,7 +41,7 @@ def _predict_shard(
     keys, labels = _split_rows(ref, r, split)
     if not keys:
         return {"keys": [], "y": np.zeros(0, np.int64), "probs": np.zeros((0, 0), np.float32)}
-    images = _read_members(ref.tar, set(keys))
+    images = read_images(ref.tar, set(keys))
     teacher = worker_teacher(checkpoint, tta_flip=tta_flip)
     outs = [
         teacher.predict([decode_pixels(images[k]) for k in keys[i : i + batch_size]])
@@ -68,7 +67,7 @@ def split_samples(root: str, rule: PartitionRule, split: str) -> Any:
     scores), ordered by key; read on the caller's process, so meant for val-sized splits."""
     import pyarrow as pa
 
-    from engine.samples import _read_members
+    from engine.io.tars import read_images
 
     keys: list[str] = []
     images: list[bytes] = []
@@ -77,7 +76,7 @@ def split_samples(root: str, rule: PartitionRule, split: str) -> Any:
         wanted = dict(zip(*_split_rows(ref, rule, split), strict=True))
         if not wanted:
             continue
-        blobs = _read_members(ref.tar, set(wanted))
+        blobs = read_images(ref.tar, set(wanted))
         for k in sorted(wanted):
             keys.append(k)
             images.append(blobs[k])
@@ -177,26 +176,39 @@ class EvaluateStage(Stage):
     name = "evaluate"
     VERSION = 1
 
-    def __init__(
-        self,
-        out_dir: str,
-        root: str,
-        cfg: EvalConfig,
-        space: LabelSpace,
-        *,
-        checkpoint: str,
-        checkpoint_fp: str,
-        rule: PartitionRule,
-        upstream: dict[str, str],
-        on_existing: str = "error",
-        label: str = "evaluate",
-    ) -> None:
-        super().__init__(out_dir, on_existing=on_existing, label=label)
-        self.root, self.cfg, self.space, self.checkpoint = root, cfg, space, checkpoint
-        self.checkpoint_fp, self.rule, self.upstream = checkpoint_fp, rule, upstream
+    def __init__(self, ctx: StageContext) -> None:
+        super().__init__(ctx)
+        self.root, self.cfg, self.space, self.rule = ctx.root, ctx.cfg.eval, ctx.space, ctx.rule
+        self.layout = ctx.round_layout
+
+    @property
+    def out_dir(self) -> str:
+        return self.layout.eval_dir
+
+    def inputs(self) -> tuple[str, ...]:
+        return ("partition",)
+
+    def outputs(self) -> tuple[str, ...]:
+        return (self.layout.metrics, *(self.layout.confusion_png(s) for s in self.cfg.splits))
+
+    @functools.cached_property
+    def checkpoint(self) -> str:
+        """The round's student, or the round-0 teacher given as ``campaign.teacher_checkpoint`` (no train stage)."""
+        if "train" in self.ctx.upstream or self.ctx.teacher is None:
+            return self.layout.student
+        return self.ctx.teacher.paths[0]
+
+    @functools.cached_property
+    def checkpoint_fp(self) -> str:
+        if "train" in self.ctx.upstream or self.ctx.teacher is None:
+            from engine.models.checkpoint import checkpoint_fingerprint
+
+            return checkpoint_fingerprint(self.checkpoint)
+        return self.ctx.teacher.fingerprint
 
     def fingerprint_inputs(self) -> dict[str, Any]:
-        fp: dict[str, Any] = {"splits": self.cfg.splits, "checkpoint": self.checkpoint_fp, "upstream": self.upstream}
+        upstream = {"partition": self.ctx.fingerprint_of("partition")}
+        fp: dict[str, Any] = {"splits": self.cfg.splits, "checkpoint": self.checkpoint_fp, "upstream": upstream}
         if self.cfg.tta_flip:  # only when on, so committed evaluations without TTA keep their fingerprint
             fp["tta_flip"] = True
         return fp

@@ -14,10 +14,8 @@ Four phases, each resumable on its own:
 
 from __future__ import annotations
 
-import io
 import json
 import logging
-import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -27,12 +25,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine.config import IngestConfig, SourceConfig
-from engine.imaging import ImagePolicy, process_image
+from engine.config import Config, IngestConfig, SourceConfig
+from engine.errors import EngineError
+from engine.imaging import process_image
 from engine.io import fs
+from engine.io.tars import tar_bytes
 from engine.layout import SourceLayout, shard_name
 from engine.schemas import LISTING_SCHEMA, MANIFEST_SCHEMA, QUARANTINE_SCHEMA
-from engine.stages.base import RunOutput, Stage
+from engine.stages.base import RunOutput, Stage, StageContext, StageResult
 
 log = logging.getLogger(__name__)
 
@@ -49,24 +49,24 @@ class IngestStage(Stage):
     name = "ingest"
     VERSION = 1
 
-    def __init__(self, root: str, source: SourceConfig, cfg: IngestConfig, *, on_existing: str = "error") -> None:
-        self.layout = SourceLayout(root, source.name)
-        super().__init__(self.layout.dir, on_existing=on_existing, label=f"ingest {source.name}")
-        self.source = source
-        self.cfg = cfg
-        self.policy = ImagePolicy(
-            image_format=cfg.image_format,
-            resize=cfg.resize,
-            grayscale=cfg.grayscale,
-            min_side_px=cfg.min_side_px,
-            max_pixels=cfg.max_pixels,
-            max_bytes=cfg.max_bytes,
-            detect_faces=cfg.detect_faces,
-            face_margin=cfg.face_margin,
-            face_size=cfg.face_size,
-            face_min_prob=cfg.face_min_prob,
-            face_align=cfg.face_align,
-        )
+    def __init__(self, ctx: StageContext) -> None:
+        super().__init__(ctx)
+        if ctx.source is None:
+            raise EngineError("the ingest stage needs a context naming its source")
+        self.source: SourceConfig = ctx.cfg.source(ctx.source)
+        self.cfg: IngestConfig = ctx.cfg.ingest
+        self.layout = SourceLayout(ctx.root, self.source.name)
+        self.policy = self.cfg
+
+    @property
+    def out_dir(self) -> str:
+        return self.layout.dir
+
+    def outputs(self) -> tuple[str, ...]:
+        return (self.layout.shards_dir, self.layout.manifest_dir, self.layout.quarantine, self.layout.duplicates)
+
+    def resources(self) -> dict[str, float]:
+        return {"CPU": 1.0}  # per decode / shard task
 
     def fingerprint_inputs(self) -> dict[str, Any]:
         ingest = asdict(self.cfg)
@@ -237,12 +237,12 @@ def _col(name: str) -> Any:
     return col(name)
 
 
-def _decode_part_row(row: dict[str, Any], *, layout: SourceLayout, policy: ImagePolicy) -> dict[str, Any]:
+def _decode_part_row(row: dict[str, Any], *, layout: SourceLayout, policy: IngestConfig) -> dict[str, Any]:
     decode_part(layout, int(row["part"]), policy)
     return {"part": int(row["part"])}
 
 
-def decode_part(layout: SourceLayout, part: int, policy: ImagePolicy) -> None:
+def decode_part(layout: SourceLayout, part: int, policy: IngestConfig) -> None:
     """Decode, validate and hash every row of one listing part; writes its decoded part atomically."""
     from engine.sources.base import read_bytes
 
@@ -386,13 +386,14 @@ def write_shard(layout: SourceLayout, source: str, job: dict[str, Any]) -> None:
         kept = [r for r in t.to_pylist() if r["key"] not in dup_keys]
         lo, hi = max(job["lo"] - offset, 0), job["hi"] - offset
         rows.extend(kept[lo:hi])
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for r in rows:
-            meta = {c: r[c] for c in _META_COLS} | {"source": source}
-            _add_member(tar, f"{r['key']}.json", json.dumps(meta, sort_keys=True).encode())
-            _add_member(tar, f"{r['key']}.{r['ext']}", r["data"])
-    fs.write_bytes(layout.shard(job["shard"]), buf.getvalue())
+    members: list[tuple[str, bytes]] = []
+    for r in rows:
+        meta = {c: r[c] for c in _META_COLS} | {"source": source}
+        members += [
+            (f"{r['key']}.json", json.dumps(meta, sort_keys=True).encode()),
+            (f"{r['key']}.{r['ext']}", r["data"]),
+        ]
+    fs.write_bytes(layout.shard(job["shard"]), tar_bytes(members))
     manifest = {
         "key": [r["key"] for r in rows],
         "shard": [name] * len(rows),
@@ -411,15 +412,6 @@ def write_shard(layout: SourceLayout, source: str, job: dict[str, Any]) -> None:
         "leak_with": [leaks.get(r["key"]) for r in rows],
     }
     fs.write_parquet(layout.manifest_part(job["shard"]), pa.table(manifest, schema=MANIFEST_SCHEMA))
-
-
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = 0
-    info.mode = 0o644
-    info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(data))
 
 
 def _listing_table(rows: list[Any]) -> pa.Table:
@@ -446,6 +438,7 @@ def _value_counts(arr: pa.ChunkedArray) -> dict[str, int]:
     return {str(d["values"]): int(d["counts"]) for d in pc.value_counts(arr).to_pylist()}
 
 
-def run_ingest(root: str, source: SourceConfig, cfg: IngestConfig, *, on_existing: str = "error") -> Any:
-    """Ingest ``source`` under ``root`` (skipped when committed with the same fingerprint)."""
-    return IngestStage(root, source, cfg, on_existing=on_existing).execute()
+def run_ingest(cfg: Config, source: str) -> StageResult:
+    """Ingest the source ``source`` of ``cfg`` under ``cfg.storage.root`` (skipped when committed with the same
+    fingerprint)."""
+    return IngestStage(StageContext(cfg, source=source)).execute()

@@ -1,15 +1,12 @@
-"""Which samples play which role in a campaign: labelled, unlabelled pool, val and test.
+"""Partition stage: which samples play which role in a campaign (labelled, unlabelled pool, val and test).
 
-The labelled set is small by premise and is written out as ``partition/labelled.parquet``. The unlabelled pool and
-the evaluation sets can be huge, so they are defined by a *rule* (source, split, label, leakage flag and a seeded hash
-of the key) that every distributed task applies to its own rows; only the rule's parameters are stored.
+The labelled set is small by premise and is written out as ``partition/labelled.parquet``; the pool and the
+evaluation sets are a rule (engine/partition_rule.py) committed as ``partition/rule.json``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -18,83 +15,13 @@ import pyarrow.compute as pc
 
 from engine.config import CampaignConfig
 from engine.errors import ConfigError
+from engine.fingerprint import fingerprint
 from engine.io import fs
-from engine.layout import CampaignLayout, SourceLayout, join
-from engine.stages.base import RunOutput, Stage
+from engine.layout import SourceLayout
+from engine.partition_rule import POOL_SPLITS, PartitionRule, keys_uniform
+from engine.stages.base import RunOutput, Stage, StageContext, StageResult
 
 log = logging.getLogger(__name__)
-
-POOL_SPLITS = ("train", "unlabelled")
-
-
-def key_uniform(seed: int, key: str) -> float:
-    """A deterministic uniform number in [0, 1) for (seed, key)."""
-    digest = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2.0**64
-
-
-def keys_uniform(seed: int, keys: list[str]) -> np.ndarray:
-    """``key_uniform`` for many keys, as float64 (N,)."""
-    return np.fromiter((key_uniform(seed, k) for k in keys), dtype=np.float64, count=len(keys))
-
-
-@dataclass(frozen=True)
-class PartitionRule:
-    """The stored rule that says, row by row, whether a sample is in the pool or in an evaluation split."""
-
-    seed: int
-    pool_sources: tuple[str, ...]
-    eval_sources: tuple[str, ...]
-    pool_fraction: float
-    eval_fraction: float
-    labelled_keys_path: str
-
-    def pool_mask(
-        self, source: str, keys: list[str], splits: list[str], leak: list[Any], labelled: set[str]
-    ) -> np.ndarray:
-        """Boolean (N,) mask of pool members among rows of one shard of ``source``."""
-        if source not in self.pool_sources:
-            return np.zeros(len(keys), dtype=bool)
-        base = np.array(
-            [
-                s in POOL_SPLITS and lw is None and k not in labelled
-                for k, s, lw in zip(keys, splits, leak, strict=True)
-            ],
-            dtype=bool,
-        )
-        if self.pool_fraction < 1.0:
-            base &= keys_uniform(self.seed + 1, keys) < self.pool_fraction
-        return base
-
-    def eval_mask(
-        self, source: str, split: str, keys: list[str], splits: list[str], labels: list[int], leak: list[Any]
-    ) -> np.ndarray:
-        """Boolean (N,) mask of rows of ``split`` evaluated: labelled, deduplicated against training (and test
-        against val), capped by the seeded eval fraction."""
-        if source not in self.eval_sources:
-            return np.zeros(len(keys), dtype=bool)
-        forbidden = {"val": ("train", "unlabelled"), "test": ("train", "unlabelled", "val")}[split]
-        base = np.array(
-            [
-                s == split and lab >= 0 and not (lw and any(f in lw.split(",") for f in forbidden))
-                for s, lab, lw in zip(splits, labels, leak, strict=True)
-            ],
-            dtype=bool,
-        )
-        if self.eval_fraction < 1.0:
-            base &= keys_uniform(self.seed + 2, keys) < self.eval_fraction
-        return base
-
-    def labelled_keys(self) -> set[str]:
-        """Keys of the labelled set."""
-        return set(fs.read_parquet(self.labelled_keys_path, columns=["key"])["key"].to_pylist())
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> PartitionRule:
-        return cls(**{**d, "pool_sources": tuple(d["pool_sources"]), "eval_sources": tuple(d["eval_sources"])})
 
 
 class PartitionStage(Stage):
@@ -103,12 +30,25 @@ class PartitionStage(Stage):
     name = "partition"
     VERSION = 1
 
-    def __init__(self, root: str, campaign: CampaignConfig, source_fps: dict[str, str], *, on_existing: str = "error"):
-        self.layout = CampaignLayout(root, campaign.name)
-        super().__init__(self.layout.partition_dir, on_existing=on_existing, label=f"partition {campaign.name}")
-        self.root = root
-        self.cfg = campaign
-        self.source_fps = source_fps
+    def __init__(self, ctx: StageContext) -> None:
+        super().__init__(ctx)
+        self.layout = ctx.campaign
+        self.root = ctx.root
+        self.cfg: CampaignConfig = ctx.cfg.campaign
+
+    @property
+    def out_dir(self) -> str:
+        return self.layout.partition_dir
+
+    @property
+    def label(self) -> str:
+        return f"partition {self.cfg.name}"
+
+    def inputs(self) -> tuple[str, ...]:
+        return tuple(f"ingest:{s}" for s in used_sources(self.cfg))
+
+    def outputs(self) -> tuple[str, ...]:
+        return (self.layout.labelled, self.layout.rule)
 
     def fingerprint_inputs(self) -> dict[str, Any]:
         c = self.cfg
@@ -121,7 +61,7 @@ class PartitionStage(Stage):
             "max_unlabelled": c.max_unlabelled,
             "max_eval": c.max_eval,
             "seed": c.seed,
-            "sources": self.source_fps,
+            "sources": {s: self.ctx.fingerprint_of(f"ingest:{s}") for s in used_sources(c)},
         }
 
     def run(self) -> RunOutput:
@@ -168,7 +108,7 @@ class PartitionStage(Stage):
             eval_fraction=min(1.0, c.max_eval / eval_n) if c.max_eval and eval_n else 1.0,
             labelled_keys_path=path,
         )
-        fs.write_json(join(self.out_dir, "rule.json"), rule.to_json())
+        fs.write_json(self.layout.rule, rule.to_json())
         per_class = {int(d["values"]): int(d["counts"]) for d in pc.value_counts(labelled["label"]).to_pylist()}
         log.info("partition: %d labelled, pool ≈ %d", labelled.num_rows, round(pool_n * rule.pool_fraction))
         return RunOutput(
@@ -177,9 +117,21 @@ class PartitionStage(Stage):
         )
 
 
-def load_rule(root: str, campaign: str) -> PartitionRule:
-    """The committed partition rule of a campaign."""
-    return PartitionRule.from_json(fs.read_json(join(CampaignLayout(root, campaign).partition_dir, "rule.json")))
+def pool_only_partition(ctx: StageContext) -> StageResult:
+    """Commit, by hand, a partition the partition stage refuses: nothing labelled, every train / unlabelled row of
+    ``campaign.unlabelled`` (without a leakage flag) in the pool, no evaluation split. For benchmarks that score or
+    threshold a whole corpus; returns the result to put upstream as ``partition``."""
+    lay = ctx.campaign
+    rule = PartitionRule(ctx.cfg.campaign.seed, tuple(ctx.cfg.campaign.unlabelled), (), 1.0, 1.0, lay.labelled)
+    if not fs.exists(lay.rule):
+        fs.write_parquet(lay.labelled, pa.table({"key": pa.array([], pa.string()), "label": pa.array([], pa.int16())}))
+        fs.write_json(lay.rule, rule.to_json())
+    return StageResult("partition", fingerprint("pool-only partition", rule.to_json()))
+
+
+def used_sources(c: CampaignConfig) -> list[str]:
+    """The sources a campaign reads, each once: labelled, then unlabelled, then eval."""
+    return list(dict.fromkeys([*c.labelled, *c.unlabelled, *c.eval]))
 
 
 def _stratified(t: pa.Table, fraction: float | None, cap: int | None, seed: int) -> pa.Table:

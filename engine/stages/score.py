@@ -32,11 +32,12 @@ from typing import Any
 import numpy as np
 
 from engine.config import ScoreConfig
+from engine.errors import EngineError
 from engine.io import fs
-from engine.layout import RoundLayout, SourceLayout, join, parse_shard, parse_shard_url
+from engine.layout import SourceLayout, join, parse_shard, parse_shard_url
+from engine.partition_rule import PartitionRule
 from engine.schemas import score_table
-from engine.stages.base import RunOutput, Stage
-from engine.stages.partition import PartitionRule
+from engine.stages.base import RunOutput, Stage, StageContext
 from engine.stats import ScoreStats
 
 log = logging.getLogger(__name__)
@@ -83,36 +84,36 @@ class ScoreStage(Stage):
     name = "score"
     VERSION = 1
 
-    def __init__(
-        self,
-        root: str,
-        round_layout: RoundLayout,
-        cfg: ScoreConfig,
-        *,
-        teacher_paths: tuple[str, ...],
-        teacher_fingerprint: str,
-        rule: PartitionRule,
-        upstream: dict[str, str],
-        on_existing: str = "error",
-        batch_delay_s: float = 0.0,
-    ) -> None:
+    def __init__(self, ctx: StageContext, *, batch_delay_s: float = 0.0) -> None:
         """``batch_delay_s``: test hook, each actor sleeps this long per batch (to kill one mid-run); 0 in use."""
-        super().__init__(round_layout.score_dir, on_existing=on_existing, label=f"score r{round_layout.index:03d}")
-        self.root, self.layout, self.cfg = root, round_layout, cfg
+        super().__init__(ctx)
+        if ctx.teacher is None:
+            raise EngineError(f"{self.label}: no teacher to score with (round 0 has not committed a student)")
+        self.root, self.layout, self.cfg = ctx.root, ctx.round_layout, ctx.cfg.score
         self.batch_delay_s = batch_delay_s
-        self.teacher_paths, self.teacher_fp, self.rule, self.upstream = (
-            teacher_paths,
-            teacher_fingerprint,
-            rule,
-            upstream,
-        )
+        self.teacher_paths, self.teacher_fp = ctx.teacher.paths, ctx.teacher.fingerprint
+        self.rule = ctx.rule
+
+    @property
+    def out_dir(self) -> str:
+        return self.layout.score_dir
+
+    def inputs(self) -> tuple[str, ...]:
+        return ("partition",)
+
+    def outputs(self) -> tuple[str, ...]:
+        return (join(self.out_dir, "part-*.parquet"), join(self.out_dir, "stats"), self.layout.score_stats)
+
+    def resources(self) -> dict[str, float]:
+        n = self.cfg.num_actors
+        return {"CPU": self.cfg.cpus_per_actor * n, "GPU": self.cfg.gpus_per_actor * n}
 
     def fingerprint_inputs(self) -> dict[str, Any]:
         fp = {
             "tta_flip": self.cfg.tta_flip,
             "hist_bins": self.cfg.hist_bins,
             "teacher": self.teacher_fp,
-            "upstream": self.upstream,
+            "upstream": {"partition": self.ctx.fingerprint_of("partition")},
             "disagreement": self.cfg.disagreement,
         }
         if self.cfg.smooth is not None:

@@ -37,9 +37,9 @@ import pyarrow.parquet as pq
 
 from engine.config import SelectConfig
 from engine.io import fs
-from engine.layout import RoundLayout, join
+from engine.layout import join
 from engine.schemas import SELECTION_SCHEMA
-from engine.stages.base import RunOutput, Stage
+from engine.stages.base import RunOutput, Stage, StageContext
 
 log = logging.getLogger(__name__)
 
@@ -310,33 +310,51 @@ class SelectStage(Stage):
     name = "select"
     VERSION = 1
 
-    def __init__(
-        self,
-        round_layout: RoundLayout,
-        cfg: SelectConfig,
-        *,
-        items: list[dict[str, Any]],
-        thresholds: np.ndarray,
-        labelled_counts: np.ndarray,
-        labelled_keys: frozenset[str],
-        policy: str,
-        class_names: list[str],
-        upstream: dict[str, str],
-        on_existing: str = "error",
-    ) -> None:
-        super().__init__(round_layout.select_dir, on_existing=on_existing, label=f"select r{round_layout.index:03d}")
-        self.layout, self.cfg, self.items = round_layout, cfg, items
-        self.thresholds = np.asarray(thresholds, dtype=np.float64)
-        self.labelled_counts = np.asarray(labelled_counts, dtype=np.int64)
-        self.labelled_keys, self.policy, self.names, self.upstream = labelled_keys, policy, class_names, upstream
-        self.gate = select_gate(cfg, class_names)
+    def __init__(self, ctx: StageContext) -> None:
+        super().__init__(ctx)
+        self.layout, self.cfg = ctx.round_layout, ctx.cfg.select
+        self.policy, self.names = ctx.cfg.threshold.policy, list(ctx.space.classes)
+        self.gate = select_gate(self.cfg, self.names)
+
+    @property
+    def out_dir(self) -> str:
+        return self.layout.select_dir
+
+    def inputs(self) -> tuple[str, ...]:
+        return ("threshold", "partition")
+
+    def outputs(self) -> tuple[str, ...]:
+        return (self.layout.selection, self.layout.quality)
 
     def fingerprint_inputs(self) -> dict[str, Any]:
-        return {"select": asdict(self.cfg), "upstream": self.upstream}
+        upstream = {
+            "threshold": self.ctx.fingerprint_of("threshold"),
+            "partition": self.ctx.fingerprint_of("partition"),
+        }
+        return {"select": asdict(self.cfg), "upstream": upstream}
+
+    def _read_inputs(self) -> None:
+        """The committed inputs: per-class thresholds, the labelled set (keys and class counts), the score parts."""
+        from engine.stages.score import list_shards
+        from engine.thresholds.base import thresholds_from_json
+
+        rule = self.ctx.rule
+        self.thresholds = np.asarray(
+            thresholds_from_json(fs.read_json(self.layout.thresholds)["thresholds"]), dtype=np.float64
+        )
+        lab = fs.read_parquet(rule.labelled_keys_path, columns=["key", "label"])
+        self.labelled_keys = frozenset(lab["key"].to_pylist())
+        self.labelled_counts = np.bincount(lab["label"].to_numpy(), minlength=len(self.names)).astype(np.int64)
+        self.items = [
+            {"shard": s.name, "part": self.layout.score_part(s.name), "manifest": s.manifest}
+            for s in list_shards(self.ctx.root, rule.pool_sources)
+            if fs.exists(self.layout.score_part(s.name))
+        ]
 
     def run(self) -> RunOutput:
         import ray
 
+        self._read_inputs()
         c = len(self.names)
         common = {"labelled": self.labelled_keys, "thresholds": self.thresholds, "gate": self.gate}
         items = ray.data.from_items(self.items, override_num_blocks=max(1, len(self.items)))

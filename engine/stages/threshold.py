@@ -9,26 +9,18 @@ from engine.config import ThresholdConfig
 from engine.io import fs
 from engine.labels import LabelSpace
 from engine.layout import RoundLayout, join
-from engine.stages.base import RunOutput, Stage
+from engine.stages.base import RunOutput, Stage, StageContext
 from engine.stats import ScoreStats
 
 if TYPE_CHECKING:
     from engine.thresholds.base import ThresholdPolicy
 
 
-def build_policy(cfg: ThresholdConfig, space: LabelSpace, *, num_unlabelled: int | None = None) -> ThresholdPolicy:
-    """The policy named in ``cfg`` with every parameter it declares taken from ``cfg``.
+def build_policy(cfg: ThresholdConfig, space: LabelSpace) -> ThresholdPolicy:
+    """The offline policy of the ``threshold`` section (:func:`engine.thresholds.registry.build_policy`)."""
+    from engine.thresholds.registry import build_policy as from_config
 
-    ``never_label`` names are mapped to class indices of ``space``; ``num_classes`` is the size of ``space``.
-    """
-    from engine.thresholds import get_policy
-
-    params = {k: v for k, v in asdict(cfg).items() if k not in ("policy", "never_label")}
-    params["never_label"] = tuple(space.index(n) for n in cfg.never_label)
-    params["num_classes"] = len(space.classes)
-    if num_unlabelled is not None:
-        params["num_unlabelled"] = num_unlabelled
-    return get_policy(cfg.policy, params)
+    return from_config(cfg.policy, asdict(cfg), space)
 
 
 class ThresholdStage(Stage):
@@ -42,22 +34,26 @@ class ThresholdStage(Stage):
     name = "threshold"
     VERSION = 1
 
-    def __init__(
-        self,
-        round_layout: RoundLayout,
-        cfg: ThresholdConfig,
-        space: LabelSpace,
-        *,
-        score_fp: str,
-        on_existing: str = "error",
-    ) -> None:
-        super().__init__(
-            round_layout.threshold_dir, on_existing=on_existing, label=f"threshold r{round_layout.index:03d}"
-        )
-        self.layout, self.cfg, self.space, self.score_fp = round_layout, cfg, space, score_fp
+    def __init__(self, ctx: StageContext) -> None:
+        super().__init__(ctx)
+        self.layout, self.cfg, self.space = ctx.round_layout, ctx.cfg.threshold, ctx.space
+
+    @property
+    def out_dir(self) -> str:
+        return self.layout.threshold_dir
+
+    def inputs(self) -> tuple[str, ...]:
+        return ("score",)
+
+    def outputs(self) -> tuple[str, ...]:
+        return (self.layout.thresholds, join(self.out_dir, "state.json"))
 
     def fingerprint_inputs(self) -> dict[str, Any]:
-        return {"threshold": asdict(self.cfg), "label_space": self.space.name, "score": self.score_fp}
+        return {
+            "threshold": asdict(self.cfg),
+            "label_space": self.space.name,
+            "score": self.ctx.fingerprint_of("score"),
+        }
 
     def run(self) -> RunOutput:
         from engine.config import to_dict

@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from engine.config import ModelConfig, ThresholdConfig, TrainConfig
-from engine.labels import LabelSpace
-from engine.layout import RoundLayout, join
-from engine.stages.base import RunOutput, Stage
-from engine.stages.partition import PartitionRule
+import numpy as np
+import pyarrow as pa
+
+from engine.io import fs
+from engine.layout import join
+from engine.partition_rule import PartitionRule
+from engine.stages.base import RunOutput, Stage, StageContext
 
 
 class TrainStage(Stage):
@@ -18,39 +20,47 @@ class TrainStage(Stage):
     name = "train"
     VERSION = 1
 
-    def __init__(
-        self,
-        root: str,
-        round_layout: RoundLayout,
-        train_cfg: TrainConfig,
-        model_cfg: ModelConfig,
-        space: LabelSpace,
-        *,
-        labelled_path: str,
-        selection_path: str | None,
-        pool_dataset: Any | None,
-        num_unlabelled: int,
-        threshold_cfg: ThresholdConfig,
-        init_checkpoint: str | None,
-        campaign: str,
-        upstream: dict[str, str],
-        mlflow: dict[str, str] | None = None,
-        on_existing: str = "error",
-        rule: PartitionRule | None = None,
-    ) -> None:
-        super().__init__(round_layout.train_dir, on_existing=on_existing, label=f"train r{round_layout.index:03d}")
-        self.root, self.layout, self.train_cfg, self.model_cfg, self.space = (
-            root,
-            round_layout,
-            train_cfg,
-            model_cfg,
-            space,
-        )
-        self.labelled_path, self.selection_path, self.pool_dataset = labelled_path, selection_path, pool_dataset
-        self.num_unlabelled, self.threshold_cfg, self.init_checkpoint = num_unlabelled, threshold_cfg, init_checkpoint
-        self.campaign, self.upstream, self.mlflow = campaign, upstream, mlflow
-        self.rule = rule
-        """The campaign's partition rule: the val split for ``train.select_best``."""
+    def __init__(self, ctx: StageContext) -> None:
+        super().__init__(ctx)
+        cfg = ctx.cfg
+        self.root, self.layout, self.space = ctx.root, ctx.round_layout, ctx.space
+        self.train_cfg, self.model_cfg, self.threshold_cfg = cfg.train, cfg.model, cfg.threshold
+        self.campaign, self.mlflow = cfg.campaign.name, ctx.tracking
+        self.init_checkpoint = ctx.teacher.paths[0] if ctx.teacher else None
+
+    @property
+    def out_dir(self) -> str:
+        return self.layout.train_dir
+
+    def inputs(self) -> tuple[str, ...]:
+        return ("partition",)
+
+    def outputs(self) -> tuple[str, ...]:
+        return (self.layout.student, join(self.out_dir, "ray"))
+
+    def resources(self) -> dict[str, float]:
+        t = self.train_cfg
+        return {"CPU": float(t.num_workers), "GPU": float(t.num_workers if t.use_gpu else 0)}
+
+    @property
+    def labelled_path(self) -> str:
+        return self.ctx.rule.labelled_keys_path
+
+    @property
+    def selection_path(self) -> str | None:
+        """The round's committed selection, None in round 0 or when it selected nothing."""
+        select = self.ctx.upstream.get("select")
+        return self.layout.selection if select is not None and select.counts.get("selected") else None
+
+    @property
+    def upstream(self) -> dict[str, str]:
+        """The upstream digests the student depends on: the selection (rounds > 0), the partition, and the teacher
+        when the student starts from its weights."""
+        up = {"partition": self.ctx.fingerprint_of("partition")}
+        if "select" in self.ctx.upstream:
+            up["select"] = self.ctx.fingerprint_of("select")
+        teacher = self.ctx.teacher
+        return {**up, "teacher": teacher.fingerprint if (teacher and self.train_cfg.warm_start) else ""}
 
     def fingerprint_inputs(self) -> dict[str, Any]:
         fp: dict[str, Any] = {
@@ -62,6 +72,15 @@ class TrainStage(Stage):
         if self.train_cfg.online_policy:
             fp["online_threshold"] = asdict(self.threshold_cfg)
         return fp
+
+    def _pool(self) -> tuple[Any, int]:
+        """The online branch's unlabelled pool (image, idx) and its size; (None, 0) without an online policy."""
+        if not self.train_cfg.online_policy:
+            return None, 0
+        from engine.samples import samples_dataset
+
+        n = pool_table(self.root, self.ctx.rule, self.layout.online_pool)
+        return samples_dataset(self.root, self.layout.online_pool).select_columns(["image", "idx"]), n
 
     def run(self) -> RunOutput:
         from engine.samples import samples_dataset
@@ -76,18 +95,18 @@ class TrainStage(Stage):
         pseudo = samples_dataset(self.root, self.selection_path) if self.selection_path else None
         if pseudo is not None:
             pseudo = pseudo.select_columns(["image", "label", "weight"])
-        online = self.train_cfg.online_policy is not None and self.pool_dataset is not None
+        pool_dataset, num_unlabelled = self._pool()
+        online = pool_dataset is not None
         val = self._val_dataset() if self.train_cfg.select_best else None
-        params = {k: v for k, v in asdict(self.threshold_cfg).items() if k not in ("policy", "never_label")}
-        params["never_label"] = [self.space.index(n) for n in self.threshold_cfg.never_label]
+        params = asdict(self.threshold_cfg)  # the section as is: the worker builds the policy from it
         result = train_student(
             train_cfg=self.train_cfg,
             model_cfg=self.model_cfg,
             label_space=self.space,
             labelled=labelled,
             pseudo=pseudo,
-            unlabelled=self.pool_dataset if online else None,
-            num_unlabelled=self.num_unlabelled if online else 0,
+            unlabelled=pool_dataset,
+            num_unlabelled=num_unlabelled,
             val=val,
             storage_path=join(self.out_dir, "ray"),
             run_name=f"{self.campaign}-r{self.layout.index:03d}-{self.fingerprint()[:8]}",
@@ -111,9 +130,7 @@ class TrainStage(Stage):
 
         from engine.stages.evaluate import split_samples
 
-        if self.rule is None:
-            return None
-        table = split_samples(self.root, self.rule, "val")
+        table = split_samples(self.root, self.ctx.rule, "val")
         return ray.data.from_arrow(table.select(["image", "label"])) if table.num_rows else None
 
 
@@ -141,3 +158,26 @@ def with_va_labels(ds: Any, root: str, labelled_path: str) -> Any:
         return {**batch, "valence": pairs[:, 0], "arousal": pairs[:, 1]}
 
     return ds.map_batches(add, batch_format="numpy")
+
+
+def pool_table(root: str, rule: PartitionRule, path: str) -> int:
+    """Write the unlabelled pool as (key, shard, label=-1, idx) for the online branch (once); returns its size."""
+    from engine.stages.score import list_shards, pool_keys
+
+    labelled = frozenset(rule.labelled_keys())
+    keys, shards = [], []
+    for ref in list_shards(root, rule.pool_sources):
+        k = pool_keys(rule, ref, labelled)
+        keys += k
+        shards += [ref.name] * len(k)
+    t = pa.table(
+        {
+            "key": keys,
+            "shard": shards,
+            "label": pa.array(np.full(len(keys), -1), pa.int16()),
+            "idx": pa.array(np.arange(len(keys)), pa.int64()),
+        }
+    )
+    if not fs.exists(path):
+        fs.write_parquet(path, t)
+    return len(keys)

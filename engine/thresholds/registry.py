@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from engine.errors import ConfigError
+from engine.labels import LabelSpace
 from engine.thresholds import distribution, dtm, fixed, freematch, softmatch  # noqa: F401  (fill the registry)
 from engine.thresholds.base import REGISTRY, ThresholdPolicy
 
@@ -55,3 +56,18 @@ def get_policy(name: str, params: Mapping[str, Any] | Any = None, /, **overrides
         raise ConfigError(f"get_policy params must be a mapping or a dataclass instance, got {type(params).__name__}")
     merged.update(overrides)
     return cls(**{k: merged[k] for k in cls.param_names() if k in merged})
+
+
+def build_policy(
+    name: str, params: Mapping[str, Any], space: LabelSpace, *, num_unlabelled: int | None = None
+) -> ThresholdPolicy:
+    """The one place a policy is built from the ``threshold`` config section, offline (the threshold stage) and
+    online (each training worker): ``params`` are that section's fields (each policy takes the ones it declares),
+    ``never_label`` class names (or indices) become indices of ``space``, ``num_classes`` is the size of ``space``.
+    """
+    rest = {k: v for k, v in params.items() if k not in ("policy", "never_label")}
+    never = tuple(space.index(c) if isinstance(c, str) else int(c) for c in params.get("never_label", ()))
+    extra: dict[str, Any] = {"never_label": never, "num_classes": len(space.classes)}
+    if num_unlabelled is not None:
+        extra["num_unlabelled"] = num_unlabelled
+    return get_policy(name, rest, **extra)

@@ -6,6 +6,7 @@ models) and reads its data with ``ray.train.get_dataset_shard("train" / "unlabel
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import tempfile
@@ -188,9 +189,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if val is not None and epoch >= first_val_epoch(spec.train):
             record.update(validate(t, val, spec, device, epoch))
         t.history.append(record)
-        _report(record, t.state(epoch) if rank == 0 else None)
-        if rank == 0 and spec.mlflow:
-            log_epoch_to_mlflow(spec.mlflow, record, spec.label_space)
+        _report(record, t.state(epoch) if rank == 0 else None)  # the controller logs it to MLflow (callbacks.py)
         if spec.fault_after_epoch is not None and epoch == spec.fault_after_epoch:
             raise RuntimeError(f"injected test fault after epoch {epoch} (fault_after_epoch)")
 
@@ -383,7 +382,8 @@ def build_online_policy(spec: LoopSpec) -> ThresholdPolicy:
     Raises:
         ConfigError: unknown or offline-only policy, invalid parameters, or no unlabelled pool size.
     """
-    from engine.thresholds import get_policy, policy_class
+    from engine.thresholds import policy_class
+    from engine.thresholds.registry import build_policy
 
     name = spec.train.online_policy
     assert name is not None
@@ -391,11 +391,7 @@ def build_online_policy(spec: LoopSpec) -> ThresholdPolicy:
         raise ConfigError(f"train.online_policy={name!r} has no online form; use dtm_r, flexmatch, fixed, ...")
     if spec.num_unlabelled < 1:
         raise ConfigError(f"train.online_policy={name!r} needs num_unlabelled >= 1 (the pool size N_u)")
-    params = dict(spec.policy_params or {})
-    never = [spec.label_space.index(c) if isinstance(c, str) else int(c) for c in params.pop("never_label", ())]
-    return get_policy(
-        name, params, num_classes=len(spec.label_space), num_unlabelled=spec.num_unlabelled, never_label=never
-    )
+    return build_policy(name, spec.policy_params or {}, spec.label_space, num_unlabelled=spec.num_unlabelled)
 
 
 def warm_start(model: torch.nn.Module, spec: LoopSpec) -> None:
@@ -481,6 +477,7 @@ def _report(record: Mapping[str, Any], state: TrainState | None) -> None:
     import ray.train
 
     metrics = {k: v for k, v in record.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+    metrics["thresholds_json"] = json.dumps(record.get("thresholds"))
     if state is None:
         ray.train.report(metrics, checkpoint=None)
         return

@@ -30,7 +30,7 @@ def labelled_sequences(root: str, labelled_path: str) -> dict[str, Any]:
     """The labelled rows with their pixels and video position: ``keys``, ``labels`` (N,), ``images`` (list of uint8
     arrays), ``videos`` (``<source>/<group>`` or None) and ``frames`` (int or None), in key order."""
     from engine.imaging import decode_pixels
-    from engine.samples import _read_members
+    from engine.io.tars import read_images
 
     lab = fs.read_parquet(labelled_path, columns=["key", "shard", "label"]).to_pylist()
     by_shard: dict[str, dict[str, int]] = {}
@@ -42,7 +42,7 @@ def labelled_sequences(root: str, labelled_path: str) -> dict[str, Any]:
         lay = SourceLayout(root, source)
         m = fs.read_parquet(lay.manifest_part(idx), columns=["key", "group", "frame"]).to_pylist()
         pos = {r["key"]: (r["group"], r["frame"]) for r in m if r["key"] in wanted}
-        images = _read_members(lay.shard(idx), set(wanted))
+        images = read_images(lay.shard(idx), set(wanted))
         for key, label in wanted.items():
             group, frame = pos.get(key, (None, None))
             video = video_id(source, group, frame)

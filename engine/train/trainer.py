@@ -181,13 +181,7 @@ def fits_in_memory(train_cfg: TrainConfig, model_cfg: ModelConfig, rows: int) ->
 
 
 def _check_config(cfg: TrainConfig, *, online: bool, unlabelled: ray.data.Dataset | None, num_unlabelled: int) -> None:
-    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.num_workers < 1 or cfg.mu < 1:
-        raise ConfigError(
-            "train.epochs, train.batch_size, train.num_workers and train.mu must be >= 1; got "
-            f"{cfg.epochs}, {cfg.batch_size}, {cfg.num_workers}, {cfg.mu}"
-        )
-    if cfg.optimizer not in ("sgd", "adamw"):
-        raise ConfigError(f"train.optimizer must be sgd or adamw, got {cfg.optimizer!r}")
+    """What the inputs must hold together (the ranges of each ``train`` key are checked by TrainConfig itself)."""
     if online and (unlabelled is None or num_unlabelled < 1):
         raise ConfigError(
             f"train.online_policy={cfg.online_policy!r} needs the unlabelled dataset and num_unlabelled >= 1 (got "
@@ -204,6 +198,11 @@ def _fit(spec: LoopSpec, datasets: dict[str, Any], *, storage_path: str, run_nam
     from engine.train.loop import train_loop_per_worker
 
     cfg = spec.train
+    callbacks = []
+    if spec.mlflow:
+        from engine.train.callbacks import MlflowEpochs
+
+        callbacks.append(MlflowEpochs(spec.mlflow, spec.label_space))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=make_loop_config(spec),
@@ -213,6 +212,7 @@ def _fit(spec: LoopSpec, datasets: dict[str, Any], *, storage_path: str, run_nam
             storage_path=storage_path,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
         ),
         datasets=datasets,
     )
@@ -279,8 +279,8 @@ def kept_weights(state: TrainState) -> dict[str, Any]:
 def backfill_mlflow(tracking: Mapping[str, str], history: Sequence[Mapping[str, Any]], spec: LoopSpec) -> int:
     """Log the epochs of ``history`` that the MLflow run lacks; returns how many were logged.
 
-    Workers log each epoch right after its checkpoint, so a process killed between the two (driver SIGKILL, worker
-    crash with a retry) leaves a checkpointed epoch without metrics; after a resume this fills the gap, so the run
+    The training controller logs each epoch right after registering its checkpoint (train/callbacks.py), so a process
+    killed between the two leaves a checkpointed epoch without metrics; after a resume this fills the gap, so the run
     holds every epoch exactly once (step = epoch). Presence is judged by ``train/lr``, which every record has.
     """
     from engine.tracking import run_metric_steps

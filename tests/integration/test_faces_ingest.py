@@ -12,8 +12,7 @@ from PIL import Image
 
 from engine.config import IngestConfig, SourceConfig
 from engine.layout import SourceLayout
-from engine.stages.ingest import IngestStage
-from tests.fixtures import face, write_file
+from tests.fixtures import face, ingest_stage, write_file
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("facenet_pytorch") is None,
@@ -35,7 +34,7 @@ def test_blank_image_is_quarantined_no_face(ray_local, fer2013_dir, tmp_path):
     source = SourceConfig(name="faces", format="image_folder", path=str(src_dir))
     cfg = IngestConfig(samples_per_shard=10, detect_faces=True, face_size=64)
 
-    res = IngestStage(str(tmp_path / "root"), source, cfg).execute()
+    res = ingest_stage(str(tmp_path / "root"), source, cfg).execute()
 
     c = res.counts
     assert (c["inputs"], c["kept"], c["quarantined"], c["by_reason"]) == (4, 3, 1, {"no_face": 1})

@@ -14,8 +14,7 @@ from PIL import Image
 from engine.config import IngestConfig, SourceConfig
 from engine.layout import SourceLayout
 from engine.stages import ingest as ingest_mod
-from engine.stages.ingest import IngestStage
-from tests.fixtures import make_bad_inputs
+from tests.fixtures import ingest_stage, make_bad_inputs
 
 LIMIT = 60  # rows per split: 180 real images
 
@@ -43,7 +42,7 @@ def _files(root):
 
 def test_fer2013_counts_idempotence_and_readers(ray_local, fer2013_dir, tmp_path):
     cfg = IngestConfig(samples_per_shard=50, list_chunk_rows=40)
-    res = IngestStage(str(tmp_path), _fer_source(fer2013_dir), cfg).execute()
+    res = ingest_stage(str(tmp_path), _fer_source(fer2013_dir), cfg).execute()
     inputs, dups = _expected(fer2013_dir, LIMIT)
     c = res.counts
     assert c["inputs"] == inputs
@@ -69,7 +68,7 @@ def test_fer2013_counts_idempotence_and_readers(ray_local, fer2013_dir, tmp_path
     assert sorted(r["__key__"] for r in rkeys) == sorted(wkeys)
 
     before = _files(tmp_path / "sources")
-    again = IngestStage(str(tmp_path), _fer_source(fer2013_dir), cfg).execute()
+    again = ingest_stage(str(tmp_path), _fer_source(fer2013_dir), cfg).execute()
     assert again.skipped
     assert _files(tmp_path / "sources") == before
 
@@ -77,7 +76,7 @@ def test_fer2013_counts_idempotence_and_readers(ray_local, fer2013_dir, tmp_path
 def test_crash_then_resume_is_byte_identical(ray_local, fer2013_dir, tmp_path, monkeypatch):
     cfg = IngestConfig(samples_per_shard=40, list_chunk_rows=50)
     clean = tmp_path / "clean"
-    IngestStage(str(clean), _fer_source(fer2013_dir), cfg).execute()
+    ingest_stage(str(clean), _fer_source(fer2013_dir), cfg).execute()
 
     crashed = tmp_path / "crashed"
     real = ingest_mod.IngestStage._shard
@@ -87,13 +86,13 @@ def test_crash_then_resume_is_byte_identical(ray_local, fer2013_dir, tmp_path, m
 
     monkeypatch.setattr(ingest_mod.IngestStage, "_shard", crash_after_decode)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        IngestStage(str(crashed), _fer_source(fer2013_dir), cfg).execute()
+        ingest_stage(str(crashed), _fer_source(fer2013_dir), cfg).execute()
     # drop one decoded part, as if the process died while decoding it
     decoded = sorted((crashed / "sources/fer/_work/decoded").glob("part-*.parquet"))
     assert len(decoded) == 4
     decoded[-1].unlink()
     monkeypatch.setattr(ingest_mod.IngestStage, "_shard", real)
-    IngestStage(str(crashed), _fer_source(fer2013_dir), cfg).execute()
+    ingest_stage(str(crashed), _fer_source(fer2013_dir), cfg).execute()
     for sub in ("shards", "manifest"):
         a, b = _files(clean / "sources/fer" / sub), _files(crashed / "sources/fer" / sub)
         assert a == b and len(a) > 0
@@ -109,7 +108,7 @@ def test_bad_inputs_are_quarantined_with_reasons(ray_local, tmp_path):
     for i in range(3):
         (tmp_path / "in" / f"good{i}.png").write_bytes(face(i))
     src = SourceConfig(name="mixed", format="flat_folder", path=str(tmp_path / "in"), split="unlabelled")
-    res = IngestStage(str(tmp_path / "root"), src, IngestConfig()).execute()
+    res = ingest_stage(str(tmp_path / "root"), src, IngestConfig()).execute()
     assert res.counts["inputs"] == len(bad) + 3
     assert res.counts["kept"] == 3
     q = pq.read_table(tmp_path / "root/sources/mixed/quarantine.parquet").to_pylist()

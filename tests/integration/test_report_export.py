@@ -124,8 +124,8 @@ def test_report_renders_in_chromium_and_is_logged_to_mlflow(campaign, tmp_path):
 def test_export_reads_back_exactly_the_curated_set(campaign, tmp_path, fmt):
     import webdataset as wds
 
-    from engine.curation import open_round
     from engine.export import export_round
+    from engine.stored import open_round
 
     _, root, _ = campaign
     lay = CampaignLayout(str(root), "demo").round(1)

@@ -86,3 +86,35 @@ def test_campaign_rerun_changes_nothing(tiny_campaign, monkeypatch):
         and "config.json" not in p.name
     ]
     assert changed == []
+
+
+def test_every_stage_commits_the_outputs_it_declares(tiny_campaign):
+    """Each stage of rounds 0 and 1 (and ingest, partition) declares its files; the shared campaign has them all."""
+    import dataclasses
+    import glob
+
+    from engine.round import round_stages
+    from engine.stages.base import StageContext, TeacherRef, committed
+    from engine.stages.ingest import IngestStage
+    from engine.stages.partition import PartitionStage
+
+    root = str(tiny_campaign.root)
+    cfg = dataclasses.replace(tiny_campaign.cfg, storage=dataclasses.replace(tiny_campaign.cfg.storage, root=root))
+    lay = CampaignLayout(root, "demo")
+    stages = [IngestStage(StageContext(cfg, source="fer2013")), PartitionStage(StageContext(cfg))]
+    for r in (0, 1):
+        teacher = fs.read_json(lay.round(r).state)["teacher"]
+        ref = TeacherRef(tuple(teacher["paths"]), teacher["fingerprint"]) if teacher else None
+        stages += [stage(StageContext(cfg, round=r, teacher=ref)) for stage in round_stages(cfg, r)]
+    assert [s.label for s in stages] == [
+        "ingest fer2013", "partition demo", "train r000", "evaluate r000", "curation r000",
+        "score r001", "threshold r001", "select r001", "train r001", "evaluate r001", "curation r001",
+    ]  # fmt: skip
+    owners: dict[str, str] = {}
+    for stage in stages:
+        assert committed(stage.out_dir) is not None, stage.label
+        outputs = stage.outputs()
+        assert outputs, f"{stage.label} declares no output"
+        for path in outputs:
+            assert glob.glob(path), f"{stage.label}: declared output {path} is missing"
+            assert owners.setdefault(path, stage.label) == stage.label, f"{path} declared by two stages"

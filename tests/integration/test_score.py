@@ -14,11 +14,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from engine.config import IngestConfig, ModelConfig, ScoreConfig, SourceConfig
+from engine.config import CampaignConfig, Config, IngestConfig, ModelConfig, ScoreConfig, SourceConfig, StorageConfig
 from engine.io import fs
-from engine.layout import RoundLayout, SourceLayout
-from engine.stages.partition import PartitionRule
+from engine.layout import CampaignLayout, SourceLayout
+from engine.partition_rule import PartitionRule
+from engine.stages.base import StageContext, StageResult, TeacherRef
 from engine.stages.score import ScoreStage
+from tests.fixtures import ingest_stage
 
 SCORER_CLASS = "MapWorker(MapBatches(PoolScorer))"
 
@@ -31,11 +33,10 @@ def scored_root(ray_local, fer2013_dir, tmp_path_factory) -> dict[str, Any]:
     from engine.labels import get_label_space
     from engine.models.checkpoint import save_checkpoint
     from engine.models.factory import create_model
-    from engine.stages.ingest import run_ingest
 
     root = tmp_path_factory.mktemp("score")
     src = SourceConfig(name="fer2013", format="fer2013", path=str(fer2013_dir), limit=200)
-    run_ingest(str(root), src, IngestConfig(samples_per_shard=80))
+    ingest_stage(root, src, IngestConfig(samples_per_shard=80)).execute()
     torch.manual_seed(0)
     cfg, space = ModelConfig(name="tiny_cnn"), get_label_space("basic7")
     ckpt = str(root / "teacher.pt")
@@ -55,17 +56,27 @@ def scored_root(ray_local, fer2013_dir, tmp_path_factory) -> dict[str, Any]:
     }
 
 
-def _stage(env: dict[str, Any], out: str, delay_s: float = 0.0) -> ScoreStage:
-    return ScoreStage(
-        env["root"],
-        RoundLayout(out, 1),
-        ScoreConfig(batch_size=16, num_actors=1, cpus_per_actor=1.0),
-        teacher_paths=(env["ckpt"],),
-        teacher_fingerprint=env["fp"],
-        rule=env["rule"],
-        upstream={},
-        batch_delay_s=delay_s,
+def _stage(env: dict[str, Any], campaign: str, delay_s: float = 0.0) -> ScoreStage:
+    """Round 1's score stage of campaign ``campaign`` on the fixture's root, its partition rule committed by hand."""
+    cfg = Config(
+        storage=StorageConfig(root=env["root"]),
+        score=ScoreConfig(batch_size=16, num_actors=1, cpus_per_actor=1.0),
+        campaign=CampaignConfig(name=campaign),
     )
+    lay = CampaignLayout(env["root"], campaign)
+    if not fs.exists(lay.rule):
+        fs.write_json(lay.rule, env["rule"].to_json())
+    ctx = StageContext(
+        cfg,
+        round=1,
+        upstream={"partition": StageResult("partition", "p" * 64)},
+        teacher=TeacherRef((env["ckpt"],), env["fp"]),
+    )
+    return ScoreStage(ctx, batch_delay_s=delay_s)
+
+
+def _score_dir(env: dict[str, Any], campaign: str) -> Path:
+    return Path(CampaignLayout(env["root"], campaign).round(1).score_dir)
 
 
 def _scorer_actors() -> list[dict[str, Any]]:
@@ -103,8 +114,8 @@ def _hashes(directory: Path) -> dict[str, str]:
 
 def test_killed_actor_every_pool_row_once_and_rerun_identical(scored_root, tmp_path):
     env = scored_root
-    killed_dir = tmp_path / "killed" / "score"
-    stage = _stage(env, str(tmp_path / "killed"), delay_s=0.3)
+    killed_dir = _score_dir(env, "killed")
+    stage = _stage(env, "killed", delay_s=0.3)
     box: dict[str, Any] = {}
 
     def run() -> None:
@@ -134,19 +145,19 @@ def test_killed_actor_every_pool_row_once_and_rerun_identical(scored_root, tmp_p
 
     # (b) a second run with the same fingerprint is skipped and touches nothing
     before = {p: p.stat().st_mtime_ns for p in killed_dir.rglob("*") if p.is_file()}
-    again = _stage(env, str(tmp_path / "killed")).execute()
+    again = _stage(env, "killed").execute()
     assert again.skipped
     assert {p: p.stat().st_mtime_ns for p in killed_dir.rglob("*") if p.is_file()} == before
 
     # a clean run without any kill writes byte-identical data files
-    clean = _stage(env, str(tmp_path / "clean")).execute()
+    clean = _stage(env, "clean").execute()
     assert not clean.skipped
-    assert _hashes(tmp_path / "clean" / "score") == _hashes(killed_dir)
+    assert _hashes(_score_dir(env, "clean")) == _hashes(killed_dir)
 
     # a crash after one shard's part: only that shard is scored again, with identical bytes
     shard = list(env["pool_shards"])[1]
     (killed_dir / "stats" / f"{shard}.json").unlink()
     (killed_dir / "_SUCCESS.json").unlink()
-    redo = _stage(env, str(tmp_path / "killed")).execute()
+    redo = _stage(env, "killed").execute()
     assert redo.counts["scored_now"] == env["pool_shards"][shard]
-    assert _hashes(killed_dir) == _hashes(tmp_path / "clean" / "score")
+    assert _hashes(killed_dir) == _hashes(_score_dir(env, "clean"))

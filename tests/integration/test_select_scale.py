@@ -6,7 +6,7 @@ Synthetic inputs (``write_pool``): per shard a score part (score schema of DESIG
 ``score_columns``), a manifest part (``MANIFEST_SCHEMA``, hidden labels, leakage flags) and the source's
 ``quarantine.parquet``. Per shard, some score rows are
 - flagged by the leakage guard (``leak_with`` set) and given confidence >= 0.99,
-- labelled keys (passed as ``labelled_keys``) with confidence >= 0.99,
+- labelled keys (in the labelled set the stage reads, with keys outside the pool) with confidence >= 0.99,
 - keys that ingest quarantined (absent from the manifest, listed in quarantine) with confidence >= 0.99,
 - near-one-hot rows whose confidence is on a coarse grid, so exact confidence ties are broken by key.
 """
@@ -24,12 +24,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from engine.config import SelectConfig
+from engine.config import CampaignConfig, Config, SelectConfig, SourceConfig, StorageConfig, ThresholdConfig
 from engine.io import fs
 from engine.labels import get_label_space
-from engine.layout import RoundLayout, SourceLayout
+from engine.layout import CampaignLayout, RoundLayout, SourceLayout
+from engine.partition_rule import PartitionRule
 from engine.schemas import MANIFEST_SCHEMA, QUARANTINE_SCHEMA, score_columns, score_schema
+from engine.stages.base import StageContext, StageResult
 from engine.stages.select import SelectStage
+from engine.thresholds.base import thresholds_to_json
 
 SPACE = get_label_space("basic7")
 C = len(SPACE.classes)
@@ -131,12 +134,18 @@ def write_pool(root: Path, *, rows: int, shards: int, seed: int) -> dict[str, An
     q = {f.name: [None] * len(quarantined) for f in QUARANTINE_SCHEMA}
     q.update(key=quarantined, source=[SOURCE] * len(quarantined), reason=["decode_error"] * len(quarantined))
     fs.write_parquet(src.quarantine, pa.table(q, schema=QUARANTINE_SCHEMA))
-    lab_counts = np.bincount(np.random.default_rng(seed + 1).integers(0, C, size=5 * len(labelled)), minlength=C)
+    fs.write_json(src.success, {"counts": {"shards": shards}})  # what the select stage reads of the ingest
+    # The labelled set: the pool's labelled keys plus 4x as many outside the pool, with random classes.
+    lab_labels = np.random.default_rng(seed + 1).integers(0, C, size=5 * len(labelled))
+    lab_keys = labelled + [f"lab-{i:07d}" for i in range(4 * len(labelled))]
+    labelled_path = str(root / "labelled.parquet")
+    fs.write_parquet(labelled_path, pa.table({"key": lab_keys, "label": pa.array(lab_labels.astype(np.int16))}))
     return {
         "root": str(root),
         "items": items,
         "labelled_keys": frozenset(labelled),
-        "labelled_counts": lab_counts,
+        "labelled_counts": np.bincount(lab_labels, minlength=C),
+        "labelled_path": labelled_path,
         "layout": lay,
     }
 
@@ -188,19 +197,25 @@ def reference(inp: dict[str, Any], thresholds: np.ndarray, cfg: SelectConfig, po
 
 
 def run_select(inp: dict[str, Any], cfg: SelectConfig, name: str) -> tuple[pd.DataFrame, dict[str, Any], Any]:
-    """Run the select stage into its own round directory; return (selection sorted by key, quality.json, result)."""
-    lay = RoundLayout(str(Path(inp["layout"].dir).parent / name), 1)
-    res = SelectStage(
-        lay,
-        cfg,
-        items=inp["items"],
-        thresholds=THRESHOLDS,
-        labelled_counts=inp["labelled_counts"],
-        labelled_keys=inp["labelled_keys"],
-        policy="dtm_r",
-        class_names=list(SPACE.classes),
-        upstream={"test": name},
-    ).execute()
+    """Run the select stage of campaign ``name`` (round 1) on the pool's score parts; return (selection sorted by
+    key, quality.json, result). Its upstream is committed by hand: the partition rule, the thresholds, the score
+    parts (a link to the shared ones)."""
+    root = inp["root"]
+    config = Config(
+        storage=StorageConfig(root=root),
+        sources={SOURCE: SourceConfig(format="image_folder", path=root, name=SOURCE)},
+        select=cfg,
+        threshold=ThresholdConfig(policy="dtm_r"),
+        campaign=CampaignConfig(name=name, labelled=(SOURCE,), unlabelled=(SOURCE,)),
+    )
+    campaign = CampaignLayout(root, name)
+    lay = campaign.round(1)
+    fs.write_json(campaign.rule, PartitionRule(0, (SOURCE,), (), 1.0, 1.0, inp["labelled_path"]).to_json())
+    fs.write_json(lay.thresholds, {"thresholds": thresholds_to_json(THRESHOLDS)})
+    Path(lay.score_dir).parent.mkdir(parents=True, exist_ok=True)
+    Path(lay.score_dir).symlink_to(inp["layout"].score_dir, target_is_directory=True)
+    upstream = {"threshold": StageResult("threshold", name), "partition": StageResult("partition", "p")}
+    res = SelectStage(StageContext(config, round=1, upstream=upstream)).execute()
     sel = pq.read_table(lay.selection).to_pandas()
     return sel, fs.read_json(lay.quality), res
 

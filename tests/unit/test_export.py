@@ -9,8 +9,9 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from engine.export import export_shard, read_images
+from engine.export import export_shard
 from engine.io import fs
+from engine.io.tars import read_members
 from engine.schemas import SAMPLE_SCHEMA, SELECTION_SCHEMA
 
 NAMES = ["Neutral", "Anger", "Happiness"]
@@ -73,7 +74,7 @@ def _export(store, fmt, out):
 
 
 def test_read_images_returns_extension_and_bytes(store):
-    got = read_images(store["root"] + "/sources/src/shards/src-000000.tar", {"src_b", "nope"})
+    got = read_members(store["root"] + "/sources/src/shards/src-000000.tar", {"src_b", "nope"})
     assert list(got) == ["src_b"] and got["src_b"] == ("png", _png(40))
 
 

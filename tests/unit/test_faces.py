@@ -15,9 +15,8 @@ from engine import faces
 from engine.config import IngestConfig, SourceConfig
 from engine.errors import ConfigError, MissingExtra
 from engine.fingerprint import fingerprint
-from engine.imaging import ImagePolicy, process_image
-from engine.stages.ingest import IngestStage
-from tests.fixtures import fer_images
+from engine.imaging import process_image
+from tests.fixtures import fer_images, ingest_stage
 
 HAVE_FACENET = importlib.util.find_spec("facenet_pytorch") is not None
 needs_facenet = pytest.mark.skipif(
@@ -65,7 +64,7 @@ def test_detect_faces_accepts_grey_and_mixed_sizes(fer2013_dir):
 
 @needs_facenet
 def test_process_image_crops_the_face_or_quarantines_no_face(fer2013_dir):
-    policy = ImagePolicy(detect_faces=True, face_size=64)
+    policy = IngestConfig(detect_faces=True, face_size=64)
     png = _png(_rgb160(fer_images(1)[0].png))
     kept = process_image(png, policy)
     assert kept.reason is None
@@ -122,13 +121,13 @@ def test_ingest_config_face_keys_validated_and_fingerprint_unchanged_when_off(tm
     }
     assert len(old) == 9
     before = fingerprint("ingest", 1, {"source": asdict(src), "ingest": old})
-    stage = IngestStage(str(tmp_path), src, off)
+    stage = ingest_stage(str(tmp_path), src, off)
     assert stage.fingerprint() == before
-    assert IngestStage(str(tmp_path), src, replace(off, face_margin=0.5)).fingerprint() == before
-    on = IngestStage(str(tmp_path), src, replace(off, detect_faces=True))
+    assert ingest_stage(str(tmp_path), src, replace(off, face_margin=0.5)).fingerprint() == before
+    on = ingest_stage(str(tmp_path), src, replace(off, detect_faces=True))
     assert on.fingerprint() != before
     assert on.policy.detect_faces and on.policy.face_size == 112
-    assert IngestStage(str(tmp_path), src, replace(off, detect_faces=True, face_size=64)).fingerprint() != (
+    assert ingest_stage(str(tmp_path), src, replace(off, detect_faces=True, face_size=64)).fingerprint() != (
         on.fingerprint()
     )
 
@@ -137,7 +136,7 @@ def test_ingest_config_face_keys_validated_and_fingerprint_unchanged_when_off(tm
 def test_alignment_levels_the_eyes_of_rotated_real_faces(fer2013_dir):
     """Real FER2013 faces (160 px) rotated by ±15°: MTCNN's eye line follows the rotation, and after face_align the
     eyes of the aligned crop lie level (within the detector's landmark noise)."""
-    policy = ImagePolicy(image_format="png", grayscale=False, detect_faces=True, face_size=160, face_align=True)
+    policy = IngestConfig(image_format="png", grayscale=False, detect_faces=True, face_size=160, face_align=True)
     before, after = [], []
     for img in fer_images(3):
         upright = Image.fromarray(_rgb160(img.png))

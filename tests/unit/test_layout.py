@@ -25,4 +25,4 @@ def test_round_files_live_in_their_stage_directories() -> None:
         "/r/campaigns/c/rounds/r002/eval/metrics.json",
         "/r/campaigns/c/rounds/r002/eval/confusion_val.png",
     )
-    assert rnd.online_pool == "/r/campaigns/c/rounds/r002/online_pool.parquet"  # the round's, not the partition's
+    assert rnd.online_pool == "/r/campaigns/c/rounds/r002/train/online_pool.parquet"  # train's, not the partition's

@@ -11,17 +11,13 @@ import pytest
 from PIL import Image
 
 from engine.config import flatten, load_config
-from engine.curation import assign_folds, config_from_flat, issues_table, open_round
 from engine.errors import ConfigError
 from engine.io import fs
-from engine.report import (
-    fill_thumbnails,
-    gallery_candidates,
-    html_table,
-    merge_candidates,
-    rebin,
-    thumbnail_png,
-)
+from engine.plots import rebin
+from engine.report.galleries import gallery_candidates, merge_candidates, thumbnail_png
+from engine.report.markup import fill_thumbnails, html_table
+from engine.stages.curation import assign_folds, issues_table
+from engine.stored import config_from_flat, open_round
 
 
 def test_rebin_sums_fine_bins_exactly():
@@ -111,7 +107,7 @@ def test_assign_folds_is_stratified_and_deterministic():
 
 def test_find_issues_flags_the_flipped_labels():
     pytest.importorskip("cleanlab")
-    from engine.curation import find_issues
+    from engine.stages.curation import find_issues
 
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1, 2], 40)

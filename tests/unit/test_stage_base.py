@@ -1,20 +1,26 @@
-"""The stage contract: skip, mismatch, overwrite, partial runs, atomic writes."""
+"""The stage contract: one constructor (a StageContext), declared inputs, skip, mismatch, overwrite, partial runs,
+atomic writes."""
 
 from __future__ import annotations
 
 import pytest
 
-from engine.errors import FingerprintMismatch
+from engine.config import load_config
+from engine.errors import ConfigError, FingerprintMismatch
 from engine.io import fs
-from engine.stages.base import RunOutput, Stage
+from engine.stages.base import RunOutput, Stage, StageContext, StageResult
 
 
 class Counter(Stage):
     name = "counter"
 
-    def __init__(self, out_dir, value, fail=False, **kw):
-        super().__init__(out_dir, **kw)
-        self.value, self.fail, self.calls = value, fail, 0
+    def __init__(self, out_dir, value, fail=False, on_existing="error"):
+        super().__init__(StageContext(load_config([], [f"storage.on_existing={on_existing}"])))
+        self._out, self.value, self.fail, self.calls = out_dir, value, fail, 0
+
+    @property
+    def out_dir(self):
+        return self._out
 
     def fingerprint_inputs(self):
         return {"value": self.value}
@@ -65,3 +71,27 @@ def test_atomic_write_leaves_nothing_when_the_writer_raises(tmp_path):
     assert list((tmp_path / "d").iterdir()) == []
     fs.write_bytes(str(target), b"whole")
     assert target.read_bytes() == b"whole"
+
+
+class NeedsUpstream(Counter):
+    def inputs(self):
+        return ("score",)
+
+
+def test_a_stage_without_its_committed_upstream_refuses_to_run(tmp_path):
+    stage = NeedsUpstream(str(tmp_path / "s"), 1)
+    with pytest.raises(ConfigError, match=r"counter: upstream stage\(s\) \['score'\] not committed"):
+        stage.execute()
+    assert not (tmp_path / "s").exists()
+    stage.ctx = stage.ctx.with_result("score", StageResult("score", "f" * 64))
+    assert stage.ctx.fingerprint_of("score") == "f" * 64
+    assert stage.execute().counts == {"rows": 1}
+
+
+def test_context_labels_and_layout():
+    cfg = load_config([], ["storage.root=/r", "campaign.name=c"])
+    ctx = StageContext(cfg, round=3)
+    assert ctx.round_layout.dir == "/r/campaigns/c/rounds/r003"
+    assert Counter("/x", 1).label == "counter"
+    with pytest.raises(Exception, match="without a round"):
+        StageContext(cfg).round_layout  # noqa: B018

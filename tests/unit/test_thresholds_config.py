@@ -12,7 +12,7 @@ from engine.config import ThresholdConfig, load_config
 from engine.errors import ConfigError
 from engine.io import fs
 from engine.labels import get_label_space
-from engine.layout import RoundLayout
+from engine.stages.base import StageContext, StageResult
 from engine.stages.threshold import ThresholdStage, build_policy
 from engine.stats import ScoreStats
 from engine.thresholds import REGISTRY, FlexMatchPolicy, FreeMatchPolicy, get_policy
@@ -70,12 +70,18 @@ def _row(c: int, conf: float) -> list[float]:
 
 def test_threshold_stage_writes_every_parameter_and_exact_thresholds(tmp_path: Path) -> None:
     probs = np.array([_row(0, 0.9)] * 4 + [_row(1, 0.85)] * 2 + [_row(2, 0.5), _row(6, 0.99)])
-    lay = RoundLayout(str(tmp_path / "r001"), 1)
-    fs.write_json(lay.score_stats, ScoreStats.from_probs(probs).to_json())
     cfg = ThresholdConfig(
         policy="dtm_r", tau=0.8, tau_min=0.3, mapping="linear", warmup=False, never_label=("Surprise",)
     )
-    res = ThresholdStage(lay, cfg, BASIC7, score_fp="abc").execute()
+    base = load_config(
+        [], [f"storage.root={tmp_path}", "sources.fer.format=fer2013", "sources.fer.path=x", "campaign.labelled=[fer]"]
+    )
+    ctx = StageContext(
+        dataclasses.replace(base, threshold=cfg), round=1, upstream={"score": StageResult("score", "abc")}
+    )
+    lay = ctx.round_layout
+    fs.write_json(lay.score_stats, ScoreStats.from_probs(probs).to_json())
+    res = ThresholdStage(ctx).execute()
     doc = fs.read_json(lay.thresholds)
     # sigma = #{conf >= 0.8} per class = [4, 2, 0, ..., 1]; beta = sigma / 4; T = max(0.3, 0.8 * beta); Surprise never.
     assert doc["thresholds"] == [0.8, 0.4, 0.3, 0.3, 0.3, 0.3, None]

@@ -1,4 +1,4 @@
-"""Dataset curation of a finished round: locate it on storage, and flag label issues in its labelled set.
+"""Curation stage: flag label issues in the campaign's labelled set.
 
 Label issues come from **out-of-fold** probabilities: the labelled set is split into K stratified folds (seeded key
 hash, so the split is stable across re-runs and machines); for each fold a fresh network of the campaign's model is
@@ -18,24 +18,22 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
-import yaml
 
-from engine.config import Config, CurationConfig, ModelConfig, TrainConfig, build
+from engine.config import CurationConfig, ModelConfig, TrainConfig
 from engine.errors import ConfigError, MissingExtra
 from engine.io import fs
-from engine.labels import LabelSpace, campaign_space
-from engine.layout import CampaignLayout, RoundLayout, join
+from engine.labels import LabelSpace
+from engine.layout import RoundLayout, join
+from engine.partition_rule import keys_uniform
 from engine.schemas import LABEL_ISSUES_SCHEMA
-from engine.stages.base import RunOutput, Stage
-from engine.stages.partition import keys_uniform
+from engine.stages.base import RunOutput, Stage, StageContext, committed
+from engine.stored import RoundRef
 
 if TYPE_CHECKING:
     import torch
@@ -56,76 +54,6 @@ def label_issues_path(lay: RoundLayout) -> str:
 def oof_probs_path(lay: RoundLayout) -> str:
     """``<round>/curation/oof_probs.parquet``."""
     return join(curation_dir(lay), "oof_probs.parquet")
-
-
-# ---------------------------------------------------------------------- locating a round
-
-
-@dataclass(frozen=True)
-class RoundRef:
-    """A round on storage with its campaign's configuration (as written to ``config.json`` at campaign start)."""
-
-    root: str
-    campaign: str
-    index: int
-    cfg: Config
-
-    @property
-    def layout(self) -> RoundLayout:
-        return CampaignLayout(self.root, self.campaign).round(self.index)
-
-    @property
-    def campaign_layout(self) -> CampaignLayout:
-        return CampaignLayout(self.root, self.campaign)
-
-    @property
-    def space(self) -> LabelSpace:
-        return campaign_space(self.cfg)
-
-
-def open_round(round_dir: str, overrides: Sequence[str] = ()) -> RoundRef:
-    """The round stored at ``<root>/campaigns/<name>/rounds/rNNN`` (local path or URI).
-
-    The config is rebuilt from the campaign's ``config.json``, then ``a.b=value`` overrides are applied (e.g.
-    ``report.gallery_per_class=4``); ``storage.root`` is taken from ``round_dir`` so a moved storage root still works.
-
-    Raises:
-        ConfigError: the path does not end in ``campaigns/<name>/rounds/rNNN`` or the campaign has no config.json.
-    """
-    d = round_dir.rstrip("/")
-    if "://" not in d:
-        d = os.path.abspath(d)
-    parts = d.split("/")
-    if len(parts) < 5 or parts[-2] != "rounds" or parts[-4] != "campaigns" or not re.fullmatch(r"r\d{3,}", parts[-1]):
-        raise ConfigError(
-            f"{round_dir} is not a round directory; pass <storage root>/campaigns/<campaign>/rounds/rNNN"
-        )
-    root = "/".join(parts[:-4]) or "/"
-    campaign, index = parts[-3], int(parts[-1][1:])
-    config_path = CampaignLayout(root, campaign).config
-    flat = fs.read_json_or_none(config_path)
-    if flat is None:
-        raise ConfigError(f"{config_path} is missing; is {round_dir} a round written by engine.campaign?")
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} must look like section.key=value")
-        flat = {k: v for k, v in flat.items() if not k.startswith(key.strip() + ".")}
-        flat[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
-    return RoundRef(root, campaign, index, config_from_flat(flat, root=root, where=config_path))
-
-
-def config_from_flat(flat: dict[str, Any], *, root: str, where: str = "config.json") -> Config:
-    """Inverse of :func:`engine.config.flatten` (with ``storage.root`` replaced by ``root``)."""
-    nested: dict[str, Any] = {}
-    for dotted, value in flat.items():
-        node = nested
-        *path, last = dotted.split(".")
-        for p in path:
-            node = node.setdefault(p, {})
-        node[last] = value
-    nested.setdefault("storage", {})["root"] = root
-    return build(Config, nested, where=where)
 
 
 # ---------------------------------------------------------------------- folds and cleanlab (pure)
@@ -195,7 +123,7 @@ def fit_predict(
     *,
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
-    num_classes: int,
+    space: LabelSpace,
     epochs: int,
     seed: int,
 ) -> npt.NDArray[np.float32]:
@@ -216,6 +144,7 @@ def fit_predict(
 
     torch.manual_seed(seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    num_classes = len(space.classes)
     model = create_model(model_cfg, num_classes).to(device)
     opt = build_optimizer(model, train_cfg)
     bs = min(train_cfg.batch_size, len(train_images))
@@ -240,24 +169,19 @@ def fit_predict(
             }
             train_step(model, opt, scaler, batch, None, ctx)
             sched.step()
-    return _predict(model, test_images, model_cfg, device)
+    return _predict(model, test_images, model_cfg, device, space)
 
 
 def _predict(
-    model: torch.nn.Module, images: list[bytes], model_cfg: ModelConfig, device: torch.device
+    model: torch.nn.Module, images: list[bytes], model_cfg: ModelConfig, device: torch.device, space: LabelSpace
 ) -> npt.NDArray[np.float32]:
-    import torch
-
-    from engine.data.transforms import to_model_input
+    """Softmax probabilities of ``images`` through the engine's one predictor (as teachers and validation)."""
     from engine.imaging import decode_pixels
+    from engine.models.teacher import CheckpointTeacher
 
-    model.eval()
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(images), 256):
-            x = to_model_input([decode_pixels(b) for b in images[i : i + 256]], model_cfg, device=device)
-            out.append(model(x).float().softmax(dim=-1).cpu().numpy())
-    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
+    teacher = CheckpointTeacher.from_model(model.eval(), model_cfg, space, device=device)
+    out = [teacher.predict([decode_pixels(b) for b in images[i : i + 256]]).probs for i in range(0, len(images), 256)]
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, len(space.classes)), np.float32)
 
 
 def _fold_task(
@@ -275,7 +199,7 @@ def _fold_task(
         [images[i] for i in test],
         model_cfg=model_cfg,
         train_cfg=train_cfg,
-        num_classes=data["num_classes"],
+        space=data["space"],
         epochs=epochs,
         seed=seed + 1000 * fold,
     )
@@ -289,7 +213,7 @@ def cross_val_probs(
     *,
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
-    num_classes: int,
+    space: LabelSpace,
     epochs: int,
     seed: int = 0,
 ) -> npt.NDArray[np.float32]:
@@ -304,14 +228,14 @@ def cross_val_probs(
 
     from engine.runtime import cluster_gpus
 
-    data = ray.put({"images": images, "labels": labels, "folds": folds, "num_classes": num_classes})
+    data = ray.put({"images": images, "labels": labels, "folds": folds, "space": space})
     remote: Any = ray.remote
     task = remote(num_cpus=1, num_gpus=1 if cluster_gpus() > 0 else 0)(_fold_task)
     refs = [
         task.remote(data, int(f), model_cfg=model_cfg, train_cfg=train_cfg, epochs=epochs, seed=seed)
         for f in np.unique(folds)
     ]
-    probs = np.zeros((len(labels), num_classes), np.float32)
+    probs = np.zeros((len(labels), len(space.classes)), np.float32)
     for fold, p in ray.get(refs):
         probs[folds == fold] = p
     return probs
@@ -326,16 +250,22 @@ class LabelIssuesStage(Stage):
     name = "curation"
     VERSION = 1
 
-    def __init__(
-        self,
-        ref: RoundRef,
-        *,
-        partition_fp: str,
-        on_existing: str = "error",
-    ) -> None:
-        super().__init__(curation_dir(ref.layout), on_existing=on_existing, label=f"curation r{ref.index:03d}")
-        self.ref, self.partition_fp = ref, partition_fp
-        self.cfg: CurationConfig = ref.cfg.curation
+    def __init__(self, ctx: StageContext) -> None:
+        super().__init__(ctx)
+        if ctx.round is None:
+            raise ConfigError("the curation stage needs a context naming its round")
+        self.ref = RoundRef(ctx.root, ctx.cfg.campaign.name, ctx.round, ctx.cfg)
+        self.cfg: CurationConfig = ctx.cfg.curation
+
+    @property
+    def out_dir(self) -> str:
+        return curation_dir(self.ref.layout)
+
+    def inputs(self) -> tuple[str, ...]:
+        return ("partition",)
+
+    def outputs(self) -> tuple[str, ...]:
+        return (oof_probs_path(self.ref.layout), label_issues_path(self.ref.layout))
 
     def fingerprint_inputs(self) -> dict[str, Any]:
         t = self.ref.cfg.train
@@ -343,7 +273,7 @@ class LabelIssuesStage(Stage):
             "curation": asdict(self.cfg),
             "model": asdict(self.ref.cfg.model),
             "train": {k: getattr(t, k) for k in ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "seed")},
-            "partition": self.partition_fp,
+            "partition": self.ctx.fingerprint_of("partition"),
         }
 
     def run(self) -> RunOutput:
@@ -362,7 +292,7 @@ class LabelIssuesStage(Stage):
             folds,
             model_cfg=ref.cfg.model,
             train_cfg=ref.cfg.train,
-            num_classes=len(names),
+            space=ref.space,
             epochs=self.cfg.epochs or ref.cfg.train.epochs,
             seed=ref.cfg.train.seed,
         )
@@ -441,14 +371,15 @@ def labelled_images(root: str, labelled: pa.Table) -> dict[str, bytes]:
     """Encoded image bytes of every row of a (key, shard) table, one Ray task per shard (the set is small)."""
     import ray
 
-    from engine.samples import _read_members, _shard_tar
+    from engine.io.tars import read_images
+    from engine.layout import shard_tar
 
     by_shard: dict[str, list[str]] = {}
     for k, s in zip(labelled["key"].to_pylist(), labelled["shard"].to_pylist(), strict=True):
         by_shard.setdefault(s, []).append(k)
 
     def read(item: dict[str, Any]) -> dict[str, Any]:
-        got = _read_members(_shard_tar(root, item["shard"]), set(item["keys"]))
+        got = read_images(shard_tar(root, item["shard"]), set(item["keys"]))
         return {"keys": list(got), "images": list(got.values())}
 
     items = [{"shard": s, "keys": ks} for s, ks in sorted(by_shard.items())]
@@ -461,13 +392,14 @@ def labelled_images(root: str, labelled: pa.Table) -> dict[str, bytes]:
     return out
 
 
-def partition_fingerprint(ref: RoundRef) -> str:
-    """Fingerprint of the campaign's committed partition (upstream of the label-issue stage)."""
-    from engine.layout import SUCCESS
-
-    return str(fs.read_json(join(ref.campaign_layout.partition_dir, SUCCESS))["fingerprint"])
+def run_label_issues(ref: RoundRef) -> Any:
+    """Run (or skip when committed) the label-issue stage of a finished round; returns its StageResult."""
+    return LabelIssuesStage(round_context(ref)).execute()
 
 
-def run_label_issues(ref: RoundRef, *, partition_fp: str, on_existing: str = "error") -> Any:
-    """Run (or skip when committed) the label-issue stage of a round; returns its StageResult."""
-    return LabelIssuesStage(ref, partition_fp=partition_fp, on_existing=on_existing).execute()
+def round_context(ref: RoundRef) -> StageContext:
+    """The stage context of a stored round: its config, and its campaign's committed partition as upstream."""
+    partition = committed(ref.campaign_layout.partition_dir)
+    if partition is None:
+        raise ConfigError(f"{ref.campaign_layout.partition_dir} is not committed; run the campaign first")
+    return StageContext(ref.cfg, round=ref.index, upstream={"partition": partition})
