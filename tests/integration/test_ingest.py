@@ -40,16 +40,27 @@ def _files(root):
     return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_fer2013_counts_idempotence_and_readers(ray_local, fer2013_dir, tmp_path):
-    cfg = IngestConfig(samples_per_shard=50, list_chunk_rows=40)
-    res = ingest_stage(str(tmp_path), _fer_source(fer2013_dir), cfg).execute()
+CFG = IngestConfig(samples_per_shard=40, list_chunk_rows=50)
+
+
+@pytest.fixture(scope="module")
+def clean_ingest(ray_local, fer2013_dir, tmp_path_factory):
+    """One uninterrupted ingest of 60 rows per split (shards of 40, listing parts of 50 rows): the counts test reads
+    it, the crash test compares its own resumed ingest with it byte for byte."""
+    root = tmp_path_factory.mktemp("clean")
+    return root, ingest_stage(str(root), _fer_source(fer2013_dir), CFG).execute()
+
+
+def test_fer2013_counts_idempotence_and_readers(ray_local, fer2013_dir, clean_ingest):
+    tmp_path, res = clean_ingest
+    cfg = CFG
     inputs, dups = _expected(fer2013_dir, LIMIT)
     c = res.counts
     assert c["inputs"] == inputs
     assert c["duplicates"] == dups
     assert c["kept"] == inputs - dups
     assert c["kept"] + c["quarantined"] == c["inputs"]
-    assert c["shards"] == -(-c["kept"] // 50)
+    assert c["shards"] == -(-c["kept"] // 40)
     assert set(c["by_split"]) == {"train", "val", "test"}
 
     lay = SourceLayout(str(tmp_path), "fer")
@@ -73,10 +84,9 @@ def test_fer2013_counts_idempotence_and_readers(ray_local, fer2013_dir, tmp_path
     assert _files(tmp_path / "sources") == before
 
 
-def test_crash_then_resume_is_byte_identical(ray_local, fer2013_dir, tmp_path, monkeypatch):
-    cfg = IngestConfig(samples_per_shard=40, list_chunk_rows=50)
-    clean = tmp_path / "clean"
-    ingest_stage(str(clean), _fer_source(fer2013_dir), cfg).execute()
+def test_crash_then_resume_is_byte_identical(ray_local, fer2013_dir, clean_ingest, tmp_path, monkeypatch):
+    cfg = CFG
+    clean = clean_ingest[0]
 
     crashed = tmp_path / "crashed"
     real = ingest_mod.IngestStage._shard
