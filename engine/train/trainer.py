@@ -168,6 +168,9 @@ def put_decoded(ds: ray.data.Dataset, model_cfg: ModelConfig, what: str) -> Any:
     from engine.train.memory import decode_rows
 
     t0 = time.monotonic()
+    # Rows in the dataset's order, whatever order the parallel reads finish in: the seeded epoch permutations then
+    # draw the same batches on every run (without it a round's student changed from run to run).
+    ds.context.execution_options.preserve_order = True
     mem = decode_rows(ds.iter_batches(batch_size=1024, batch_format="numpy", prefetch_batches=2), model_cfg)
     logger.info("%s set decoded: %d rows, %.1f MiB, %.1f s", what, mem.rows, mem.nbytes / 2**20, time.monotonic() - t0)
     return ray.put(mem.columns)

@@ -355,3 +355,26 @@ def test_streaming_path_when_the_cache_is_off(tmp_path: Path, datasets: dict[str
     res = _train(tmp_path, "stream", TrainConfig(epochs=1, batch_size=32, cache_mb=0, torch_threads=1), datasets)
     rec = res["history"][0]
     assert (rec["in_memory"], rec["threads"], rec["images"], rec["steps"]) == (False, 1, N_LABELLED + N_PSEUDO, 5)
+
+
+def test_the_in_memory_set_keeps_the_dataset_order_whatever_the_reads_finish_in(
+    datasets: dict[str, Any], faces: list[tuple[bytes, int]]
+) -> None:
+    """Blocks that finish out of order (random delays) still decode into rows in the dataset's order, so the seeded
+    epoch permutations draw the same batches on every run."""
+    import random
+    import time
+
+    import ray
+
+    from engine.train.trainer import put_decoded
+
+    def late(batch: dict[str, Any]) -> dict[str, Any]:
+        time.sleep(random.random() * 0.2)
+        return batch
+
+    rows = [{"image": b, "label": y, "idx": i} for i, (b, y) in enumerate(faces)]
+    ds = ray.data.from_items(rows, override_num_blocks=20).map_batches(late, batch_size=None)
+    columns = ray.get(put_decoded(ds, ModelConfig(name="tiny_cnn"), "test"))
+    assert columns["idx"].tolist() == list(range(len(faces)))
+    assert columns["label"].tolist() == [y for _, y in faces]
