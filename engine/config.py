@@ -419,7 +419,7 @@ class TrackingConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class ReportConfig:
-    """The round's self-contained ``report.html`` (engine/report/), written at the end of every round."""
+    """The round's self-contained ``report.html`` (engine/products/report/), written at the end of every round."""
 
     enabled: bool = True
     """Write the report (and log it to MLflow) at the end of each round."""

@@ -9,7 +9,7 @@ from typing import Any
 from engine.config import Config
 from engine.io import fs
 from engine.layout import SUCCESS, RoundLayout, join, round_name
-from engine.report import finish_round
+from engine.products.report import finish_round
 from engine.stages.base import Stage, StageContext, StageResult
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from engine.runtime import init_ray
 def run(args: argparse.Namespace) -> None:
     cfg = cli.load(args)
     init_ray()
-    from engine.evaluation import evaluate_checkpoint
+    from engine.products.evaluation import evaluate_checkpoint
 
     m = evaluate_checkpoint(cfg, args.checkpoint, args.source, split=args.split)
     print(

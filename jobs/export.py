@@ -16,7 +16,7 @@ from engine.runtime import init_ray
 
 def run(args: argparse.Namespace) -> None:
     init_ray()
-    from engine.export import export_round
+    from engine.products.export import export_round
     from engine.stored import open_round
 
     sheet = export_round(open_round(args.round), args.format, args.out, overwrite=args.overwrite)
@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    from engine.export import FORMATS
+    from engine.products.export import FORMATS
 
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--round", required=True, help="round directory: <storage root>/campaigns/<name>/rounds/rNNN")

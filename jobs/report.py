@@ -16,7 +16,7 @@ from engine.runtime import init_ray
 
 def run(args: argparse.Namespace) -> None:
     init_ray()
-    from engine.report import rebuild_report
+    from engine.products.report import rebuild_report
 
     print(rebuild_report(args.round, args.overrides, label_issues=args.label_issues), flush=True)
 

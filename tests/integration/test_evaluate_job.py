@@ -11,8 +11,8 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from engine.config import ModelConfig
 from engine.errors import ConfigError
-from engine.evaluation import evaluate_checkpoint, shared_classes
 from engine.labels import get_label_space
+from engine.products.evaluation import evaluate_checkpoint, shared_classes
 
 
 def test_shared_classes_keep_data_order_and_map_labels():

@@ -68,7 +68,7 @@ def test_report_renders_in_chromium_and_is_logged_to_mlflow(campaign, tmp_path):
         pytest.skip(f"{CHROMIUM} is absent: apt-get install -y chromium chromium-driver")
     from playwright.sync_api import sync_playwright
 
-    from engine.report import rebuild_report
+    from engine.products.report import rebuild_report
     from engine.tracking import Tracker, default_artifact_root, default_uri
 
     cfg, root, state = campaign
@@ -124,7 +124,7 @@ def test_report_renders_in_chromium_and_is_logged_to_mlflow(campaign, tmp_path):
 def test_export_reads_back_exactly_the_curated_set(campaign, tmp_path, fmt):
     import webdataset as wds
 
-    from engine.export import export_round
+    from engine.products.export import export_round
     from engine.stored import open_round
 
     _, root, _ = campaign

@@ -127,6 +127,10 @@ def _offenders(graph: dict[str, set[str]], importer: str, imported: str) -> list
         ("engine.layout", "engine", "the layout names paths and imports nothing of the engine"),
         ("engine.stages", "engine.round", "stages do not know the round that runs them"),
         ("engine.stages", "engine.campaign", "stages do not know the campaign that runs them"),
+        ("engine.stages", "engine.products", "products consume finished rounds; no stage needs one"),
+        ("engine.train", "engine.products", "products consume finished rounds; training needs none"),
+        ("engine.products", "engine.round", "products read committed rounds (engine.stored), they never run one"),
+        ("engine.products", "engine.campaign", "products read committed rounds (engine.stored), they never run one"),
     ],
 )
 def test_forbidden_arrow(graph: dict[str, set[str]], importer: str, imported: str, why: str) -> None:

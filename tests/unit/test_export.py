@@ -9,9 +9,9 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from engine.export import export_shard
 from engine.io import fs
 from engine.io.tars import read_members
+from engine.products.export import export_shard
 from engine.schemas import SAMPLE_SCHEMA, SELECTION_SCHEMA
 
 NAMES = ["Neutral", "Anger", "Happiness"]

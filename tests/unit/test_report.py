@@ -14,8 +14,8 @@ from engine.config import flatten, load_config
 from engine.errors import ConfigError
 from engine.io import fs
 from engine.plots import rebin
-from engine.report.galleries import gallery_candidates, merge_candidates, thumbnail_png
-from engine.report.markup import fill_thumbnails, html_table
+from engine.products.report.galleries import gallery_candidates, merge_candidates, thumbnail_png
+from engine.products.report.markup import fill_thumbnails, html_table
 from engine.stages.curation import assign_folds, issues_table
 from engine.stored import config_from_flat, open_round
 

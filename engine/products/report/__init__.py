@@ -13,6 +13,6 @@ Modules: ``page`` (build, write and log the page), ``sections`` (one function pe
 galleries and thumbnails), ``markup`` (HTML helpers and the template); the plots are ``engine.plots``.
 """
 
-from engine.report.page import finish_round, rebuild_report, write_report
+from engine.products.report.page import finish_round, rebuild_report, write_report
 
 __all__ = ["finish_round", "rebuild_report", "write_report"]

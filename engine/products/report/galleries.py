@@ -17,7 +17,7 @@ import pyarrow.dataset as pads
 
 from engine.config import ReportConfig
 from engine.io import fs
-from engine.report.markup import finite, fmt, placeholder
+from engine.products.report.markup import finite, fmt, placeholder
 from engine.stored import RoundRef
 
 log = logging.getLogger(__name__)

@@ -11,9 +11,9 @@ from engine.config import Config
 from engine.errors import ConfigError
 from engine.io import fs
 from engine.layout import RoundLayout
-from engine.report.galleries import ImageRequests, fetch_thumbnails, gallery_section
-from engine.report.markup import PAGE, STYLE, fill_thumbnails
-from engine.report.sections import (
+from engine.products.report.galleries import ImageRequests, fetch_thumbnails, gallery_section
+from engine.products.report.markup import PAGE, STYLE, fill_thumbnails
+from engine.products.report.sections import (
     dedup_section,
     eval_section,
     header,

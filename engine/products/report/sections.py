@@ -16,8 +16,8 @@ from engine.config import ReportConfig
 from engine.io import fs
 from engine.layout import SUCCESS, RoundLayout, SourceLayout, join
 from engine.plots import confusions_png, grouped_bars_png, histograms_png, rebin
-from engine.report.galleries import ImageRequests
-from engine.report.markup import finite, fmt, html_table, img_tag, kv_table, value_counts
+from engine.products.report.galleries import ImageRequests
+from engine.products.report.markup import finite, fmt, html_table, img_tag, kv_table, value_counts
 from engine.stages.curation import curation_dir, label_issues_path
 from engine.stored import RoundRef
 
