@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -139,6 +140,7 @@ def fit_predict(
 
     from engine.models.factory import create_model
     from engine.train.batch import Augmenters
+    from engine.train.fit import Fit, fit_epoch
     from engine.train.optim import autocast_dtype, build_optimizer, cosine_factor
     from engine.train.step import StepContext, train_step
 
@@ -149,26 +151,35 @@ def fit_predict(
     opt = build_optimizer(model, train_cfg)
     bs = min(train_cfg.batch_size, len(train_images))
     steps = epochs * math.ceil(len(train_images) / bs)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: cosine_factor(k, total_steps=steps))
     amp = autocast_dtype(train_cfg, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+    fit = Fit(
+        model,
+        opt,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(opt, lambda k: cosine_factor(k, total_steps=steps)),
+        scaler=torch.amp.GradScaler(device.type, enabled=amp == torch.float16),
+    )
     ctx = StepContext(model_cfg, Augmenters.default(), device, num_classes, train_cfg.lambda_u, amp)
     rng = np.random.default_rng(seed)
     images = np.empty(len(train_images), dtype=object)
     images[:] = train_images
-    model.train()
-    for _ in range(epochs):
-        order = rng.permutation(len(train_images))
+
+    def batches(order: npt.NDArray[np.int64]) -> Iterator[dict[str, Any]]:
         for i in range(0, len(order), bs):
             idx = order[i : i + bs]
-            batch = {
+            yield {
                 "image": images[idx],
                 "label": train_labels[idx],
                 "weight": np.ones(len(idx), np.float32),
                 "strong": np.zeros(len(idx), bool),
             }
-            train_step(model, opt, scaler, batch, None, ctx)
-            sched.step()
+
+    model.train()
+    for _ in range(epochs):
+        fit_epoch(
+            fit,
+            batches(rng.permutation(len(train_images))),
+            lambda b: train_step(model, opt, fit.scaler, b, None, ctx),
+        )
     return _predict(model, test_images, model_cfg, device, space)
 
 

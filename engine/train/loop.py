@@ -12,7 +12,7 @@ import math
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,11 +22,12 @@ from engine.errors import ConfigError, EngineError
 from engine.labels import LabelSpace
 from engine.train.batch import Augmenters, NumpyBatch, cycle_batches
 from engine.train.ema import WeightEMA
+from engine.train.fit import Fit, fit_epoch
 from engine.train.losses import LossWeights, SupervisedLoss
 from engine.train.memory import MemorySet, epoch_order, memory_batches, to_images
 from engine.train.optim import autocast_dtype, build_optimizer, build_scheduler
 from engine.train.state import TrainState, read_train_state, write_train_state
-from engine.train.step import StepContext, train_step
+from engine.train.step import StepContext, StepStats, train_step
 
 if TYPE_CHECKING:
     import torch
@@ -114,19 +115,14 @@ def parse_loop_config(config: Mapping[str, Any]) -> LoopSpec:
     )
 
 
-@dataclass
-class Trainee:
-    """The student and everything that steps with it; ``start_epoch`` is where this attempt begins."""
+@dataclass(kw_only=True)
+class Trainee(Fit):
+    """The student and everything that steps with it (a :class:`~engine.train.fit.Fit`), its online policy and
+    history; ``start_epoch`` is where this attempt begins."""
 
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: Any
-    """``torch.amp.GradScaler``, enabled only for fp16 autocast."""
-    policy: ThresholdPolicy | None
-    history: list[dict[str, Any]]
-    start_epoch: int
-    ema: WeightEMA | None = None
+    policy: ThresholdPolicy | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    start_epoch: int = 0
     best: dict[str, Any] | None = None
     """``{"epoch", "val_macro_f1", "model"}`` of the best validated epoch so far (rank 0 with ``select_best``)."""
 
@@ -136,6 +132,7 @@ class Trainee:
 
     def state(self, epoch: int) -> TrainState:
         """The checkpointable state after ``epoch``."""
+        assert self.scheduler is not None and self.scaler is not None
         return TrainState(
             ema=None if self.ema is None else self.ema.state_dict(),
             best=self.best,
@@ -218,22 +215,22 @@ def setup_trainee(spec: LoopSpec, *, amp_dtype: torch.dtype | None) -> Trainee:
         temporal.requires_grad_(False)
     model = ray.train.torch.prepare_model(model)  # to the worker's device; DDP with several workers
     optimizer = build_optimizer(model, spec.train)
+    scheduler = build_scheduler(optimizer, spec.train, steps_per_epoch=spec.steps_per_epoch)
     t = Trainee(
         model=model,
         optimizer=optimizer,
-        scheduler=build_scheduler(optimizer, spec.train, steps_per_epoch=spec.steps_per_epoch),
+        scheduler=scheduler,
         scaler=torch.amp.GradScaler(enabled=amp_dtype == torch.float16),
         policy=build_online_policy(spec) if spec.online else None,
-        history=[],
-        start_epoch=0,
         ema=WeightEMA(_bare(model), spec.train.ema_decay) if spec.train.ema_decay > 0 else None,
+        total_steps=spec.total_steps,
     )
     if restored is not None:
         if t.ema is not None and restored.ema is not None:
             t.ema.load_state_dict(restored.ema)
         t.best = restored.best
         t.optimizer.load_state_dict(restored.optimizer)
-        t.scheduler.load_state_dict(restored.scheduler)
+        scheduler.load_state_dict(restored.scheduler)
         if restored.scaler:
             t.scaler.load_state_dict(restored.scaler)
         if t.policy is not None and restored.policy is not None:
@@ -268,10 +265,8 @@ def run_epoch(
     torch.manual_seed(derive_seed(spec.train.seed, epoch, rank, 1))  # augmentation draws: reproducible per epoch
     t.model.train()
     bs = spec.train.batch_size
-    sums = np.zeros(7, dtype=np.float64)  # loss, loss_s, loss_u, steps, rows, unlabelled rows, weight sum
     lr = float(t.optimizer.param_groups[0]["lr"])
     thresholds_start = None if ctx.policy is None else thresholds_to_json(ctx.policy.thresholds())
-    t0 = time.perf_counter()
     batches: Iterable[NumpyBatch]
     if mem is not None:
         rng = np.random.default_rng(derive_seed(spec.train.seed, epoch, rank, 2))
@@ -284,18 +279,13 @@ def run_epoch(
             local_shuffle_buffer_size=max(4 * bs, 1024),
             local_shuffle_seed=derive_seed(spec.train.seed, epoch, rank, 2),
         )
-    first_step_at: float | None = None
-    for batch in batches:
-        if first_step_at is None:
-            first_step_at = time.time()  # wall clock: start-up cost = this minus the stage's start (bench/train.py)
-        st = train_step(t.model, t.optimizer, t.scaler, batch, next(unlabelled) if unlabelled else None, ctx)
-        if t.ema is not None:
-            t.ema.update(_bare(t.model))
-        if t.scheduler.last_epoch < spec.total_steps:
-            t.scheduler.step()
-        sums += (st.loss, st.loss_s, st.loss_u, 1, st.rows, st.unlabelled_rows, st.weight_sum)
-    seconds = time.perf_counter() - t0
-    sums = _sum_over_workers(sums, ctx.device)
+
+    def step(batch: NumpyBatch) -> StepStats:
+        return train_step(t.model, t.optimizer, t.scaler, batch, next(unlabelled) if unlabelled else None, ctx)
+
+    totals = fit_epoch(t, batches, step)
+    seconds, first_step_at = totals.seconds, totals.first_step_at
+    sums = _sum_over_workers(totals.sums, ctx.device)
     steps, rows, u_rows = int(sums[3]), int(sums[4]), int(sums[5])
     if steps == 0:
         raise EngineError(

@@ -90,6 +90,9 @@ def fit_member(
     import torch
     import torch.nn.functional as F
 
+    from engine.train.fit import Fit, fit_epoch
+    from engine.train.step import StepStats
+
     gen = np.random.default_rng(seed)
     torch.manual_seed(seed)
     x = torch.from_numpy(feats)
@@ -99,25 +102,28 @@ def fit_member(
         by_len.setdefault(len(w), []).append(w)
     head.requires_grad_(True)
     head.train()
-    opt = torch.optim.Adam(head.parameters(), lr=lr)
+    fit = Fit(head, torch.optim.Adam(head.parameters(), lr=lr))
+
+    def step(rows: npt.NDArray[np.int64]) -> StepStats | None:
+        """One Adam step on a (B, T) batch of windows' row indices; None when no frame of it is labelled."""
+        idx = torch.from_numpy(rows)
+        target = y[idx]
+        if not (target >= 0).any():
+            return None
+        logits = head(x[idx])
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-1)
+        fit.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        fit.optimizer.step()
+        value = loss.item()
+        return StepStats(loss=value, loss_s=value, loss_u=0.0, rows=len(rows), unlabelled_rows=0, weight_sum=0.0)
+
     last = float("nan")
     for _ in range(epochs):
         batches = [
             np.stack(ws[i : i + BATCH_WINDOWS]) for ws in by_len.values() for i in range(0, len(ws), BATCH_WINDOWS)
         ]
-        losses = []
-        for j in gen.permutation(len(batches)):
-            idx = torch.from_numpy(batches[j])  # (B, T) row indices
-            target = y[idx]
-            if not (target >= 0).any():
-                continue
-            logits = head(x[idx])
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-1)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
-            opt.step()
-            losses.append(loss.item())
-        last = float(np.mean(losses)) if losses else float("nan")
+        last = fit_epoch(fit, (batches[j] for j in gen.permutation(len(batches))), step).mean_loss
     head.eval()
     from engine.models.sequence import member_probs
 
