@@ -5,7 +5,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
+from collections.abc import Mapping
 from typing import Any
+
+from engine.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +75,28 @@ def cluster_gpus() -> int:
     """GPUs in the connected cluster."""
 
     return int(cluster_resources().get("GPU", 0))
+
+
+def shortfall(need: Mapping[str, float], have: Mapping[str, float]) -> dict[str, tuple[float, float]]:
+    """``{resource: (needed, available)}`` for every resource ``need`` asks more of than ``have`` holds."""
+    return {k: (v, float(have.get(k, 0.0))) for k, v in need.items() if v > float(have.get(k, 0.0)) + 1e-9}
+
+
+def require(label: str, need: Mapping[str, float]) -> None:
+    """Refuse, before it starts, a stage whose reservation (``Stage.resources()``) the connected cluster can never
+    hold at once: Ray would leave it pending forever. On a cluster joined through ``RAY_ADDRESS`` the autoscaler
+    may still add nodes, so there the shortfall is a warning. A no-op when Ray is not started."""
+    ray = sys.modules.get("ray")  # not imported: not started (and unit tests stay free of Ray)
+    if ray is None or not ray.is_initialized() or not (short := shortfall(need, cluster_resources())):
+        return
+    what = ", ".join(f"{k} {v:g} (the cluster has {h:g})" for k, (v, h) in sorted(short.items()))
+    if os.environ.get("RAY_ADDRESS"):
+        log.warning("%s reserves %s: it waits until the autoscaler adds nodes", label, what)
+        return
+    raise ConfigError(
+        f"{label} reserves {what} at once and this local Ray cannot hold it: lower the stage's workers / actors, "
+        "drop its GPU setting, or run on a cluster (RAY_ADDRESS) that has them"
+    )
 
 
 def cluster_resources() -> dict[str, float]:

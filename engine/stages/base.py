@@ -18,6 +18,7 @@ from engine.errors import ConfigError, EngineError, FingerprintMismatch
 from engine.fingerprint import fingerprint, short
 from engine.io import fs
 from engine.layout import SUCCESS, CampaignLayout, RoundLayout, join, round_name
+from engine.runtime import require
 
 if TYPE_CHECKING:
     from engine.labels import LabelSpace
@@ -155,7 +156,9 @@ class Stage(ABC):
         return ()
 
     def resources(self) -> dict[str, float]:
-        """What the stage's own work reserves on the cluster (Ray resource names); the driver's part is 0."""
+        """What the stage's work must hold at once on the cluster (Ray resource names: one task, one actor, or a
+        whole gang such as Ray Train's workers); ``execute`` refuses a stage the cluster can never hold
+        (engine.runtime.require). The driver's part is 0."""
         return {}
 
     @property
@@ -214,6 +217,7 @@ class Stage(ABC):
             fs.remove(self.out_dir)
         elif running is not None:
             log.info("%s: resuming a partial run (fingerprint %s)", self.label, short(fp))
+        require(self.label, self.resources())
         fs.write_json(join(self.out_dir, RUNNING), {"fingerprint": fp})
         log.info("%s: running (fingerprint %s)", self.label, short(fp))
         t0 = time.perf_counter()

@@ -278,6 +278,9 @@ class LabelIssuesStage(Stage):
     def outputs(self) -> tuple[str, ...]:
         return (oof_probs_path(self.ref.layout), label_issues_path(self.ref.layout))
 
+    def resources(self) -> dict[str, float]:
+        return {"CPU": 1.0}  # one task at a time makes progress
+
     def fingerprint_inputs(self) -> dict[str, Any]:
         t = self.ref.cfg.train
         return {

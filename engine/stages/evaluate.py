@@ -206,6 +206,9 @@ class EvaluateStage(Stage):
             return checkpoint_fingerprint(self.checkpoint)
         return self.ctx.teacher.fingerprint
 
+    def resources(self) -> dict[str, float]:
+        return {"CPU": 1.0}  # one task at a time makes progress
+
     def fingerprint_inputs(self) -> dict[str, Any]:
         upstream = {"partition": self.ctx.fingerprint_of("partition")}
         fp: dict[str, Any] = {"splits": self.cfg.splits, "checkpoint": self.checkpoint_fp, "upstream": upstream}

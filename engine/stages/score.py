@@ -105,8 +105,9 @@ class ScoreStage(Stage):
         return (join(self.out_dir, "part-*.parquet"), join(self.out_dir, "stats"), self.layout.score_stats)
 
     def resources(self) -> dict[str, float]:
-        n = self.cfg.num_actors
-        return {"CPU": self.cfg.cpus_per_actor * n, "GPU": self.cfg.gpus_per_actor * n}
+        # One CPU to make progress: the pool fits its actors' CPUs to the cluster (actor_cpus) and takes GPUs only
+        # where the cluster has them.
+        return {"CPU": 1.0}
 
     def fingerprint_inputs(self) -> dict[str, Any]:
         fp = {

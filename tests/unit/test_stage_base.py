@@ -3,6 +3,8 @@ atomic writes."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from engine.config import load_config
@@ -95,3 +97,21 @@ def test_context_labels_and_layout():
     assert Counter("/x", 1).label == "counter"
     with pytest.raises(Exception, match="without a round"):
         StageContext(cfg).round_layout  # noqa: B018
+
+
+def test_shortfall_names_each_resource_asked_beyond_the_cluster():
+    from engine.runtime import shortfall
+
+    have = {"CPU": 2.0, "memory": 1e9}
+    assert shortfall({"CPU": 2.0, "GPU": 0.0}, have) == {}
+    assert shortfall({"CPU": 2.5, "GPU": 1.0}, have) == {"CPU": (2.5, 2.0), "GPU": (1.0, 0.0)}
+
+
+def test_without_ray_started_execute_does_not_check_resources(tmp_path, monkeypatch):
+    monkeypatch.delitem(sys.modules, "ray", raising=False)  # as in a unit-test process (the full run starts Ray)
+
+    class Greedy(Counter):
+        def resources(self):
+            return {"GPU": 8.0}
+
+    assert Greedy(str(tmp_path / "s"), 1).execute().counts == {"rows": 1}
