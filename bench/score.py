@@ -41,30 +41,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import pyarrow.compute as pc
 
-from engine.config import CampaignConfig, Config, ModelConfig, ScoreConfig, SourceConfig, StorageConfig
+from engine.config import Config, ModelConfig, ScoreConfig, SourceConfig, StorageConfig
 from engine.io import fs
 from engine.layout import CampaignLayout, SourceLayout, join
 from engine.partition_rule import PartitionRule
 from engine.runtime import init_ray
-from engine.stages.base import StageContext, TeacherRef
+from engine.stages.base import TeacherRef
 from engine.stages.ingest import IngestStage
-from engine.stages.partition import pool_only_partition
+from engine.stages.partition import pool_only_context
 from engine.stages.score import ScoreStage, ShardRef, list_shards, pool_keys
 
 SOURCE = "fer2013"
 
 
-def context(root: str, fer: str, n: int | None, campaign: str = "bench", cfg: ScoreConfig | None = None) -> Any:
+def context(
+    root: str, fer: str, n: int | None, campaign: str = "bench", cfg: ScoreConfig | None = None, teacher: Any = None
+) -> Any:
     """Round 1 of campaign ``campaign`` on FER2013 (first ``n`` rows per split, all when None) under ``root``, with a
     pool-only partition: every Training row without a leakage flag is scored."""
     src = SourceConfig(name=SOURCE, format="fer2013", path=os.path.abspath(fer), label_space="basic7", limit=n)
-    config = Config(
-        storage=StorageConfig(root=root),
-        sources={SOURCE: src},
-        score=cfg or ScoreConfig(),
-        campaign=CampaignConfig(name=campaign, labelled=(SOURCE,), unlabelled=(SOURCE,)),
-    )
-    return StageContext(config, round=1)
+    config = Config(storage=StorageConfig(root=root), score=cfg or ScoreConfig())
+    return pool_only_context(config, src, campaign, teacher=teacher)
 
 
 def ingest(root: str, fer: str, n: int | None) -> Any:
@@ -100,10 +97,8 @@ def make_stage(root: str, fer: str, n: int | None, campaign: str, cfg: ScoreConf
     from engine.models.checkpoint import checkpoint_fingerprint
     from engine.models.teacher import teacher_fingerprint
 
-    ctx = context(root, fer, n, campaign, cfg)
     fp = teacher_fingerprint([checkpoint_fingerprint(ckpt)], None, cfg.tta_flip)
-    ctx = dataclasses.replace(ctx, teacher=TeacherRef((ckpt,), fp)).with_result("partition", pool_only_partition(ctx))
-    return ScoreStage(ctx)
+    return ScoreStage(context(root, fer, n, campaign, cfg, teacher=TeacherRef((ckpt,), fp)))
 
 
 def pool_items(root: str, rule: PartitionRule) -> list[tuple[ShardRef, set[str]]]:

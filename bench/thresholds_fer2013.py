@@ -25,7 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 from engine.config import (
-    CampaignConfig,
     ScoreConfig,
     SelectConfig,
     SourceConfig,
@@ -38,7 +37,7 @@ from engine.layout import join
 from engine.runtime import init_ray
 from engine.stages.base import StageContext, TeacherRef
 from engine.stages.ingest import IngestStage
-from engine.stages.partition import pool_only_partition
+from engine.stages.partition import pool_only_context
 from engine.stages.score import ScoreStage
 from engine.stages.select import SelectStage
 from engine.stages.threshold import ThresholdStage
@@ -69,16 +68,9 @@ def _context(root: str, fer: str, score_cfg: ScoreConfig, campaign: str, tcfg: T
     empty labelled set, which the partition stage refuses), no sampling."""
     src = SourceConfig(name=SOURCE, format="fer2013", path=fer, label_space="basic7", label_source="fer2013")
     cfg = dataclasses.replace(
-        load_config(),
-        storage=StorageConfig(root=root),
-        sources={SOURCE: src},
-        score=score_cfg,
-        threshold=tcfg,
-        select=SelectConfig(),
-        campaign=CampaignConfig(name=campaign, labelled=(SOURCE,), unlabelled=(SOURCE,)),
+        load_config(), storage=StorageConfig(root=root), score=score_cfg, threshold=tcfg, select=SelectConfig()
     )
-    ctx = StageContext(cfg, round=1)
-    return ctx.with_result("partition", pool_only_partition(ctx))
+    return pool_only_context(cfg, src, campaign)
 
 
 def run(root: str, fer: str, score_cfg: ScoreConfig) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import numpy as np
 from engine.io import fs
 from engine.layout import METRICS, confusion_name, join, video_id
 from engine.partition_rule import PartitionRule
-from engine.stages.base import RunOutput, Stage, StageContext
+from engine.stages.base import RunOutput, Stage, StageContext, TeacherRef
 from engine.stages.score import ShardRef, _manifest_cols, list_shards
 
 if TYPE_CHECKING:
@@ -191,20 +191,25 @@ class EvaluateStage(Stage):
     def outputs(self) -> tuple[str, ...]:
         return (self.layout.metrics, *(self.layout.confusion_png(s) for s in self.cfg.splits))
 
+    @property
+    def _given_teacher(self) -> TeacherRef | None:
+        """Round 0's teacher given as ``campaign.teacher_checkpoint`` when the round trained no student, else None."""
+        return None if "train" in self.ctx.upstream else self.ctx.teacher
+
     @functools.cached_property
     def checkpoint(self) -> str:
         """The round's student, or the round-0 teacher given as ``campaign.teacher_checkpoint`` (no train stage)."""
-        if "train" in self.ctx.upstream or self.ctx.teacher is None:
-            return self.layout.student
-        return self.ctx.teacher.paths[0]
+        t = self._given_teacher
+        return self.layout.student if t is None else t.paths[0]
 
     @functools.cached_property
     def checkpoint_fp(self) -> str:
-        if "train" in self.ctx.upstream or self.ctx.teacher is None:
-            from engine.models.checkpoint import checkpoint_fingerprint
+        t = self._given_teacher
+        if t is not None:
+            return t.fingerprint
+        from engine.models.checkpoint import checkpoint_fingerprint
 
-            return checkpoint_fingerprint(self.checkpoint)
-        return self.ctx.teacher.fingerprint
+        return checkpoint_fingerprint(self.checkpoint)
 
     def resources(self) -> dict[str, float]:
         return {"CPU": 1.0}  # one task at a time makes progress

@@ -56,7 +56,6 @@ class IngestStage(Stage):
         self.source: SourceConfig = ctx.cfg.source(ctx.source)
         self.cfg: IngestConfig = ctx.cfg.ingest
         self.layout = SourceLayout(ctx.root, self.source.name)
-        self.policy = self.cfg
 
     @property
     def out_dir(self) -> str:
@@ -115,7 +114,7 @@ class IngestStage(Stage):
         if pending:
             log.info("ingest %s: decoding %d/%d parts", self.source.name, len(pending), n_parts)
             ds = ray.data.from_items([{"part": i} for i in pending], override_num_blocks=len(pending))
-            list(ds.map(_decode_part_row, fn_kwargs={"layout": self.layout, "policy": self.policy}).iter_rows())
+            list(ds.map(_decode_part_row, fn_kwargs={"layout": self.layout, "policy": self.cfg}).iter_rows())
         stats: dict[int, dict[str, int]] = {}
         for i in range(n_parts):
             t = fs.read_parquet(self.layout.decoded_part(i), columns=["status"])

@@ -6,6 +6,7 @@ evaluation sets are a rule (engine/partition_rule.py) committed as ``partition/r
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -13,13 +14,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine.config import CampaignConfig
+from engine.config import CampaignConfig, Config, SourceConfig
 from engine.errors import ConfigError
 from engine.fingerprint import fingerprint
 from engine.io import fs
 from engine.layout import SourceLayout
 from engine.partition_rule import POOL_SPLITS, PartitionRule, keys_uniform
-from engine.stages.base import RunOutput, Stage, StageContext, StageResult
+from engine.stages.base import RunOutput, Stage, StageContext, StageResult, TeacherRef
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,21 @@ def pool_only_partition(ctx: StageContext) -> StageResult:
         fs.write_parquet(lay.labelled, pa.table({"key": pa.array([], pa.string()), "label": pa.array([], pa.int16())}))
         fs.write_json(lay.rule, rule.to_json())
     return StageResult("partition", fingerprint("pool-only partition", rule.to_json()))
+
+
+def pool_only_context(
+    cfg: Config, source: SourceConfig, campaign: str, *, teacher: TeacherRef | None = None
+) -> StageContext:
+    """Round 1 of campaign ``campaign`` whose pool is all of ``source``: ``cfg`` with that one source and a campaign
+    that labels nothing, and the :func:`pool_only_partition` committed upstream. For benchmarks that score or
+    threshold a whole corpus (bench/score.py, bench/thresholds_fer2013.py)."""
+    cfg = dataclasses.replace(
+        cfg,
+        sources={source.name: source},
+        campaign=CampaignConfig(name=campaign, labelled=(source.name,), unlabelled=(source.name,)),
+    )
+    ctx = StageContext(cfg, round=1, teacher=teacher)
+    return ctx.with_result("partition", pool_only_partition(ctx))
 
 
 def used_sources(c: CampaignConfig) -> list[str]:
