@@ -324,6 +324,11 @@ class TrainConfig:
     mu: int = 1
     """Unlabelled:labelled batch ratio of the online branch."""
     num_workers: int = 1
+    in_process: bool = False
+    """Train in the driver process (Ray Train's local mode, ``ScalingConfig(num_workers=0)``): no controller and
+    worker actors, so none of their start-up (about 15 s per training on a 2-core machine, more than a small
+    student's epochs); one worker only (``num_workers`` = 1); the engine keeps the last epoch's checkpoint in the
+    run directory and a re-run resumes from it; no retry within a call (``max_failures`` unused)."""
     use_gpu: bool = False
     mixed_precision: bool = True
     """bf16/fp16 autocast when training on GPU (ignored on CPU)."""
@@ -376,6 +381,11 @@ class TrainConfig:
         _check_positive("train.batch_size", self.batch_size)
         _check_positive("train.mu", self.mu)
         _check_positive("train.num_workers", self.num_workers)
+        if self.in_process and self.num_workers != 1:
+            raise ConfigError(
+                "train.in_process=true trains one worker in the driver; set train.num_workers=1 "
+                f"(got {self.num_workers})"
+            )
         _check_positive("train.temporal_epochs", self.temporal_epochs)
         for key in ("lr", "temporal_lr"):
             if not getattr(self, key) > 0:

@@ -26,7 +26,13 @@ from engine.train.fit import Fit, fit_epoch
 from engine.train.losses import LossWeights, SupervisedLoss
 from engine.train.memory import MemorySet, epoch_order, memory_batches, to_images
 from engine.train.optim import autocast_dtype, build_optimizer, build_scheduler
-from engine.train.state import TrainState, read_train_state, write_train_state
+from engine.train.state import (
+    TrainState,
+    latest_local_state,
+    read_train_state,
+    save_local_state,
+    write_train_state,
+)
 from engine.train.step import StepContext, StepStats, train_step
 
 if TYPE_CHECKING:
@@ -64,6 +70,9 @@ class LoopSpec:
     path applies them in the Ray Data pipeline)."""
     val: Any = None
     """Ray ObjectRef of the decoded val split (``pixels``, ``label``) for ``train.select_best`` (rank 0 validates)."""
+    local_checkpoint: str | None = None
+    """``train.in_process``: the directory that holds the last epoch's state (Ray Train's local mode persists no
+    checkpoint); the loop resumes from it and logs each epoch to MLflow once it is written."""
 
     @property
     def total_steps(self) -> int:
@@ -92,6 +101,7 @@ def make_loop_config(spec: LoopSpec) -> dict[str, Any]:
         "memory": spec.memory,
         "repeat_factors": None if spec.repeat_factors is None else list(spec.repeat_factors),
         "val": spec.val,
+        "local_checkpoint": spec.local_checkpoint,
     }
 
 
@@ -112,6 +122,7 @@ def parse_loop_config(config: Mapping[str, Any]) -> LoopSpec:
         memory=config.get("memory"),
         repeat_factors=None if config.get("repeat_factors") is None else tuple(config["repeat_factors"]),
         val=config.get("val"),
+        local_checkpoint=config.get("local_checkpoint"),
     )
 
 
@@ -186,7 +197,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if val is not None and epoch >= first_val_epoch(spec.train):
             record.update(validate(t, val, spec, device, epoch))
         t.history.append(record)
-        _report(record, t.state(epoch) if rank == 0 else None)  # the controller logs it to MLflow (callbacks.py)
+        _report(record, t.state(epoch) if rank == 0 else None, spec)  # the controller logs it to MLflow (callbacks.py)
         if spec.fault_after_epoch is not None and epoch == spec.fault_after_epoch:
             raise RuntimeError(f"injected test fault after epoch {epoch} (fault_after_epoch)")
 
@@ -207,6 +218,9 @@ def setup_trainee(spec: LoopSpec, *, amp_dtype: torch.dtype | None) -> Trainee:
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             restored = read_train_state(directory)
+    elif spec.local_checkpoint is not None and (local := latest_local_state(spec.local_checkpoint)) is not None:
+        restored = read_train_state(local)
+    if restored is not None:
         model.load_state_dict(restored.model)
     elif spec.init_checkpoint:
         warm_start(model, spec)
@@ -462,14 +476,25 @@ def _jsonable_policy_state(policy: ThresholdPolicy) -> dict[str, Any]:
     return to_jsonable(policy.state_dict())
 
 
-def _report(record: Mapping[str, Any], state: TrainState | None) -> None:
-    """Report the epoch; rank 0 (the only one given a ``state``) attaches the checkpoint, the others only metrics."""
+def _report(record: Mapping[str, Any], state: TrainState | None, spec: LoopSpec) -> None:
+    """Report the epoch; rank 0 (the only one given a ``state``) attaches the checkpoint, the others only metrics.
+
+    In process (``spec.local_checkpoint``) Ray Train keeps no checkpoint and runs no callback: the state is
+    committed as the run's newest local epoch (engine.train.state.save_local_state), reported from there, and the
+    epoch is logged to MLflow after that commit, as the controller's callback would.
+    """
     import ray.train
 
     metrics = {k: v for k, v in record.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
     metrics["thresholds_json"] = json.dumps(record.get("thresholds"))
     if state is None:
         ray.train.report(metrics, checkpoint=None)
+        return
+    if spec.local_checkpoint is not None:
+        directory = save_local_state(spec.local_checkpoint, state.epoch, state)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+        if spec.mlflow:
+            log_epoch_to_mlflow(spec.mlflow, record, spec.label_space)
         return
     with tempfile.TemporaryDirectory(prefix="engine-train-") as directory:
         write_train_state(directory, state)

@@ -102,3 +102,34 @@ def read_train_state(directory: str) -> TrainState:
 
 def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu") for k, v in tensors.items()}
+
+
+LOCAL_EPOCH_PREFIX = "epoch_"
+"""``<local checkpoint dir>/epoch_NNNNNN``: one committed epoch of an in-process run (``train.in_process``)."""
+
+
+def save_local_state(parent: str, epoch: int, state: TrainState) -> str:
+    """Commit ``state`` as ``parent/epoch_NNNNNN`` (written under a temporary name, then renamed: a crash leaves the
+    previous epoch whole) and remove the older epochs; returns the new directory. Local disk only."""
+    import shutil
+    import tempfile
+
+    os.makedirs(parent, exist_ok=True)
+    final = os.path.join(parent, f"{LOCAL_EPOCH_PREFIX}{epoch:06d}")
+    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
+    write_train_state(tmp, state)
+    if os.path.exists(final):  # the same epoch again (a re-run after a crash between commit and report)
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    for name in os.listdir(parent):
+        if name != os.path.basename(final) and (name.startswith(LOCAL_EPOCH_PREFIX) or name.startswith(".tmp-")):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+    return final
+
+
+def latest_local_state(parent: str) -> str | None:
+    """The newest committed ``parent/epoch_NNNNNN``, None when there is none."""
+    if not os.path.isdir(parent):
+        return None
+    epochs = sorted(n for n in os.listdir(parent) if n.startswith(LOCAL_EPOCH_PREFIX))
+    return os.path.join(parent, epochs[-1]) if epochs else None

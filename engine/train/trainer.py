@@ -147,6 +147,7 @@ def train_student(
         memory=put_decoded(supervised, model_cfg, "supervised") if in_memory else None,
         repeat_factors=factors if in_memory else None,
         val=put_decoded(val.select_columns(["image", "label"]), model_cfg, "val") if val is not None else None,
+        local_checkpoint=_local_checkpoint(train_cfg, storage_path, run_name),
     )
     datasets: dict[str, Any] = {} if in_memory else {SUPERVISED: supervised}
     if online:
@@ -193,6 +194,18 @@ def _check_config(cfg: TrainConfig, *, online: bool, unlabelled: ray.data.Datase
         )
 
 
+def _local_checkpoint(cfg: TrainConfig, storage_path: str, run_name: str) -> str | None:
+    """Where an in-process run (``train.in_process``) keeps its epochs: ``<storage_path>/<run_name>/local``."""
+    if not cfg.in_process:
+        return None
+    if not fs.is_local(storage_path):
+        raise ConfigError(
+            f"train.in_process=true keeps its checkpoints on a local disk, and the run directory {storage_path} is "
+            "not local; set train.in_process=false (Ray Train persists to any storage) or use a local storage.root"
+        )
+    return os.path.join(fs.resolve(storage_path)[1], run_name, "local")
+
+
 def _fit(spec: LoopSpec, datasets: dict[str, Any], *, storage_path: str, run_name: str) -> Any:
     import ray.train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -202,14 +215,14 @@ def _fit(spec: LoopSpec, datasets: dict[str, Any], *, storage_path: str, run_nam
 
     cfg = spec.train
     callbacks = []
-    if spec.mlflow:
+    if spec.mlflow and not cfg.in_process:  # in process the loop logs each epoch itself (no controller)
         from engine.train.callbacks import MlflowEpochs
 
         callbacks.append(MlflowEpochs(spec.mlflow, spec.label_space))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=make_loop_config(spec),
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
+        scaling_config=ScalingConfig(num_workers=0 if cfg.in_process else cfg.num_workers, use_gpu=cfg.use_gpu),
         run_config=RunConfig(
             name=run_name,
             storage_path=storage_path,
@@ -223,7 +236,11 @@ def _fit(spec: LoopSpec, datasets: dict[str, Any], *, storage_path: str, run_nam
     logger.info("training %s for %d epochs (run %s)", spec.model.name, cfg.epochs, run_path)
     try:
         return trainer.fit()
-    except ray.train.TrainingFailedError as exc:
+    except EngineError:
+        raise
+    except Exception as exc:  # Ray Train's TrainingFailedError; in process, the loop's own exception
+        if not (cfg.in_process or isinstance(exc, ray.train.TrainingFailedError)):
+            raise
         raise EngineError(
             f"student training failed in run {run_path} ({type(exc).__name__}: {str(exc)[:500]}); fix the cause and "
             f"call again with run_name={run_name!r} to resume from its last finished epoch"

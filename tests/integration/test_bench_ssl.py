@@ -23,7 +23,9 @@ def _bench():
 def test_ssl_benchmark_tiny_writes_table_rounds_and_mlflow(ray_local, fer2013_dir, tmp_path):
     out = tmp_path / "ssl.md"
     argv = ["--preset", "tiny", "--root", str(tmp_path / "runs"), "--fer2013", str(fer2013_dir), "--out", str(out)]
-    results = _bench().main([*argv, "--rows", "sup100", "dtmr05"])
+    # In process (Ray Train's local mode): the same students as the Ray Train workers (test_train.py), without
+    # their start-up in each of the three trainings; the tiny campaign fixture and test_train cover Ray Train.
+    results = _bench().main([*argv, "--rows", "sup100", "dtmr05", "--set", "train.in_process=true"])
 
     by_row = {r["row"]: r for r in results}
     assert list(by_row) == ["sup10", "sup100", "dtmr05"]

@@ -26,6 +26,9 @@ COMMON = [
     "train.epochs=1",
     "train.batch_size=32",
     "select.cap_multiple_of_labelled=null",
+    # In process (Ray Train's local mode): bit-identical students (test_train.py) without Ray Train's start-up in
+    # each training; the Ray Train path itself is covered by test_train, the shared tiny campaign and kill/resume.
+    "train.in_process=true",
 ]
 
 

@@ -378,3 +378,39 @@ def test_the_in_memory_set_keeps_the_dataset_order_whatever_the_reads_finish_in(
     columns = ray.get(put_decoded(ds, ModelConfig(name="tiny_cnn"), "test"))
     assert columns["idx"].tolist() == list(range(len(faces)))
     assert columns["label"].tolist() == [y for _, y in faces]
+
+
+def test_in_process_training_equals_ray_train_and_resumes_from_its_own_checkpoint(
+    tmp_path: Path, datasets: dict[str, Any]
+) -> None:
+    """train.in_process (Ray Train's local mode): the same student as the Ray Train workers, bit for bit, also when
+    the run crashed after epoch 1 and resumed from the engine's local checkpoint; MLflow gets each epoch once."""
+    import os
+
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from engine.models.checkpoint import load_checkpoint
+
+    cfg = TrainConfig(epochs=3, batch_size=32, lr=0.05, ema_decay=0.6, max_failures=0, seed=5)
+    workers = _train(tmp_path, "workers", cfg, datasets)
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    run_id = client.create_run(client.create_experiment("t", artifact_location=str(tmp_path / "art"))).info.run_id
+    local_cfg = dataclasses.replace(cfg, in_process=True)
+    kw = {"mlflow": {"tracking_uri": uri, "run_id": run_id}}
+    with pytest.raises(EngineError, match=r"RuntimeError: injected test fault after epoch 1.*run_name='local'"):
+        _train(tmp_path, "local", local_cfg, datasets, fault_after_epoch=1, **kw)
+    local_dir = tmp_path / "ray" / "local" / "local"
+    assert sorted(os.listdir(local_dir)) == ["epoch_000001"]  # the committed epoch; older ones removed
+    assert [m.step for m in client.get_metric_history(run_id, "train/train_loss")] == [0, 1]
+
+    local = _train(tmp_path, "local", local_cfg, datasets, **kw)
+    assert (local["epochs"], local["epochs_run"], local["resumed_from_epoch"]) == (3, 1, 2)
+    assert sorted(os.listdir(local_dir)) == ["epoch_000002"]
+    assert [r["train_loss"] for r in local["history"]] == [r["train_loss"] for r in workers["history"]]
+    assert [m.step for m in client.get_metric_history(run_id, "train/train_loss")] == [0, 1, 2]
+    a = load_checkpoint(str(tmp_path / "workers.pt")).model.state_dict()
+    b = load_checkpoint(str(tmp_path / "local.pt")).model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

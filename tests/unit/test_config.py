@@ -122,3 +122,11 @@ def test_fingerprint_is_stable_under_key_order_and_sensitive_to_values():
     assert fingerprint(load_config().threshold) == fingerprint(load_config().threshold)
     assert fingerprint(load_config().threshold) != fingerprint(load_config([], ["threshold.tau=0.9"]).threshold)
     assert fingerprint((1, 2)) == fingerprint([1, 2])
+
+
+def test_in_process_training_is_one_worker():
+    from engine.config import TrainConfig
+
+    assert TrainConfig(in_process=True).num_workers == 1
+    with pytest.raises(ConfigError, match=r"train.in_process=true trains one worker .* set train.num_workers=1 \(got 2\)"):
+        TrainConfig(in_process=True, num_workers=2)
