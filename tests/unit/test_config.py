@@ -128,5 +128,5 @@ def test_in_process_training_is_one_worker():
     from engine.config import TrainConfig
 
     assert TrainConfig(in_process=True).num_workers == 1
-    with pytest.raises(ConfigError, match=r"train.in_process=true trains one worker .* set train.num_workers=1 \(got 2\)"):
+    with pytest.raises(ConfigError, match=r"trains one worker .* set train.num_workers=1 \(got 2\)"):
         TrainConfig(in_process=True, num_workers=2)
