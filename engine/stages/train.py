@@ -63,8 +63,10 @@ class TrainStage(Stage):
         return {**up, "teacher": teacher.fingerprint if (teacher and self.train_cfg.warm_start) else ""}
 
     def fingerprint_inputs(self) -> dict[str, Any]:
+        train = asdict(self.train_cfg)
+        del train["in_process"]  # where the loop runs, not what it computes (the same student, bit for bit)
         fp: dict[str, Any] = {
-            "train": asdict(self.train_cfg),
+            "train": train,
             "model": asdict(self.model_cfg),
             "label_space": self.space.name,
             "upstream": self.upstream,

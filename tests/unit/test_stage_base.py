@@ -4,6 +4,7 @@ atomic writes."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -115,3 +116,14 @@ def test_without_ray_started_execute_does_not_check_resources(tmp_path, monkeypa
             return {"GPU": 8.0}
 
     assert Greedy(str(tmp_path / "s"), 1).execute().counts == {"rows": 1}
+
+
+def test_training_in_process_keeps_the_train_stage_fingerprint():
+    from engine.stages.train import TrainStage
+
+    def fp(*sets):
+        cfg = load_config([Path(__file__).resolve().parents[2] / "conf/demo.yaml"], list(sets))
+        ctx = StageContext(cfg, round=0).with_result("partition", StageResult("partition", "p" * 64, {}, {}, 0.0))
+        return TrainStage(ctx).fingerprint()
+
+    assert fp("train.in_process=true") == fp() != fp("train.epochs=3")
