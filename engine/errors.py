@@ -25,3 +25,7 @@ class MissingExtra(EngineError, ImportError):
 
 class SourceFormatError(EngineError, ValueError):
     """A dataset on disk does not match the format its adapter expects."""
+
+
+class WriterLocked(EngineError):
+    """Another process is writing the same stage output (engine.io.lock)."""

@@ -17,6 +17,7 @@ from engine.config import Config, flatten
 from engine.errors import ConfigError, EngineError, FingerprintMismatch
 from engine.fingerprint import fingerprint, short
 from engine.io import fs
+from engine.io.lock import writer_lock
 from engine.layout import SUCCESS, CampaignLayout, RoundLayout, join, round_name
 from engine.runtime import require
 
@@ -191,10 +192,18 @@ class Stage(ABC):
         return None
 
     def execute(self) -> StageResult:
-        """Skip if committed with this fingerprint, else (re)run and commit; see DESIGN.md "The stage contract"."""
+        """Skip if committed with this fingerprint, else (re)run and commit; see DESIGN.md "The stage contract".
+
+        The whole decision runs under the stage's writer lock (engine.io.lock): a second process on the same output
+        is refused with the holder's host and pid, before it reads or writes anything there.
+        """
         missing = [n for n in self.inputs() if n not in self.ctx.upstream]
         if missing:
             raise ConfigError(f"{self.label}: upstream stage(s) {missing} not committed; run them first")
+        with writer_lock(self.out_dir, self.label):
+            return self._execute_locked()
+
+    def _execute_locked(self) -> StageResult:
         fp = self.fingerprint()
         inputs = self.fingerprint_inputs()
         marker = fs.read_json_or_none(self.success_path)

@@ -37,7 +37,10 @@ def _expected(fer2013_dir, limit):
 
 
 def _files(root):
-    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every output file under ``root`` (writer locks aside: they name the latest run, engine.io.lock)."""
+    return {
+        p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.suffix != ".lock"
+    }
 
 
 CFG = IngestConfig(samples_per_shard=40, list_chunk_rows=50)

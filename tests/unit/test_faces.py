@@ -126,7 +126,7 @@ def test_ingest_config_face_keys_validated_and_fingerprint_unchanged_when_off(tm
     assert ingest_stage(str(tmp_path), src, replace(off, face_margin=0.5)).fingerprint() == before
     on = ingest_stage(str(tmp_path), src, replace(off, detect_faces=True))
     assert on.fingerprint() != before
-    assert on.policy.detect_faces and on.policy.face_size == 112
+    assert on.cfg.detect_faces and on.cfg.face_size == 112
     assert ingest_stage(str(tmp_path), src, replace(off, detect_faces=True, face_size=64)).fingerprint() != (
         on.fingerprint()
     )

@@ -1,0 +1,64 @@
+"""One writer per stage output (engine.io.lock): a second process is refused before it touches the directory,
+with the holder's host and pid; the lock dies with its holder, SIGKILL included."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.config import IngestConfig, SourceConfig
+from engine.errors import WriterLocked
+from engine.io.lock import lock_path, writer_lock
+from tests.fixtures import ingest_stage
+from tests.unit.test_stage_base import Counter
+
+REPO = Path(__file__).resolve().parents[2]
+HOLD = """import sys, time
+from engine.io.lock import writer_lock
+with writer_lock(sys.argv[1], "holder"):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def _holder(out_dir: Path) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(out_dir)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline() == "held\n"
+    return proc
+
+
+def test_a_second_writer_is_refused_naming_the_holder_and_the_lock_dies_with_it(tmp_path: Path) -> None:
+    src = SourceConfig(name="fer", format="fer2013", path=str(tmp_path / "nowhere"), limit=10)
+    stage = ingest_stage(str(tmp_path), src, IngestConfig())
+    holder = _holder(Path(stage.out_dir))
+    try:
+        with pytest.raises(WriterLocked) as err:
+            stage.execute()
+        msg = str(err.value)
+        assert msg.startswith(
+            f"ingest fer: {stage.out_dir} is being written by pid {holder.pid} on {socket.gethostname()}"
+        )
+        assert msg.endswith(f"on a network filesystem that does not, delete {lock_path(stage.out_dir)}")
+        assert not Path(stage.out_dir).exists()  # refused before reading or writing anything there
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    counter = Counter(stage.out_dir, 3)  # the killed holder's lock is gone: the next writer runs
+    assert counter.execute().counts == {"rows": 3} and counter.calls == 1
+
+
+def test_the_lock_is_free_again_after_a_stage_and_after_it_failed(tmp_path: Path) -> None:
+    out = str(tmp_path / "s")
+    with pytest.raises(RuntimeError, match="boom"):
+        Counter(out, 3, fail=True).execute()
+    with writer_lock(out, "test"):  # neither the failed nor a finished stage keeps it
+        pass
+    Counter(out, 3).execute()
+    refused = pytest.raises(WriterLocked, match=rf"test2: {out} is being written by pid \d+ on ")
+    with writer_lock(out, "test"), refused, writer_lock(out, "test2"):
+        pass
