@@ -26,6 +26,11 @@ def parser(description: str, *, config: bool = True, set_help: str | None = None
         metavar="KEY=VALUE",
         help=set_help or "override one config value, e.g. --set storage.root=/data/runs",
     )
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also print Ray's own output (worker logs, Ray Data progress blocks); by default it stays in Ray's logs",
+    )
     return p
 
 
@@ -55,7 +60,7 @@ def main(
 ) -> None:
     """Parse, set up logging, call ``run``; an EngineError becomes one clear line and exit code 2."""
     args = p.parse_args(argv)
-    setup_logging()
+    setup_logging(verbose=getattr(args, "verbose", False))
     try:
         run(args)
     except EngineError as exc:

@@ -17,28 +17,37 @@ log = logging.getLogger(__name__)
 def init_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
     """Connect to the cluster in RAY_ADDRESS (set by ``ray job submit``) or start a local Ray.
 
-    Safe to call twice. ``num_cpus`` applies only to a local Ray.
+    Safe to call twice. ``num_cpus`` applies only to a local Ray. Unless the job runs with ``--verbose``
+    (engine.logs), Ray's workers do not print to this console and Ray Data draws progress bars only on a terminal:
+    their logs stay in Ray's session directory, printed once here.
     """
     import ray
+
+    from engine.logs import quiet_ray, verbose
 
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    kwargs.setdefault("log_to_driver", verbose())
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True, **kwargs)
+        context = ray.init(**kwargs)
     else:
-        _start_local(num_cpus, **kwargs)
+        context = _start_local(num_cpus, **kwargs)
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = True
+    ctx.enable_progress_bars = verbose() or sys.stderr.isatty()
     ctx.verbose_stats_logs = False
+    quiet_ray()
     log.info("ray: %s", cluster_resources())
+    session = getattr(context, "address_info", {}).get("session_dir")
+    if session and not verbose():
+        log.info("Ray's own logs (workers, Ray Data, Ray Train): %s/logs (--verbose prints them here)", session)
 
 
 LOCAL_START_ATTEMPTS = 3
 """Tries to start a local Ray: its raylet must register within a fixed 30 s, which a busy machine can miss."""
 
 
-def _start_local(num_cpus: int | None, **kwargs: Any) -> None:
+def _start_local(num_cpus: int | None, **kwargs: Any) -> Any:
     import psutil  # vendored by Ray (ray/thirdparty_files): importable once init_ray imported ray
     import ray
 
@@ -46,8 +55,7 @@ def _start_local(num_cpus: int | None, **kwargs: Any) -> None:
     for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
         before = {p.pid for p in me.children(recursive=True)}
         try:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
-            return
+            return ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
         except Exception as exc:  # Ray raises a bare Exception for this timeout
             if "timed out during startup" not in str(exc) or attempt == LOCAL_START_ATTEMPTS:
                 raise

@@ -127,4 +127,7 @@ def test_job_submit_runs_round_0_and_1(tiny_campaign: Any, fer2013_dir: Path, tm
     assert [state["rounds"][r]["mlflow_run_id"] for r in ("0", "1")] == [d["mlflow_run_id"] for d in docs]
     # The job printed the campaign summary (driver output reaches `ray job submit` through the job logs).
     assert "round r001:" in out
+    # Quiet console: Ray's workers and Ray Data's progress blocks stay in Ray's logs, whose folder is printed once.
+    assert "(RayTrainWorker" not in out and "logging_progress" not in out and "(PlacementGroupCleaner" not in out
+    assert out.count("Ray's own logs (workers, Ray Data, Ray Train): ") == 1
     assert "ingest fer2013: skipped" in out  # the shared campaign's ingest, found committed (same fingerprint)

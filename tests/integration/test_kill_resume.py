@@ -110,6 +110,8 @@ def test_sigkill_mid_training_then_rerun_resumes_same_round_and_run(
     # "nothing to do" output of the ingest/partition stages of the re-run
     assert "ingest fer2013: skipped" in again.stdout + again.stderr
     assert "partition demo: skipped" in again.stdout + again.stderr
+    # Quiet console: nothing from Ray's workers or Ray Data's non-TTY progress blocks (they stay in Ray's logs).
+    assert "(RayTrainWorker" not in again.stderr and "logging_progress" not in again.stderr
 
     # Same MLflow child run, exactly one child per round, each epoch logged once.
     assert doc["mlflow_run_id"] == run_id
