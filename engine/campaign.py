@@ -41,6 +41,19 @@ def prepare(cfg: Config) -> StageContext:
     return ctx.with_result("partition", PartitionStage(ctx).execute())
 
 
+def check_inputs(cfg: Config) -> None:
+    """What a campaign can check before Ray or MLflow start: every source it names is configured, and a given round-0
+    teacher is a readable engine checkpoint (its metadata only)."""
+    from engine.stages.partition import used_sources
+
+    for name in used_sources(cfg.campaign):
+        cfg.source(name)
+    if cfg.campaign.teacher_checkpoint:
+        from engine.models.checkpoint import read_checkpoint_meta
+
+        read_checkpoint_meta(cfg.campaign.teacher_checkpoint)
+
+
 def completed(cfg: Config) -> dict[str, Any] | None:
     """``campaign.json`` when the campaign has nothing left to do with this very config, else None.
 

@@ -37,11 +37,12 @@ def parser(description: str, *, config: bool = True, set_help: str | None = None
 def run_campaign_job(args: argparse.Namespace, max_rounds: int | None) -> None:
     """The body of jobs/campaign.py and jobs/pseudo_round.py: say "nothing to do" without starting Ray or MLflow
     when the campaign is complete with this config, else run up to ``max_rounds`` new rounds and print the summary."""
-    from engine.campaign import completed, run_campaign
+    from engine.campaign import check_inputs, completed, run_campaign
     from engine.runtime import init_ray
     from engine.summary import print_campaign_summary, print_nothing_to_do
 
     cfg = load(args)
+    check_inputs(cfg)
     done = completed(cfg)
     if done is not None:  # only campaign.json was read
         print_nothing_to_do(cfg, done)

@@ -546,8 +546,15 @@ def load_config(paths: Sequence[str | Path] = (), overrides: Sequence[str] = ())
     merged: dict[str, Any] = {}
     origin = "defaults"
     for path in paths:
-        text = Path(path).read_text()
-        data = yaml.safe_load(text) or {}
+        if not Path(path).is_file():
+            raise ConfigError(f"config file {path} does not exist (or is not a file); give the path of a YAML file")
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as exc:  # also tags such as !!python/object, which safe_load never constructs
+            where = getattr(exc, "problem_mark", None)
+            at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+            problem = getattr(exc, "problem", None) or type(exc).__name__
+            raise ConfigError(f"{path}: not a plain YAML config{at}: {problem}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
         _deep_merge(merged, data)
@@ -556,8 +563,16 @@ def load_config(paths: Sequence[str | Path] = (), overrides: Sequence[str] = ())
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} must look like section.key=value")
-        _set_path(merged, key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None)
-    return _absolute_local_paths(build(Config, merged, where=origin))
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML; quote it") from None
+        _set_path(merged, key.strip().split("."), value)
+    cfg = _absolute_local_paths(build(Config, merged, where=origin))
+    root = cfg.storage.root
+    if "://" not in root and os.path.exists(root) and not os.path.isdir(root):
+        raise ConfigError(f"storage.root {root} is a file, not a folder; give a folder (it is created if missing)")
+    return cfg
 
 
 def _absolute_local_paths(cfg: Config) -> Config:

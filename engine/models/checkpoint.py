@@ -197,6 +197,11 @@ def _torch_load(path: str, *, mmap: bool) -> dict[str, Any]:
         else:
             ckpt = torch.load(io.BytesIO(fs.read_bytes(path)), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises pickle, zip and runtime errors alike for foreign files
+        if "weights_only" in str(exc):  # torch's message goes on to suggest weights_only=False: never here
+            raise EngineError(
+                f"refused checkpoint {path}: it needs arbitrary Python objects to load, and the engine loads tensors "
+                "only (a pickle can run code); write it with engine.models.checkpoint.save_checkpoint"
+            ) from None
         raise EngineError(
             f"cannot read checkpoint {path} ({type(exc).__name__}: {str(exc)[:200]}); it must be written by "
             "engine.models.checkpoint.save_checkpoint"

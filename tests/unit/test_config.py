@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from engine.config import Config, load_config
@@ -130,3 +132,50 @@ def test_in_process_training_is_one_worker():
     assert TrainConfig(in_process=True).num_workers == 1
     with pytest.raises(ConfigError, match=r"trains one worker .* set train.num_workers=1 \(got 2\)"):
         TrainConfig(in_process=True, num_workers=2)
+
+
+def test_inputs_a_job_cannot_use_are_one_line_config_errors(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match=rf"^config file {missing} does not exist \(or is not a file\)"):
+        load_config([missing])
+    tagged = tmp_path / "tagged.yaml"
+    tagged.write_text("a: !!python/object/apply:os.system ['echo hi']\n")
+    with pytest.raises(ConfigError, match=rf"^{tagged}: not a plain YAML config \(line 1, column 4\): could not "):
+        load_config([tagged])
+    a_file = tmp_path / "root"
+    a_file.write_text("x")
+    with pytest.raises(ConfigError, match=rf"^storage.root {a_file} is a file, not a folder"):
+        load_config([], [f"storage.root={a_file}"])
+    with pytest.raises(ConfigError, match=r"^override 'train.lr=\[1': the value is not valid YAML; quote it$"):
+        load_config([], ["train.lr=[1"])
+
+
+def test_ingest_job_without_sources_is_one_line_before_ray_starts(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    empty = tmp_path / "empty.yaml"
+    empty.write_text(f"storage:\n  root: {tmp_path / 'runs'}\nsources: {{}}\n")
+    out = subprocess.run(
+        [sys.executable, "jobs/ingest.py", "--config", str(empty)], cwd=repo, capture_output=True, text=True
+    )
+    assert (out.returncode, out.stdout, out.stderr) == (
+        2,
+        "",
+        "error: no sources configured: add a `sources:` section (see conf/fer2013.yaml) or --set one\n",
+    )
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_campaign_checks_its_sources_and_teacher_before_starting_anything(tmp_path):
+    from engine.campaign import check_inputs
+    from engine.errors import EngineError
+
+    demo = Path(__file__).resolve().parents[2] / "conf/demo.yaml"
+    with pytest.raises(ConfigError, match=r"^unknown source 'ferx'"):
+        check_inputs(load_config([demo], ["campaign.eval=[ferx]"]))
+    missing = tmp_path / "teacher.pt"
+    with pytest.raises(EngineError, match=rf"^checkpoint {missing} does not exist"):
+        check_inputs(load_config([demo], [f"campaign.teacher_checkpoint={missing}"]))

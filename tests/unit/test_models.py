@@ -262,3 +262,21 @@ def test_worker_teacher_loads_once_per_process_until_the_file_changes(tmp_path: 
     os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 1_000_000))
     again = worker_teacher(path)
     assert again is not first and again.fingerprint != first.fingerprint
+
+
+class Payload:
+    """Any class outside torch's weights-only allow-list: loading it would run this module's code."""
+
+
+def test_a_checkpoint_that_needs_code_to_load_is_refused_without_advising_to_unpickle(tmp_path: Path) -> None:
+    from engine.errors import EngineError
+    from engine.models.checkpoint import load_checkpoint
+
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": {}, "payload": Payload()}, path)  # a class weights_only will not build
+    with pytest.raises(EngineError) as err:
+        load_checkpoint(str(path))
+    assert str(err.value) == (
+        f"refused checkpoint {path}: it needs arbitrary Python objects to load, and the engine loads tensors only "
+        "(a pickle can run code); write it with engine.models.checkpoint.save_checkpoint"
+    )
