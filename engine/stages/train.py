@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from engine.config import model_fingerprint_fields
 from engine.io import fs
 from engine.layout import join
 from engine.partition_rule import PartitionRule
@@ -67,7 +68,7 @@ class TrainStage(Stage):
         del train["in_process"]  # where the loop runs, not what it computes (the same student, bit for bit)
         fp: dict[str, Any] = {
             "train": train,
-            "model": asdict(self.model_cfg),
+            "model": model_fingerprint_fields(self.model_cfg),
             "label_space": self.space.name,
             "upstream": self.upstream,
         }

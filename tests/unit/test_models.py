@@ -280,3 +280,38 @@ def test_a_checkpoint_that_needs_code_to_load_is_refused_without_advising_to_unp
         f"refused checkpoint {path}: it needs arbitrary Python objects to load, and the engine loads tensors only "
         "(a pickle can run code); write it with engine.models.checkpoint.save_checkpoint"
     )
+
+
+def test_timm_weights_from_a_local_file_without_a_hub(tmp_path: Path) -> None:
+    """model.weights: every backbone tensor is the file's; the stem is summed to 1 channel (timm's adapt_input_conv
+    for grey input); the classifier is new, sized for this label space."""
+    import timm
+
+    from engine.config import ModelConfig
+    from engine.models.factory import create_model
+
+    torch.manual_seed(0)
+    src = timm.create_model("resnet10t", pretrained=False, num_classes=1000)  # an "ImageNet" model, 3 channels
+    path = tmp_path / "resnet10t.pth"
+    torch.save(src.state_dict(), path)
+    model = create_model(ModelConfig(name="resnet10t", in_chans=1, input_size=48, weights=str(path)), 7)
+    got, ref = model.state_dict(), src.state_dict()
+    stem = f"{src.pretrained_cfg['first_conv']}.weight"
+    head = src.pretrained_cfg["classifier"]
+    assert got.keys() == ref.keys() and got[f"{head}.weight"].shape == (7, ref[f"{head}.weight"].shape[1])
+    assert torch.equal(got[stem], ref[stem].sum(dim=1, keepdim=True))
+    same = [k for k in ref if k != stem and not k.startswith(f"{head}.")]
+    assert len(same) > 50 and all(torch.equal(got[k], ref[k]) for k in same)
+    fresh = create_model(ModelConfig(name="resnet10t", in_chans=1, input_size=48), 7).state_dict()
+    conv = next(k for k in same if ref[k].ndim == 4)
+    assert not torch.equal(fresh[conv], ref[conv])  # without model.weights: a random initialisation
+
+
+def test_model_weights_refused_for_engine_nets_and_missing_files(tmp_path: Path) -> None:
+    from engine.config import ModelConfig
+    from engine.models.factory import create_model
+
+    with pytest.raises(ConfigError, match=r"^model.weights is for timm models and 'tiny_cnn' is an engine net"):
+        create_model(ModelConfig(name="tiny_cnn", weights=str(tmp_path / "w.pth")), 7)
+    with pytest.raises(ConfigError, match=rf"^model.weights {tmp_path / 'w.pth'} is not a file"):
+        create_model(ModelConfig(name="resnet10t", weights=str(tmp_path / "w.pth")), 7)
