@@ -6,6 +6,7 @@ import io
 import tarfile
 from collections.abc import Iterable
 
+from engine.errors import EngineError
 from engine.io import fs
 
 IMAGE_EXTS = ("png", "jpg", "jpeg")
@@ -26,16 +27,33 @@ def tar_bytes(members: Iterable[tuple[str, bytes]]) -> bytes:
 
 
 def read_members(tar_path: str, wanted: set[str]) -> dict[str, tuple[str, bytes]]:
-    """``key → (extension, encoded bytes)`` of the image members of one shard tar whose key is in ``wanted``."""
+    """``key → (extension, encoded bytes)`` of the image members of one shard tar whose key is in ``wanted``.
+
+    Raises:
+        EngineError: the tar cannot be read, or lacks a wanted key (a truncated shard reads as a shorter tar):
+            named with the shard and what rebuilds it, instead of a KeyError deep inside a Ray task.
+    """
     out: dict[str, tuple[str, bytes]] = {}
-    with tarfile.open(fileobj=io.BytesIO(fs.read_bytes(tar_path)), mode="r") as tar:
-        for m in tar:
-            key, _, ext = m.name.partition(".")
-            if key in wanted and ext in IMAGE_EXTS:
-                f = tar.extractfile(m)
-                if f is not None:
-                    out[key] = (ext, f.read())
+    try:
+        with tarfile.open(fileobj=io.BytesIO(fs.read_bytes(tar_path)), mode="r") as tar:
+            for m in tar:
+                key, _, ext = m.name.partition(".")
+                if key in wanted and ext in IMAGE_EXTS:
+                    f = tar.extractfile(m)
+                    if f is not None:
+                        out[key] = (ext, f.read())
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise EngineError(f"shard {tar_path} cannot be read ({type(exc).__name__}: {exc}); {_REBUILD}") from None
+    if len(out) < len(wanted):
+        missing = sorted(wanted - set(out))
+        raise EngineError(
+            f"shard {tar_path} lacks {len(missing)} of the {len(wanted)} images its manifest lists (e.g. "
+            f"{missing[0]}): it is truncated or damaged; {_REBUILD}"
+        )
     return out
+
+
+_REBUILD = "re-ingest its source with --set storage.on_existing=overwrite (jobs/ingest.py)"
 
 
 def read_images(tar_path: str, wanted: set[str]) -> dict[str, bytes]:

@@ -74,8 +74,32 @@ def _export(store, fmt, out):
 
 
 def test_read_images_returns_extension_and_bytes(store):
-    got = read_members(store["root"] + "/sources/src/shards/src-000000.tar", {"src_b", "nope"})
+    got = read_members(store["root"] + "/sources/src/shards/src-000000.tar", {"src_b"})
     assert list(got) == ["src_b"] and got["src_b"] == ("png", _png(40))
+
+
+def test_a_truncated_or_short_shard_is_an_error_naming_it(store, tmp_path):
+    from engine.errors import EngineError
+    from engine.io.tars import tar_bytes
+
+    tar = store["root"] + "/sources/src/shards/src-000000.tar"
+    with pytest.raises(EngineError, match=rf"^shard {tar} lacks 1 of the 2 images its manifest lists \(e.g. nope\)"):
+        read_members(tar, {"src_b", "nope"})
+    data = tar_bytes([(f"k{i}.png", _png(30 + i)) for i in range(3)])
+    member = 512 + -(-len(_png(30)) // 512) * 512  # header + padded data of the first member
+    at_boundary, mid_member = tmp_path / "a.tar", tmp_path / "b.tar"
+    at_boundary.write_bytes(data[: 2 * member])  # two whole members: tarfile reads a shorter tar, silently
+    mid_member.write_bytes(data[: member + 700])  # cut inside the second member's data
+    rebuild = "re-ingest its source with --set storage.on_existing=overwrite (jobs/ingest.py)"
+    with pytest.raises(EngineError) as err:
+        read_members(str(at_boundary), {"k0", "k1", "k2"})
+    assert str(err.value) == (
+        f"shard {at_boundary} lacks 1 of the 3 images its manifest lists (e.g. k2): it is truncated or damaged; "
+        + rebuild
+    )
+    with pytest.raises(EngineError) as err:
+        read_members(str(mid_member), {"k0", "k1", "k2"})
+    assert str(err.value) == f"shard {mid_member} cannot be read (ReadError: unexpected end of data); {rebuild}"
 
 
 def test_export_shard_rows_carry_lineage(store, tmp_path):
