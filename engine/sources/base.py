@@ -7,6 +7,7 @@ import hashlib
 import logging
 import os
 import re
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,14 +133,21 @@ def _parse_tar_locator(locator: str) -> tuple[str, int, int]:
     return path, int(offset_s), int(size_s)
 
 
+class NotAFile(OSError):
+    """A listed path is a FIFO, a device or a socket: opening it could block forever or never end."""
+
+
 def read_bytes(locator: str) -> bytes:
     """The bytes a locator points at: a whole plain file, or a tar member's byte range.
 
     Raises:
         SourceFormatError: a malformed ``tar://`` locator, or a range that runs past the end of the tar.
+        NotAFile: the path is not a regular file (checked with ``stat`` before opening it).
         OSError: the file cannot be read (missing, permissions).
     """
     if not locator.startswith(TAR_SCHEME):
+        if not stat.S_ISREG(os.stat(locator).st_mode):
+            raise NotAFile(f"{locator} is not a regular file (a FIFO, device or socket); it was not opened")
         with open(locator, "rb") as fh:
             return fh.read()
     path, offset, size = _parse_tar_locator(locator)

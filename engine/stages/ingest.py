@@ -243,7 +243,7 @@ def _decode_part_row(row: dict[str, Any], *, layout: SourceLayout, policy: Inges
 
 def decode_part(layout: SourceLayout, part: int, policy: IngestConfig) -> None:
     """Decode, validate and hash every row of one listing part; writes its decoded part atomically."""
-    from engine.sources.base import read_bytes
+    from engine.sources.base import NotAFile, read_bytes
 
     listing = fs.read_parquet(layout.listing_part(part)).to_pylist()
     out: dict[str, list[Any]] = {
@@ -253,6 +253,9 @@ def decode_part(layout: SourceLayout, part: int, policy: IngestConfig) -> None:
     for i, r in enumerate(listing):
         try:
             data = read_bytes(r["locator"])
+        except NotAFile as exc:
+            check = None
+            status, detail = "not_a_file", str(exc)[:200]
         except OSError as exc:
             check = None
             status, detail = "unreadable", f"{type(exc).__name__}: {exc}"[:200]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import tarfile
 
 import numpy as np
@@ -120,9 +121,10 @@ def test_bad_inputs_are_quarantined_with_reasons(ray_local, tmp_path):
 
     for i in range(3):
         (tmp_path / "in" / f"good{i}.png").write_bytes(face(i))
+    os.mkfifo(tmp_path / "in" / "fifo.png")  # opening it would block the ingest forever
     src = SourceConfig(name="mixed", format="flat_folder", path=str(tmp_path / "in"), split="unlabelled")
     res = ingest_stage(str(tmp_path / "root"), src, IngestConfig()).execute()
-    assert res.counts["inputs"] == len(bad) + 3
+    assert res.counts["inputs"] == len(bad) + 1 + 3
     assert res.counts["kept"] == 3
     q = pq.read_table(tmp_path / "root/sources/mixed/quarantine.parquet").to_pylist()
     reasons = {r["orig_path"]: r["reason"] for r in q}
@@ -132,5 +134,6 @@ def test_bad_inputs_are_quarantined_with_reasons(ray_local, tmp_path):
         "text.jpg": "not_an_image",
         "tiny.png": "too_small",
         "bomb.png": "too_large",
+        "fifo.png": "not_a_file",
     }
     assert all(r["detail"] for r in q)
