@@ -3,7 +3,7 @@
 Local storage uses ``fcntl.flock`` on ``<out_dir>.lock`` (a sibling file, so the committed directory itself holds
 only outputs). The kernel drops the lock when its process ends, however it ends (SIGKILL included), so a local lock
 is never stale; the file keeps the last holder's host, pid and start time, which a refused writer is told. Object
-stores have no such lock: there the stage runs unlocked (logged once per directory).
+stores have no such lock: there the stage runs unlocked (logged at each run).
 """
 
 from __future__ import annotations

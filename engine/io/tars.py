@@ -13,6 +13,10 @@ IMAGE_EXTS = ("png", "jpg", "jpeg")
 """Extensions of the image member of a sample (``<key>.<ext>``)."""
 
 
+_REBUILD = "re-ingest its source with --set storage.on_existing=overwrite (jobs/ingest.py)"
+"""What rebuilds a damaged shard (said by every error about one)."""
+
+
 def tar_bytes(members: Iterable[tuple[str, bytes]]) -> bytes:
     """A USTAR tar of ``(name, data)`` members in the given order, byte-identical for the same input: mtime 0,
     mode 0644, no owner names."""
@@ -51,9 +55,6 @@ def read_members(tar_path: str, wanted: set[str]) -> dict[str, tuple[str, bytes]
             f"{missing[0]}): it is truncated or damaged; {_REBUILD}"
         )
     return out
-
-
-_REBUILD = "re-ingest its source with --set storage.on_existing=overwrite (jobs/ingest.py)"
 
 
 def read_images(tar_path: str, wanted: set[str]) -> dict[str, bytes]:

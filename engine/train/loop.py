@@ -197,7 +197,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if val is not None and epoch >= first_val_epoch(spec.train):
             record.update(validate(t, val, spec, device, epoch))
         t.history.append(record)
-        _report(record, t.state(epoch) if rank == 0 else None, spec)  # the controller logs it to MLflow (callbacks.py)
+        _report(record, t.state(epoch) if rank == 0 else None, spec)  # MLflow: callbacks.py, or _report in process
         if spec.fault_after_epoch is not None and epoch == spec.fault_after_epoch:
             raise RuntimeError(f"injected test fault after epoch {epoch} (fault_after_epoch)")
 
