@@ -39,8 +39,8 @@ class SourceConfig:
     """One input dataset in one of the supported on-disk formats."""
 
     format: str
-    """Adapter name: fer2013, image_folder, flat_folder, csv_list, expw, affectnet, diffusionfer, affwild2,
-    mindface."""
+    """Adapter name: fer2013, kaggle_fer2013, ferplus, rafdb, image_folder, flat_folder, csv_list, expw, affectnet,
+    diffusionfer, affwild2, mindface."""
     path: str
     """Root folder (or file) of the dataset in its original layout."""
     name: str = ""
@@ -48,7 +48,8 @@ class SourceConfig:
     label_space: str = "basic7"
     """Label space the adapter maps native labels into."""
     label_source: str = "fer2013"
-    """FER2013 only: ``fer2013`` (original 7-class label) or ``ferplus`` (FER+ vote majority)."""
+    """Format fer2013 only: ``fer2013`` (original 7-class label) or ``ferplus`` (FER+ vote majority). Format
+    kaggle_fer2013 accepts only ``fer2013`` (its CSV has no votes); format ferplus always uses the vote majority."""
     split: str = "train"
     """Split given to rows of formats that carry none (image folders, flat folders, CSV lists without a split)."""
     limit: int | None = None

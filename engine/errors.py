@@ -27,5 +27,13 @@ class SourceFormatError(EngineError, ValueError):
     """A dataset on disk does not match the format its adapter expects."""
 
 
+class SourceRecordError(SourceFormatError):
+    """One record of a source file is malformed (a pixel CSV row with a bad pixel count, value or label code).
+
+    Raised when the row's bytes are read, never while listing: ingest quarantines that row as ``bad_record`` with
+    the message as detail, and the other rows go on.
+    """
+
+
 class WriterLocked(EngineError):
     """Another process is writing the same stage output (engine.io.lock)."""

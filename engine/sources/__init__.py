@@ -9,9 +9,12 @@ from engine.sources import (  # noqa: F401  (imported for registration)
     diffusionfer,
     expw,
     fer2013,
+    ferplus,
     flat_folder,
     image_folder,
+    kaggle_fer2013,
     mindface,
+    rafdb,
 )
 from engine.sources.base import (
     SourceAdapter,

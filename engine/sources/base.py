@@ -15,6 +15,7 @@ from pathlib import Path
 from engine.config import SPLITS, SourceConfig
 from engine.errors import ConfigError, SourceFormatError
 from engine.labels import LabelSpace, get_label_space
+from engine.sources.pixel_csv import PIXEL_CSV_SCHEME, parse_pixel_csv_locator, read_pixel_row
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,8 @@ class SourceRow:
     orig_path: str
     """Path relative to the source root (or tar member name), for lineage."""
     locator: str
-    """Absolute file path, or ``tar://<abs tar path>#<offset>:<size>`` (byte range of a tar member)."""
+    """Absolute file path, ``tar://<abs tar path>#<offset>:<size>`` (byte range of a tar member), or
+    ``pixelcsv://<abs csv path>#<offset>:<size>`` (one FER2013 pixel-CSV record, decoded to a PNG when read)."""
     split: str
     """train | val | test | unlabelled."""
     label: int = -1
@@ -112,14 +114,17 @@ def tar_locator(tar_path: str | os.PathLike[str], offset: int, size: int) -> str
 
 
 def locator_size(locator: str) -> int:
-    """Byte size a locator points at, without reading it (tar range size, or the file's size on disk).
+    """Byte size a locator points at, without reading it (tar range size, pixel-CSV record size, or the file's size
+    on disk).
 
     Raises:
-        SourceFormatError: a malformed ``tar://`` locator.
+        SourceFormatError: a malformed ``tar://`` or ``pixelcsv://`` locator.
         OSError: the plain file cannot be stat-ed.
     """
     if locator.startswith(TAR_SCHEME):
         return _parse_tar_locator(locator)[2]
+    if locator.startswith(PIXEL_CSV_SCHEME):
+        return parse_pixel_csv_locator(locator)[2]
     return os.stat(locator).st_size
 
 
@@ -138,13 +143,17 @@ class NotAFile(OSError):
 
 
 def read_bytes(locator: str) -> bytes:
-    """The bytes a locator points at: a whole plain file, or a tar member's byte range.
+    """The bytes a locator points at: a whole plain file, a tar member's byte range, or the PNG of a pixel-CSV record.
 
     Raises:
-        SourceFormatError: a malformed ``tar://`` locator, or a range that runs past the end of the tar.
+        SourceRecordError: a malformed pixel-CSV record (ingest quarantines the row as ``bad_record``).
+        SourceFormatError: a malformed locator, a range that runs past the end of the tar, or a pixel-CSV range that
+            is no longer one record.
         NotAFile: the path is not a regular file (checked with ``stat`` before opening it).
         OSError: the file cannot be read (missing, permissions).
     """
+    if locator.startswith(PIXEL_CSV_SCHEME):
+        return read_pixel_row(locator)
     if not locator.startswith(TAR_SCHEME):
         if not stat.S_ISREG(os.stat(locator).st_mode):
             raise NotAFile(f"{locator} is not a regular file (a FIFO, device or socket); it was not opened")
@@ -226,12 +235,19 @@ class SourceAdapter:
 
     # helpers shared by adapters
 
-    def require(self, path: Path, what: str) -> Path:
-        """``path`` if it exists, else a SourceFormatError naming the format and the expected layout."""
+    def require(self, path: Path, what: str, *, hint: str = "") -> Path:
+        """``path`` if it exists, else a one-line SourceFormatError naming the format, ``what`` and ``path``.
+
+        Args:
+            path: the file or folder the layout needs.
+            what: its name in the message.
+            hint: what to do (where to download the dataset, what to point ``sources.<name>.path`` at); the default
+                points at the layout in formats.md.
+        """
         if not path.exists():
             raise SourceFormatError(
                 f"source {self.name!r} ({self.cfg.format}): {what} not found at {path}; "
-                "check sources.<name>.path and the layout in shared/reference/formats.md"
+                + (hint or "check sources.<name>.path and the layout in shared/reference/formats.md")
             )
         return path
 

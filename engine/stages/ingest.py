@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine.config import Config, IngestConfig, SourceConfig
-from engine.errors import EngineError
+from engine.errors import EngineError, SourceRecordError
 from engine.imaging import process_image
 from engine.io import fs
 from engine.io.tars import tar_bytes
@@ -256,6 +256,9 @@ def decode_part(layout: SourceLayout, part: int, policy: IngestConfig) -> None:
         except NotAFile as exc:
             check = None
             status, detail = "not_a_file", str(exc)[:200]
+        except SourceRecordError as exc:  # a malformed record of a pixel CSV: this row only
+            check = None
+            status, detail = "bad_record", str(exc)[:200]
         except OSError as exc:
             check = None
             status, detail = "unreadable", f"{type(exc).__name__}: {exc}"[:200]

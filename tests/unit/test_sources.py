@@ -79,9 +79,12 @@ def test_registry_lists_formats_and_suggests_on_typo(tmp_path: Path) -> None:
         "diffusionfer",
         "expw",
         "fer2013",
+        "ferplus",
         "flat_folder",
         "image_folder",
+        "kaggle_fer2013",
         "mindface",
+        "rafdb",
     )
     with pytest.raises(ConfigError, match=r"unknown format 'fer2031'; did you mean 'fer2013'\?"):
         get_adapter(SourceConfig(format="fer2031", path=str(tmp_path), name="x"))
