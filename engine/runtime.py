@@ -34,7 +34,7 @@ def init_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
     else:
         context = _start_local(num_cpus, **kwargs)
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = verbose() or sys.stderr.isatty()
+    ctx.enable_progress_bars = verbose()  # the engine draws one bar per stage itself (engine.progress)
     ctx.verbose_stats_logs = False
     quiet_ray()
     log.info("ray: %s", cluster_resources())

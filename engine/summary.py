@@ -72,10 +72,44 @@ def print_campaign_summary(cfg: Any, state: dict[str, Any]) -> None:
         out.append(f"  promoted   {state['rounds'][r].get('promoted')}")
     if state.get("stopped"):
         out.append(f"stopped: {state['stopped']}")
+    out += [f"warning: {w}" for w in campaign_warnings(cfg, state)]
     if not ran_any:
         out.append("nothing to do: every stage was already committed")
     out.append(mlflow_ui_hint(cfg, state))
     print("\n".join(out), flush=True)
+
+
+def campaign_warnings(cfg: Any, state: dict[str, Any]) -> list[str]:
+    """What a user should not miss, once each, in the engine's words: quarantined inputs, classes no round
+    pseudo-labelled, students not promoted."""
+    from engine.io import fs
+    from engine.layout import CampaignLayout, SourceLayout
+
+    out = []
+    for name, st in ((state.get("prepared") or {}).get("ingest") or {}).items():
+        c = st.get("counts", {})
+        if c.get("quarantined"):
+            reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(c.get("by_reason", {}).items()))
+            out.append(
+                f"source {name}: {c['quarantined']:,} inputs quarantined ({reasons}); the rows and reasons are in "
+                f"{SourceLayout(cfg.storage.root, name).quarantine}"
+            )
+    lay = CampaignLayout(cfg.storage.root, cfg.campaign.name)
+    for r in sorted(state["rounds"], key=int):
+        doc = fs.read_json_or_none(lay.round(int(r)).state)
+        if doc is None:
+            continue
+        empty = [c for c, v in (doc.get("quality") or {}).get("per_class", {}).items() if not v.get("selected")]
+        if empty:
+            out.append(f"round r{int(r):03d}: no pseudo-label for {', '.join(empty)} (none passed its threshold)")
+        entry = state["rounds"][r]
+        if entry.get("promoted") is False:
+            f1 = entry.get("val_macro_f1") or 0.0
+            out.append(
+                f"round r{int(r):03d}: the student was not promoted (val macro-F1 {f1:.4f} did not beat the "
+                "teacher's); the next round keeps the teacher"
+            )
+    return out
 
 
 def tracking_uri(cfg: Any, state: dict[str, Any]) -> str:
@@ -90,11 +124,14 @@ def tracking_uri(cfg: Any, state: dict[str, Any]) -> str:
 
 
 def mlflow_ui_hint(cfg: Any, state: dict[str, Any]) -> str:
-    """One line telling how to browse the campaign's runs: ``mlflow ui --backend-store-uri …`` for a local store."""
+    """One line telling how to browse the campaign's runs: ``mlflow ui --backend-store-uri …`` for a local store, and
+    the address of the experiment's runs table (MLflow 3's UI otherwise opens on its GenAI view)."""
     uri = tracking_uri(cfg, state)
+    exp = state.get("mlflow_experiment_id")
+    page = f"/#/experiments/{exp}/runs?workflowType=machine_learning" if exp else ""
     if uri.startswith(("http://", "https://")):
-        return f"MLflow: open {uri} (experiment {cfg.tracking.experiment})"
-    return f"MLflow UI: mlflow ui --backend-store-uri {uri}"
+        return f"MLflow: open {uri.rstrip('/')}{page or ''} (experiment {cfg.tracking.experiment})"
+    return f"MLflow UI: mlflow ui --backend-store-uri {uri}, then open http://127.0.0.1:5000{page or '/'}"
 
 
 def print_nothing_to_do(cfg: Any, state: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 from engine.io import fs
 from engine.layout import METRICS, confusion_name, join, video_id
 from engine.partition_rule import PartitionRule
+from engine.progress import track
 from engine.stages.base import RunOutput, Stage, StageContext, TeacherRef
 from engine.stages.score import ShardRef, _manifest_cols, list_shards
 
@@ -120,20 +121,17 @@ def predict_split(
     shards = list_shards(root, rule.eval_sources)
     items = [ref.__dict__ for ref in shards]
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    outs = [
-        out
-        for out in ds.map(
-            _predict_shard,
-            fn_kwargs={
-                "checkpoint": checkpoint,
-                "rule": rule.to_json(),
-                "split": split,
-                "batch_size": batch_size,
-                "tta_flip": tta_flip,
-            },
-        ).iter_rows()
-        if len(out["keys"])
-    ]
+    rows = ds.map(
+        _predict_shard,
+        fn_kwargs={
+            "checkpoint": checkpoint,
+            "rule": rule.to_json(),
+            "split": split,
+            "batch_size": batch_size,
+            "tta_flip": tta_flip,
+        },
+    ).iter_rows()
+    outs = [out for out in track(rows, desc=f"predict {split}", total=len(items), unit="shards") if len(out["keys"])]
     if not outs:
         return SplitPredictions([], np.zeros(0, np.int64), np.zeros((0, 0), np.float32))
     keys = [k for out in outs for k in out["keys"]]

@@ -31,6 +31,7 @@ from engine.imaging import process_image
 from engine.io import fs
 from engine.io.tars import tar_bytes
 from engine.layout import SourceLayout, shard_name
+from engine.progress import track
 from engine.schemas import LISTING_SCHEMA, MANIFEST_SCHEMA, QUARANTINE_SCHEMA
 from engine.stages.base import RunOutput, Stage, StageContext, StageResult
 
@@ -114,7 +115,8 @@ class IngestStage(Stage):
         if pending:
             log.info("ingest %s: decoding %d/%d parts", self.source.name, len(pending), n_parts)
             ds = ray.data.from_items([{"part": i} for i in pending], override_num_blocks=len(pending))
-            list(ds.map(_decode_part_row, fn_kwargs={"layout": self.layout, "policy": self.cfg}).iter_rows())
+            rows = ds.map(_decode_part_row, fn_kwargs={"layout": self.layout, "policy": self.cfg}).iter_rows()
+            list(track(rows, desc=f"ingest {self.source.name}: decode", total=len(pending), unit="parts"))
         stats: dict[int, dict[str, int]] = {}
         for i in range(n_parts):
             t = fs.read_parquet(self.layout.decoded_part(i), columns=["status"])
@@ -160,7 +162,8 @@ class IngestStage(Stage):
                     {"shard": s, "lo": lo, "hi": hi, "parts": parts, "offsets": [int(offsets[i]) for i in parts]}
                 )
             ds = ray.data.from_items(jobs, override_num_blocks=len(jobs))
-            list(ds.map(_write_shard_row, fn_kwargs={"layout": self.layout, "source": self.source.name}).iter_rows())
+            rows = ds.map(_write_shard_row, fn_kwargs={"layout": self.layout, "source": self.source.name}).iter_rows()
+            list(track(rows, desc=f"ingest {self.source.name}: write shards", total=len(jobs), unit="shards"))
         return n_shards
 
     # ------------------------------------------------------------------ commit: quarantine + counts

@@ -36,6 +36,7 @@ from engine.errors import EngineError
 from engine.io import fs
 from engine.layout import SourceLayout, join, parse_shard, parse_shard_url
 from engine.partition_rule import PartitionRule
+from engine.progress import track
 from engine.schemas import score_table
 from engine.stages.base import RunOutput, Stage, StageContext
 from engine.stats import ScoreStats
@@ -229,7 +230,13 @@ class ScoreStage(Stage):
         committed: set[str] = set()
         done = 0
         teacher_id = self.teacher_fp[:12]
-        for batch in scored_ds.iter_batches(batch_size=None, batch_format="numpy"):
+        batches = track(
+            scored_ds.iter_batches(batch_size=None, batch_format="numpy"),
+            desc=self.label,
+            total=sum(len(expected[s.name]) for s in shards),
+            count=lambda b: len(b["shard"]),
+        )
+        for batch in batches:
             shard_col = batch["shard"]
             for shard in dict.fromkeys(shard_col.tolist()):  # a batch rarely spans more than one shard
                 if shard in committed:  # a batch delivered again after its shard was written: nothing new

@@ -58,8 +58,35 @@ def test_nothing_to_do_is_one_line_plus_the_mlflow_command(tmp_path: Path, capsy
     assert lines == [
         f"nothing to do: campaign demo in {tmp_path} is complete with this config (macro-F1 r000 val 0.2500 / test "
         f"0.2000, r001 val 0.3500 / test 0.2000); delete {tmp_path} to run it again",
-        f"MLflow UI: mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db",
+        f"MLflow UI: mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db, then open http://127.0.0.1:5000/",
     ]
+    with_exp = {**state, "mlflow_experiment_id": "3"}
+    assert mlflow_ui_hint(cfg, with_exp) == (
+        f"MLflow UI: mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db, then open "
+        "http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning"
+    )
     assert mlflow_ui_hint(_cfg(tmp_path, "tracking.uri=http://mlf:5000"), {}) == (
         "MLflow: open http://mlf:5000 (experiment fer-pseudolabel)"
     )
+
+
+def test_warnings_name_quarantine_unlabelled_classes_and_unpromoted_students(tmp_path: Path) -> None:
+    from engine.summary import campaign_warnings
+
+    cfg = _cfg(tmp_path)
+    state = _write_done(tmp_path, cfg, rounds=(0, 1, 2))
+    state["prepared"] = {
+        "ingest": {"fer2013": {"counts": {"quarantined": 3, "by_reason": {"truncated": 1, "empty": 2}}}}
+    }
+    state["rounds"]["1"]["promoted"] = True
+    state["rounds"]["2"]["promoted"] = False
+    lay = CampaignLayout(str(tmp_path), "demo")
+    per_class = {"Anger": {"selected": 4}, "Disgust": {"selected": 0}, "Fear": {"selected": 0}}
+    fs.write_json(lay.round(1).state, {"round": 1, "quality": {"per_class": per_class}})
+    assert campaign_warnings(cfg, state) == [
+        f"source fer2013: 3 inputs quarantined (empty 2, truncated 1); the rows and reasons are in "
+        f"{tmp_path}/sources/fer2013/quarantine.parquet",
+        "round r001: no pseudo-label for Disgust, Fear (none passed its threshold)",
+        "round r002: the student was not promoted (val macro-F1 0.4500 did not beat the teacher's); the next round "
+        "keeps the teacher",
+    ]
