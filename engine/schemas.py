@@ -2,11 +2,13 @@
 
 Sources list rows as ``LISTING_SCHEMA``; ingest commits ``MANIFEST_SCHEMA`` parts and a ``QUARANTINE_SCHEMA`` table;
 score parts follow :func:`score_schema`; the selection is ``SELECTION_SCHEMA``; training streams
-``SUPERVISED_SCHEMA``; curation writes ``LABEL_ISSUES_SCHEMA``; exports write ``SAMPLE_SCHEMA``.
+``SUPERVISED_SCHEMA``; curation writes ``LABEL_ISSUES_SCHEMA``; exports write ``SAMPLE_SCHEMA`` (and
+:func:`hf_sample_schema` for the Hugging Face parquet layout).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -183,6 +185,32 @@ SAMPLE_SCHEMA = pa.schema(
     ]
 )
 """One row per exported sample; ``confidence``, ``threshold`` and ``policy`` are null for labelled samples."""
+
+HF_IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+"""How Hugging Face ``datasets`` stores its ``Image`` feature in Arrow / parquet: encoded bytes and a file name."""
+
+_HF_DTYPES = {"float": "float32", "double": "float64", "halffloat": "float16"}
+"""Arrow type names that ``datasets.Value`` spells differently (the others, e.g. ``int16``, ``string``, agree)."""
+
+
+def hf_sample_schema(names: list[str]) -> pa.Schema:
+    """``SAMPLE_SCHEMA`` as a ``datasets``-loadable parquet schema: ``image`` (:data:`HF_IMAGE_TYPE`) first and
+    ``label`` as int64, with the ``datasets`` features in the schema metadata (key ``huggingface``).
+
+    ``datasets`` takes a feature from that metadata only where its Arrow type equals the column's, which is why
+    ``label`` is int64 (``ClassLabel``) here and int16 in ``SAMPLE_SCHEMA``.
+    """
+    fields = [
+        pa.field("image", HF_IMAGE_TYPE),
+        pa.field("label", pa.int64()),
+        SAMPLE_SCHEMA.field("label_name"),
+        *(f for f in SAMPLE_SCHEMA if f.name not in ("label", "label_name")),
+    ]
+    features: dict[str, Any] = {"image": {"_type": "Image"}, "label": {"names": list(names), "_type": "ClassLabel"}}
+    for f in fields[2:]:
+        features[f.name] = {"dtype": _HF_DTYPES.get(str(f.type), str(f.type)), "_type": "Value"}
+    meta = json.dumps({"info": {"features": features}}).encode()
+    return pa.schema(fields, metadata={b"huggingface": meta})
 
 
 LABEL_ISSUES_SCHEMA = pa.schema(

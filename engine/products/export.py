@@ -1,4 +1,5 @@
-"""Export a round's curated dataset (labelled ∪ selected pseudo-labels) as WebDataset, image folder or CSV.
+"""Export a round's curated dataset (labelled ∪ selected pseudo-labels) as WebDataset, image folder, CSV or Hugging
+Face parquet.
 
 Every exported sample carries its lineage: ``key``, ``label`` / ``label_name``, ``origin`` (labelled or pseudo),
 ``source`` and ``orig_path`` (the file it was ingested from), ``shard``, ``confidence`` / ``threshold`` / ``policy``
@@ -6,8 +7,8 @@ Every exported sample carries its lineage: ``key``, ``label`` / ``label_name``, 
 Student duplication of sparse classes; each sample is exported once), ``round`` and ``file_name`` (where it is in the
 export). One Ray task per input shard reads the shard's tar once and writes its images; the per-shard sample tables
 are then streamed into ``samples.parquet`` and ``samples.csv``. ``datasheet.json`` (counts per class, origin and
-source, thresholds, lineage fingerprints, file digests) and ``datasheet.md`` are written last: a directory without
-``datasheet.json`` is an unfinished export.
+source, thresholds, selection, lineage fingerprints, file digests), ``datasheet.md`` (and ``README.md`` for
+``hf_parquet``) are written last, ``datasheet.json`` the very last: a directory without it is an unfinished export.
 
 Layouts (``<out>/``):
 
@@ -15,6 +16,12 @@ Layouts (``<out>/``):
   ``<key>.json`` (the sample row); read it with ``webdataset.WebDataset(urls).decode()``.
 - ``imagefolder``: ``<ClassName>/<key>.<ext>`` (torchvision ``ImageFolder`` / Hugging Face ``imagefolder``).
 - ``csv``: ``images/<key>.<ext>`` and ``list.csv`` (``path,label,split``: re-ingestable with ``format: csv_list``).
+- ``hf_parquet``: ``data/train-<i>-of-<n>.parquet``, one per source shard (the Hub's naming), with columns ``image``
+  (``{bytes, path}``, the ``datasets`` ``Image`` feature), ``label`` (``ClassLabel``), ``label_name`` and the
+  lineage columns, the ``datasets`` features in the schema metadata; ``README.md`` is the dataset card (configs,
+  features, the datasheet). Read it with ``datasets.load_dataset(<out>, split="train")``.
+
+Every sample is in split ``train`` (``list.csv``'s ``split`` column, the ``hf_parquet`` file names).
 """
 
 from __future__ import annotations
@@ -35,13 +42,24 @@ import pyarrow.parquet as pq
 from engine.errors import ConfigError
 from engine.io import fs
 from engine.io.tars import read_members, tar_bytes
-from engine.layout import SUCCESS, SourceLayout, join, parse_shard
-from engine.schemas import SAMPLE_SCHEMA
+from engine.layout import SourceLayout, join, parse_shard
+from engine.products.datasheet import dataset_card, datasheet, datasheet_md
+from engine.progress import track
+from engine.schemas import SAMPLE_SCHEMA, hf_sample_schema
 from engine.stored import RoundRef
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("webdataset", "imagefolder", "csv")
+FORMATS = ("webdataset", "imagefolder", "csv", "hf_parquet")
+
+SPLIT = "train"
+"""The split of every exported sample."""
+
+
+def hf_data_file(index: int, count: int) -> str:
+    """``data/train-00003-of-00012.parquet``: the ``index``-th of a split's ``count`` parquet files, as the Hub names
+    them."""
+    return f"data/{SPLIT}-{index:05d}-of-{count:05d}.parquet"
 
 
 def export_round(ref: RoundRef, fmt: str, out_dir: str, *, overwrite: bool = False) -> dict[str, Any]:
@@ -80,19 +98,30 @@ def export_round(ref: RoundRef, fmt: str, out_dir: str, *, overwrite: bool = Fal
         "thresholds": thr_doc["thresholds"] if thr_doc else None,
         "round_index": ref.index,
     }
-    items = [{"shard": s} for s in shards]
+    items = [
+        {"shard": s, "data_file": hf_data_file(i, len(shards)) if fmt == "hf_parquet" else None}
+        for i, s in enumerate(shards)
+    ]
     results = sorted(
         (
             {**r, "counts": json.loads(r["counts"]), "digests": json.loads(r["digests"])}
-            for r in ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-            .map(functools.partial(_export_shard_row, **kwargs))
-            .iter_rows()
+            for r in track(
+                ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+                .map(functools.partial(_export_shard_row, **kwargs))
+                .iter_rows(),
+                desc=f"export r{ref.index:03d}",
+                total=len(items),
+                unit="shards",
+            )
         ),
         key=lambda r: r["shard"],
     )
     n = _merge_parts(out_dir, [r["part"] for r in results], fmt)
     sheet = datasheet(ref, doc, thr_doc, fmt, results, n, out_dir=out_dir)
     fs.write_bytes(join(out_dir, "datasheet.md"), datasheet_md(sheet).encode())
+    if fmt == "hf_parquet":
+        card = dataset_card(sheet, split=SPLIT, path=f"data/{SPLIT}-*")
+        fs.write_bytes(join(out_dir, "README.md"), card.encode())
     fs.write_json(join(out_dir, "datasheet.json"), sheet)
     log.info("export r%03d: %d samples as %s in %s", ref.index, n, fmt, out_dir)
     return sheet
@@ -100,7 +129,7 @@ def export_round(ref: RoundRef, fmt: str, out_dir: str, *, overwrite: bool = Fal
 
 def _export_shard_row(item: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
     # Per-shard dicts have shard-specific keys: ship them as JSON so every Ray block has the same schema.
-    r = export_shard(item["shard"], **kwargs)
+    r = export_shard(item["shard"], data_file=item["data_file"], **kwargs)
     return {**r, "counts": json.dumps(r["counts"]), "digests": json.dumps(r["digests"])}
 
 
@@ -115,8 +144,15 @@ def export_shard(
     names: list[str],
     thresholds: list[float | None] | None,
     round_index: int,
+    data_file: str | None = None,
 ) -> dict[str, Any]:
-    """Export the labelled and selected samples of one source shard; returns its counts, part path and digests."""
+    """Export the labelled and selected samples of one source shard; returns its counts, part path and digests.
+
+    ``data_file`` is the shard's parquet file under ``out_dir`` (:func:`hf_data_file`): given for ``hf_parquet``,
+    and only for it.
+    """
+    if (fmt == "hf_parquet") != (data_file is not None):
+        raise ValueError(f"export_shard({shard!r}, fmt={fmt!r}): data_file is given for hf_parquet and only for it")
     rows = _shard_rows(shard, labelled=labelled, selection=selection, thresholds=thresholds, round_index=round_index)
     source, idx = parse_shard(shard)
     sl = SourceLayout(root, source)
@@ -129,8 +165,11 @@ def export_shard(
     for r in rows:
         ext = images[r["key"]][0]
         r.update(label_name=names[r["label"]], source=source, orig_path=orig.get(r["key"]), shard=shard)
-        r["file_name"] = _file_name(fmt, shard, r["key"], r["label_name"], ext)
-    digests = _write_images(fmt, out_dir, shard, rows, images)
+        r["file_name"] = _file_name(fmt, shard, r["key"], r["label_name"], ext, data_file)
+    if data_file is not None:
+        digests = _write_hf_parquet(out_dir, data_file, rows, images, names)
+    else:
+        digests = _write_images(fmt, out_dir, shard, rows, images)
     part = join(out_dir, "_parts", f"{shard}.parquet")
     fs.write_parquet(part, pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA))
     counts: dict[str, int] = {}
@@ -169,7 +208,9 @@ def _filtered(path: str, shard: str, columns: list[str]) -> pa.Table:
     )
 
 
-def _file_name(fmt: str, shard: str, key: str, label_name: str, ext: str) -> str:
+def _file_name(fmt: str, shard: str, key: str, label_name: str, ext: str, data_file: str | None) -> str:
+    if fmt == "hf_parquet":
+        return f"{data_file}#{key}.{ext}"
     if fmt == "webdataset":
         return f"shards/curated-{shard}.tar#{key}.{ext}"
     if fmt == "imagefolder":
@@ -199,6 +240,19 @@ def _write_images(
     return {rel: hashlib.sha256(data).hexdigest()}
 
 
+def _write_hf_parquet(
+    out_dir: str, data_file: str, rows: list[dict[str, Any]], images: dict[str, tuple[str, bytes]], names: list[str]
+) -> dict[str, str]:
+    """Write one shard's rows with their encoded images as ``data_file`` (:func:`hf_sample_schema`); returns
+    ``{data_file: sha256}``."""
+    schema = hf_sample_schema(names)
+    cols = {c: [r[c] for r in rows] for c in schema.names if c != "image"}
+    cols["image"] = [{"bytes": images[r["key"]][1], "path": f"{r['key']}.{images[r['key']][0]}"} for r in rows]
+    path = join(out_dir, data_file)
+    fs.write_parquet(path, pa.Table.from_pydict(cols, schema=schema))
+    return {data_file: hashlib.sha256(fs.read_bytes(path)).hexdigest()}
+
+
 def _merge_parts(out_dir: str, parts: list[str], fmt: str) -> int:
     """Stream the per-shard tables into ``samples.parquet`` / ``samples.csv`` (and ``list.csv`` for csv)."""
     n = 0
@@ -216,122 +270,13 @@ def _merge_parts(out_dir: str, parts: list[str], fmt: str) -> int:
             n += t.num_rows
             for r in t.to_pylist():
                 w.writerow(["" if r[c] is None else r[c] for c in SAMPLE_SCHEMA.names])
-                lw.writerow([r["file_name"], r["label_name"], "train"])
+                lw.writerow([r["file_name"], r["label_name"], SPLIT])
         writer.close()
     fs.write_bytes(join(out_dir, "samples.csv"), text.getvalue().encode())
     if fmt == "csv":
         fs.write_bytes(join(out_dir, "list.csv"), listing.getvalue().encode())
     fs.remove(join(out_dir, "_parts"))
     return n
-
-
-def datasheet(
-    ref: RoundRef,
-    doc: dict[str, Any],
-    thr_doc: dict[str, Any] | None,
-    fmt: str,
-    results: list[dict[str, Any]],
-    n: int,
-    *,
-    out_dir: str,
-) -> dict[str, Any]:
-    """The datasheet of an export: counts per class / origin / source, thresholds and lineage fingerprints."""
-    names = list(ref.space.classes)
-    per_class = {o: dict.fromkeys(names, 0) for o in ("labelled", "pseudo")}
-    per_source: dict[str, dict[str, int]] = {}
-    files: dict[str, str] = {}
-    for r in results:
-        src = parse_shard(r["shard"])[0]
-        for k, v in r["counts"].items():
-            origin, name = k.split("|", 1)
-            per_class[origin][name] += v
-            per_source.setdefault(src, {"labelled": 0, "pseudo": 0})[origin] += v
-        files.update(r["digests"])
-    files["samples.parquet"] = hashlib.sha256(fs.read_bytes(join(out_dir, "samples.parquet"))).hexdigest()
-    c = ref.cfg.campaign
-    sources = {}
-    for s in dict.fromkeys([*c.labelled, *c.unlabelled, *c.eval]):
-        marker = fs.read_json_or_none(SourceLayout(ref.root, s).success) or {}
-        sources[s] = {"format": ref.cfg.source(s).format, "path": ref.cfg.source(s).path,
-                      "ingest_fingerprint": marker.get("fingerprint")}  # fmt: skip
-    part = fs.read_json_or_none(join(ref.campaign_layout.partition_dir, SUCCESS)) or {}
-    return {
-        "format": fmt,
-        "samples": n,
-        "campaign": ref.campaign,
-        "round": ref.index,
-        "label_space": {"name": ref.space.name, "classes": names},
-        "counts": {
-            "per_class": per_class,
-            "per_source": dict(sorted(per_source.items())),
-            "total": {o: sum(v.values()) for o, v in per_class.items()},
-        },
-        "thresholds": None
-        if thr_doc is None
-        else {
-            "policy": thr_doc["policy"],
-            "params": thr_doc.get("params", {}),
-            "by_class": thr_doc["thresholds_by_class"],
-        },
-        "selection": _selection_summary(ref),
-        "lineage": {
-            "sources": sources,
-            "partition_fingerprint": part.get("fingerprint"),
-            "teacher": doc.get("teacher"),
-            "student": doc.get("student"),
-            "stages": {k: v["fingerprint"] for k, v in doc.get("stages", {}).items()},
-            "mlflow_run_id": doc.get("mlflow_run_id"),
-        },
-        "files": dict(sorted(files.items())),
-        "columns": SAMPLE_SCHEMA.names,
-    }
-
-
-def _selection_summary(ref: RoundRef) -> dict[str, Any] | None:
-    q = fs.read_json_or_none(ref.layout.quality)
-    if q is None:
-        return None
-    return {k: q.get(k) for k in ("pool", "selected", "mask_rate", "precision", "steps", "excluded")}
-
-
-def datasheet_md(sheet: dict[str, Any]) -> str:
-    """A Markdown rendering of :func:`datasheet`."""
-    names = sheet["label_space"]["classes"]
-    pc_ = sheet["counts"]["per_class"]
-    lines = [
-        f"# Datasheet: {sheet['campaign']} round r{sheet['round']:03d} ({sheet['format']})",
-        "",
-        f"{sheet['samples']:,} samples: {sheet['counts']['total']['labelled']:,} labelled and "
-        f"{sheet['counts']['total']['pseudo']:,} pseudo-labelled. Label space `{sheet['label_space']['name']}`.",
-        "Each sample's lineage (source, original path, shard, round, policy, threshold, confidence) is in "
-        "`samples.parquet` / `samples.csv`.",
-        "",
-        "## Counts per class",
-        "",
-        "| class | labelled | pseudo | threshold |",
-        "| --- | ---: | ---: | ---: |",
-    ]
-    thr = (sheet["thresholds"] or {}).get("by_class", {})
-    for n in names:
-        t = thr.get(n)
-        lines.append(f"| {n} | {pc_['labelled'][n]} | {pc_['pseudo'][n]} | {'—' if t is None else f'{t:.4f}'} |")
-    lines += ["", "## Counts per source", "", "| source | labelled | pseudo |", "| --- | ---: | ---: |"]
-    lines += [f"| {s} | {v['labelled']} | {v['pseudo']} |" for s, v in sheet["counts"]["per_source"].items()]
-    if sheet["thresholds"]:
-        params = ", ".join(f"{k}={v}" for k, v in sorted(sheet["thresholds"]["params"].items()))
-        lines += ["", "## Thresholds", "", f"Policy `{sheet['thresholds']['policy']}` ({params})."]
-    lin = sheet["lineage"]
-    lines += ["", "## Lineage", "", f"- campaign `{sheet['campaign']}`, round {sheet['round']}"]
-    for s, v in lin["sources"].items():
-        lines.append(f"- source `{s}` ({v['format']}, `{v['path']}`): ingest fingerprint `{v['ingest_fingerprint']}`")
-    lines.append(f"- partition fingerprint `{lin['partition_fingerprint']}`")
-    if lin["teacher"]:
-        lines.append(f"- teacher `{', '.join(lin['teacher']['paths'])}` fingerprint `{lin['teacher']['fingerprint']}`")
-    if lin["student"]:
-        lines.append(f"- student `{lin['student']['path']}` fingerprint `{lin['student']['fingerprint']}`")
-    lines += [f"- stage `{k}` fingerprint `{v}`" for k, v in lin["stages"].items()]
-    lines += ["", "## Files (sha256)", ""] + [f"- `{k}` `{v}`" for k, v in sheet["files"].items()]
-    return "\n".join(lines) + "\n"
 
 
 def _non_empty(path: str) -> bool:

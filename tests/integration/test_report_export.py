@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import io
 import os
 from collections import Counter
 from pathlib import Path
@@ -163,3 +164,60 @@ def test_export_reads_back_exactly_the_curated_set(campaign, tmp_path, fmt):
     assert sheet["counts"]["total"] == {"labelled": len(expected) - len(sel), "pseudo": len(sel)}
     assert sheet["lineage"]["stages"]["select"] == fs.read_json(lay.select_dir + "/_SUCCESS.json")["fingerprint"]
     assert (out / "datasheet.md").read_text().startswith("# Datasheet: demo round r001")
+
+
+def test_hf_parquet_export_loads_with_datasets_as_the_curated_set(campaign, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    import numpy as np
+    from PIL import Image
+
+    from engine.io.tars import read_members
+    from engine.layout import shard_tar
+    from engine.products.export import export_round
+    from engine.stored import open_round
+
+    _, root, _ = campaign
+    camp = CampaignLayout(str(root), "demo")
+    lay = camp.round(1)
+    expected = _expected(root)
+    out = tmp_path / "hf"
+    sheet = export_round(open_round(lay.dir), "hf_parquet", str(out))
+    lab = {r["key"]: r for r in pq.read_table(camp.labelled).to_pylist()}
+    sel = {r["key"]: r for r in pq.read_table(lay.selection).to_pylist()}
+    shards = sorted({r["shard"] for r in [*lab.values(), *sel.values()]})
+    data = [f"data/train-{i:05d}-of-{len(shards):05d}.parquet" for i in range(len(shards))]
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert files == sorted(["README.md", "datasheet.json", "datasheet.md", "samples.csv", "samples.parquet", *data])
+    assert fs.read_json(str(out / "datasheet.json")) == sheet and set(data) <= set(sheet["files"])
+
+    cache = str(tmp_path / "hf_cache")
+    ds = datasets.load_dataset("parquet", data_files=[str(out / f) for f in data], split="train", cache_dir=cache)
+    by_card = datasets.load_dataset(str(out), split="train", cache_dir=cache)  # README.md configs + features
+    names = list(get_label_space("basic7").classes)
+    for d in (ds, by_card):
+        assert isinstance(d.features["image"], datasets.Image)
+        assert d.features["label"] == datasets.ClassLabel(names=names)
+        assert d.num_rows == sheet["samples"] == len(expected)
+    assert dict(zip(ds["key"], ds["label"], strict=True)) == expected
+    assert sorted(by_card["key"]) == sorted(expected)
+
+    rows = {r["key"]: r for r in ds.select_columns([c for c in ds.column_names if c != "image"])}
+    for key, r in rows.items():
+        got = (r["origin"], r["label"], r["shard"], r["policy"], r["confidence"], r["weight"])
+        if key in sel:
+            s = sel[key]
+            assert got == ("pseudo", s["label"], s["shard"], s["policy"], pytest.approx(s["conf"]), s["weight"])
+        else:
+            assert got == ("labelled", lab[key]["label"], lab[key]["shard"], None, None, 1.0)
+        assert r["label_name"] == names[r["label"]] and r["round"] == 1
+    # A few rows of each origin: decoded pixels and stored bytes equal the image in the source shard.
+    picks = [i for o in ("labelled", "pseudo") for i in [j for j, v in enumerate(ds["origin"]) if v == o][:3]]
+    assert len(picks) == 6
+    raw = ds.cast_column("image", datasets.Image(decode=False))
+    for i in picks:
+        key, shard = ds[i]["key"], ds[i]["shard"]
+        ext, source_bytes = read_members(shard_tar(str(root), shard), {key})[key]
+        assert raw[i]["image"] == {"bytes": source_bytes, "path": f"{key}.{ext}"}
+        with Image.open(io.BytesIO(source_bytes)) as img:
+            assert np.array_equal(np.array(ds[i]["image"]), np.array(img))
+    assert (out / "README.md").read_text().count("## How the pseudo-labels were chosen") == 1

@@ -5,13 +5,16 @@ from __future__ import annotations
 import io
 import tarfile
 
+import numpy as np
 import pyarrow as pa
 import pytest
+import yaml
 from PIL import Image
 
 from engine.io import fs
 from engine.io.tars import read_members
-from engine.products.export import export_shard
+from engine.products.datasheet import dataset_card
+from engine.products.export import export_shard, hf_data_file
 from engine.schemas import SAMPLE_SCHEMA, SELECTION_SCHEMA
 
 NAMES = ["Neutral", "Anger", "Happiness"]
@@ -59,7 +62,7 @@ def store(tmp_path):
     return {"root": str(root), "labelled": str(labelled), "selection": str(selection)}
 
 
-def _export(store, fmt, out):
+def _export(store, fmt, out, data_file=None):
     return export_shard(
         "src-000000",
         root=store["root"],
@@ -70,6 +73,7 @@ def _export(store, fmt, out):
         names=NAMES,
         thresholds=[0.7, None, 0.9],
         round_index=1,
+        data_file=data_file,
     )
 
 
@@ -135,3 +139,90 @@ def test_export_shard_csv_layout(store, tmp_path):
     files = sorted(r["file_name"] for r in fs.read_parquet(res["part"]).to_pylist())
     assert files == ["images/src_a.png", "images/src_c.png", "images/src_d.png"]
     assert (tmp_path / "csv" / "images" / "src_d.png").read_bytes() == _png(120)
+
+
+def _sheet(samples: int) -> dict:
+    """A datasheet as :func:`engine.products.datasheet.datasheet` writes it, for a 3-sample export."""
+    zero = dict.fromkeys(NAMES, 0)
+    return {
+        "format": "hf_parquet",
+        "samples": samples,
+        "campaign": "demo",
+        "round": 1,
+        "label_space": {"name": "toy3", "classes": NAMES},
+        "counts": {
+            "per_class": {"labelled": {**zero, "Anger": 1}, "pseudo": {**zero, "Neutral": 1, "Happiness": 1}},
+            "per_source": {"src": {"labelled": 1, "pseudo": 2}},
+            "total": {"labelled": 1, "pseudo": 2},
+        },
+        "thresholds": {"policy": "fixed", "params": {"tau": 0.7}, "by_class": {"Neutral": 0.7, "Anger": None,
+                                                                               "Happiness": 0.9}},
+        "selection": {
+            "pool": 3, "selected": 2, "mask_rate": 0.6667, "precision": None,
+            "steps": {"passed_threshold": {**zero, "Neutral": 1, "Happiness": 1},  # key-sorted, as in quality.json
+                      "pool_pred": {**zero, "Neutral": 1, "Happiness": 2}},
+            "excluded": {"leakage": 0, "labelled": 1},
+            "config": {"cap_per_class": 10, "floor_per_class": 0, "max_disagreement": None, "min_valence": {}},
+        },
+        "lineage": {"sources": {"src": {"format": "fer2013", "path": "/data/src", "ingest_fingerprint": "ab12"}},
+                    "partition_fingerprint": "cd34", "teacher": None, "student": None,
+                    "stages": {"select": "ef56"}},
+        "files": {"data/train-00000-of-00001.parquet": "00ff"},
+    }  # fmt: skip
+
+
+def _front_matter(card: str) -> dict:
+    head, sep, _ = card.removeprefix("---\n").partition("\n---\n")
+    assert card.startswith("---\n") and sep
+    return yaml.safe_load(head)
+
+
+def test_dataset_card_front_matter_names_the_classes_and_the_data_files():
+    card = dataset_card(_sheet(3), split="train", path="data/train-*")
+    front = _front_matter(card)
+    assert front["license"] == "other" and front["task_categories"] == ["image-classification"]
+    assert front["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}]
+    features = {f["name"]: f["dtype"] for f in front["dataset_info"]["features"]}
+    assert features["image"] == "image"
+    assert features["label"] == {"class_label": {"names": {"0": "Neutral", "1": "Anger", "2": "Happiness"}}}
+    assert list(features)[:4] == ["image", "label", "label_name", "key"] and features["confidence"] == "float32"
+    body = card.split("\n---\n", 1)[1]
+    assert "## How the pseudo-labels were chosen" in body and "`fixed`" in body
+    assert "| Happiness | 0 | 1 | 0.9000 |" in body  # the datasheet's counts per class
+    assert "| class | pool_pred | passed_threshold |\n" in body and "| Happiness | 2 | 1 |\n" in body  # funnel order
+    assert "(`select`: cap_per_class=10, floor_per_class=0)" in body  # settings that are set
+    assert "- stage `select` fingerprint `ef56`" in body
+
+
+def test_export_shard_data_file_is_for_hf_parquet_only(store, tmp_path):
+    with pytest.raises(ValueError, match="data_file is given for hf_parquet and only for it"):
+        _export(store, "hf_parquet", tmp_path / "a")
+    with pytest.raises(ValueError, match="data_file is given for hf_parquet and only for it"):
+        _export(store, "csv", tmp_path / "b", data_file=hf_data_file(0, 1))
+
+
+def test_export_shard_hf_parquet_loads_with_datasets(store, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    out = tmp_path / "hf"
+    assert hf_data_file(3, 12) == "data/train-00003-of-00012.parquet"
+    res = _export(store, "hf_parquet", out, data_file=hf_data_file(0, 1))
+    ((rel, digest),) = res["digests"].items()
+    assert rel == "data/train-00000-of-00001.parquet" and len(digest) == 64
+    (out / "README.md").write_text(dataset_card(_sheet(res["rows"]), split="train", path="data/train-*"))
+    cache = str(tmp_path / "cache")
+    by_files = datasets.load_dataset("parquet", data_files=str(out / rel), split="train", cache_dir=cache)
+    by_card = datasets.load_dataset(str(out), split="train", cache_dir=cache)  # configs + dataset_info of README.md
+    for ds in (by_files, by_card):
+        assert isinstance(ds.features["image"], datasets.Image)
+        assert ds.features["label"] == datasets.ClassLabel(names=NAMES)
+        assert ds["key"] == ["src_a", "src_c", "src_d"]
+    rows = {r["key"]: r for r in by_files}
+    for key, value in (("src_a", 0), ("src_c", 80), ("src_d", 120)):
+        want = np.array(Image.open(io.BytesIO(_png(value))))
+        assert np.array_equal(np.array(rows[key]["image"]), want)
+    a, c = rows["src_a"], rows["src_c"]
+    assert (a["label"], a["label_name"], a["origin"], a["policy"]) == (2, "Happiness", "pseudo", "fixed")
+    assert a["confidence"] == pytest.approx(0.91) and a["threshold"] == pytest.approx(0.9)
+    assert (c["label"], c["origin"], c["confidence"], c["orig_path"]) == (1, "labelled", None, "Train/src_c.png")
+    assert a["file_name"] == "data/train-00000-of-00001.parquet#src_a.png"
+    assert fs.read_parquet(res["part"])["file_name"].to_pylist()[0] == a["file_name"]
