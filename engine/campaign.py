@@ -101,6 +101,14 @@ def run_campaign(cfg: Config, *, max_rounds: int | None = None) -> dict[str, Any
         "partition": _result_doc(up["partition"]),
     }
     state["tracking_uri"] = tracker.uri
+    state["mlflow_experiment_id"] = tracker.experiment_id
+    tracker.log_dataset(
+        state["mlflow_run_id"],
+        lay.labelled,
+        name=f"{cfg.campaign.name}/labelled",
+        digest=up["partition"].fingerprint,
+        context="training",
+    )
     fs.write_json(lay.state, state)
     fs.write_json(lay.config, flatten(cfg))
     new = 0
@@ -116,7 +124,7 @@ def run_campaign(cfg: Config, *, max_rounds: int | None = None) -> dict[str, Any
         if r > 0 and teacher is None:
             raise RuntimeError("no teacher to score round 1: round 0 did not complete")
         run_id = tracker.ensure_round_run(
-            state["mlflow_run_id"], r, entry.get("mlflow_run_id"), params={"round": r, "policy": cfg.threshold.policy}
+            state["mlflow_run_id"], r, entry.get("mlflow_run_id"), params=round_params(cfg, r)
         )
         state["rounds"][str(r)] = {**entry, "mlflow_run_id": run_id, "status": "running"}
         fs.write_json(lay.state, state)
@@ -126,6 +134,12 @@ def run_campaign(cfg: Config, *, max_rounds: int | None = None) -> dict[str, Any
         doc = run_round(round_ctx, tracker=tracker)
         tracker.set_terminated(run_id, "FINISHED")
         _promote(state, doc, cfg)
+        if doc.get("mlflow_model") and state["rounds"][str(r)]["promoted"]:
+            from engine.tracking import CHAMPION
+
+            model = doc["mlflow_model"]
+            tracker.set_alias(model["registered_model"], CHAMPION, model["version"])
+            state["rounds"][str(r)]["model_version"] = model["version"]
         fs.write_json(lay.state, state)
         new += 1
     if new:
@@ -139,6 +153,14 @@ def run_campaign(cfg: Config, *, max_rounds: int | None = None) -> dict[str, Any
     ):
         tracker.set_terminated(state["mlflow_run_id"], "FINISHED")
     return dict(state)
+
+
+def round_params(cfg: Config, index: int) -> dict[str, Any]:
+    """The params of round ``index``'s MLflow run: what shapes its student (``model.*``, ``train.*``) and, from
+    round 1, how its pseudo-labels were chosen (``threshold.*``: the policy and its parameters; ``select.*``: the
+    cap and balance rules)."""
+    sections = ("model", "train") + (("threshold", "select") if index > 0 else ())
+    return {"round": index, **{k: v for k, v in flatten(cfg).items() if k.split(".", 1)[0] in sections}}
 
 
 def _result_doc(r: Any) -> dict[str, Any]:

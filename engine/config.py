@@ -430,6 +430,9 @@ class TrackingConfig:
     uri: str | None = None
     """Tracking URI; None means a sqlite store under the storage root."""
     experiment: str = "fer-pseudolabel"
+    log_models: bool = True
+    """Log each round's student as an MLflow model (engine.tracking.pyfunc_model), registered under the campaign's
+    name; the registry alias ``champion`` follows the campaign's teacher."""
 
 
 @dataclass(frozen=True, kw_only=True)

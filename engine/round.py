@@ -52,6 +52,9 @@ def run_round(ctx: StageContext, *, tracker: Any = None) -> dict[str, Any]:
     run_id = ctx.tracking["run_id"] if ctx.tracking else None
     if tracker is not None and run_id:
         _log_round(tracker, run_id, lay, doc)
+        _log_inputs(tracker, run_id, ctx, results)
+        if cfg.tracking.log_models:
+            doc["mlflow_model"] = _log_model(tracker, run_id, ctx, doc)
     finish_round(cfg, lay, doc, tracker=tracker, run_id=run_id)  # report.html, before round.json
     fs.write_json(lay.state, doc)
     return doc
@@ -87,6 +90,46 @@ def round_document(ctx: StageContext, results: dict[str, StageResult]) -> dict[s
         doc["thresholds"] = fs.read_json(lay.thresholds)["thresholds_by_class"]
         doc["quality"] = fs.read_json(lay.quality)
     return doc
+
+
+def _log_inputs(tracker: Any, run_id: str, ctx: StageContext, results: dict[str, StageResult]) -> None:
+    """The labelled set and (rounds > 0) the selection as the run's MLflow datasets, digests = stage fingerprints."""
+    import pyarrow.parquet as pq
+
+    labelled = ctx.campaign.labelled
+    inputs = [(labelled, "labelled", ctx.upstream["partition"].fingerprint, "training")]
+    if "select" in results:
+        sel = ctx.round_layout.selection
+        inputs.append((sel, "selection", results["select"].fingerprint, "pseudo_labels"))
+    for path, name, digest, context in inputs:
+        schema = pq.read_schema(fs.resolve(path)[1], filesystem=fs.resolve(path)[0])
+        tracker.log_dataset(
+            run_id, path, name=f"{ctx.cfg.campaign.name}/{name}", digest=digest, context=context, schema=schema
+        )
+
+
+def _log_model(tracker: Any, run_id: str, ctx: StageContext, doc: dict[str, Any]) -> dict[str, str]:
+    """The round's student as the run's MLflow model, registered as a version of the campaign's registered model;
+    one labelled face is its input example."""
+    from engine.io.tars import read_images
+    from engine.layout import shard_tar
+
+    first = fs.read_parquet(ctx.campaign.labelled, columns=["key", "shard"]).slice(0, 1).to_pylist()[0]
+    example = read_images(shard_tar(ctx.root, first["shard"]), {first["key"]})[first["key"]]
+    student = doc["student"]
+    uri = tracker.log_checkpoint_model(
+        run_id,
+        student["path"],
+        example=example,
+        metadata={"round": doc["round"], "campaign": doc["campaign"], "fingerprint": student["fingerprint"]},
+    )
+    version = tracker.register_model(
+        ctx.cfg.campaign.name,
+        uri,
+        run_id,
+        tags={"round": doc["round"], "val_macro_f1": doc["metrics"].get("val/macro_f1")},
+    )
+    return {"uri": uri, "registered_model": ctx.cfg.campaign.name, "version": version}
 
 
 def _log_round(tracker: Any, run_id: str, lay: RoundLayout, doc: dict[str, Any]) -> None:

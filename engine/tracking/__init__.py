@@ -1,7 +1,10 @@
-"""MLflow adapter: one parent run per campaign, one child run per round, resumable by stored run ids.
+"""MLflow adapter: one parent run per campaign, one child run per round, resumable by stored run ids; each round's
+student as an MLflow model (:mod:`.pyfunc_model`) registered under the campaign's name, the promoted one aliased
+``champion``; the labelled set and the selection as run inputs.
 
-The only module that imports mlflow. Everything goes through ``MlflowClient`` with explicit run ids, so there is no
-global active-run state and any caller (driver, stage, report) can log to any run.
+The only package that imports mlflow. Everything goes through ``MlflowClient`` with explicit run ids, so there is no
+global active-run state and any caller (driver, stage, report) can log to any run (logging a model is the one call
+MLflow ties to an active run: :meth:`Tracker.log_checkpoint_model` opens it and puts the global state back).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +35,22 @@ _PARENT_TAG = "mlflow.parentRunId"
 TAG_KIND = "engine.kind"
 TAG_CAMPAIGN = "engine.campaign"
 TAG_ROUND = "engine.round"
-_QUIET_LOGGERS = ("alembic", "alembic.runtime.migration", "sqlalchemy", "mlflow.store.db.utils", "mlflow.store.db")
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+"""MLflow 3's UI opens an experiment of this kind on its runs table (untagged ones open on the GenAI traces view)."""
+MODEL_NAME = "student"
+"""The name of each round's logged model in its run."""
+CHAMPION = "champion"
+"""The registry alias of the campaign's current teacher."""
+_QUIET_LOGGERS = (
+    "alembic",
+    "alembic.runtime.migration",
+    "sqlalchemy",
+    "mlflow.store.db.utils",
+    "mlflow.store.db",
+    "mlflow.pyfunc",
+    "mlflow.models.model",
+)
 
 
 def default_uri(storage_root: str) -> str:
@@ -241,6 +260,140 @@ class Tracker:
                 f.write(fs.read_bytes(local_path))
             self._client.log_artifact(run_id, copy, artifact_path)
 
+    # -- models and datasets ----------------------------------------------------------------------------------------
+
+    def log_checkpoint_model(
+        self, run_id: str, checkpoint: str, *, example: bytes, metadata: Mapping[str, Any] | None = None
+    ) -> str:
+        """Log the engine checkpoint ``checkpoint`` as the run's MLflow model ``student`` and return its model URI
+        (``models:/<model id>``); a run that already has one keeps it (a resumed round logs nothing twice).
+
+        The model is :mod:`engine.tracking.pyfunc_model` (code, not a pickle) with the checkpoint as its artifact, a
+        signature (binary ``image`` in; one float per class and ``label`` out) and ``example`` (one encoded image)
+        as its input example.
+        """
+        import mlflow
+        import pandas as pd
+        from mlflow.models import infer_signature
+
+        from engine.tracking import pyfunc_model
+
+        existing = self._logged_model(run_id)
+        if existing is not None:
+            return existing
+        local = _local_path(checkpoint)
+        with tempfile.TemporaryDirectory(prefix="engine-model-") as tmp:
+            if local is None:
+                local = os.path.join(tmp, "checkpoint.pt")
+                with open(local, "wb") as f:
+                    f.write(fs.read_bytes(checkpoint))
+            example_df = pd.DataFrame({pyfunc_model.IMAGE_COLUMN: [example]})
+            model = pyfunc_model.CheckpointModel()
+            model.load_context(_Context({pyfunc_model.CHECKPOINT_ARTIFACT: local}))
+            signature = infer_signature(example_df, model.predict(None, example_df))
+            previous = mlflow.get_tracking_uri()
+            mlflow.set_tracking_uri(self.uri)
+            bar = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # the example check "downloads" the model
+            try:
+                with mlflow.start_run(run_id=run_id):
+                    info = mlflow.pyfunc.log_model(
+                        name=MODEL_NAME,
+                        python_model=pyfunc_model.__file__,
+                        artifacts={pyfunc_model.CHECKPOINT_ARTIFACT: local},
+                        signature=signature,
+                        input_example=example_df,
+                        pip_requirements=_requirements(),
+                        metadata=dict(metadata or {}),
+                    )
+            finally:
+                self._client.update_run(run_id, status="RUNNING")  # the campaign closes the round's run
+                mlflow.set_tracking_uri(previous)
+                if bar is None:
+                    os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+                else:
+                    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
+        log.info("MLflow: round run %s -> model %s", run_id, info.model_uri)
+        return str(info.model_uri)
+
+    def register_model(self, name: str, model_uri: str, run_id: str, tags: Mapping[str, Any] | None = None) -> str:
+        """The registry version of ``model_uri`` under ``name`` (created with its registered model when missing);
+        registering the same run's model again returns its existing version."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self._client.create_registered_model(name, description="Students of the fer-engine campaign " + name)
+        except MlflowException as exc:
+            if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+                raise
+        for mv in self._client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
+            return str(mv.version)
+        model_id = model_uri.removeprefix("models:/")
+        mv = self._client.create_model_version(
+            name,
+            source=model_uri,
+            run_id=run_id,
+            tags={str(k): str(v) for k, v in (tags or {}).items()},
+            model_id=model_id,
+        )
+        log.info("MLflow: registered %s version %s (run %s)", name, mv.version, run_id)
+        return str(mv.version)
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        """Point the registry alias ``alias`` of ``name`` at ``version`` (moving it from any other version)."""
+        self._client.set_registered_model_alias(name, alias, version)
+
+    def alias_version(self, name: str, alias: str) -> str | None:
+        """The version the alias points at, or None."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self._client.get_model_version_by_alias(name, alias).version)
+        except MlflowException:
+            return None
+
+    def model_version(self, name: str, run_id: str) -> str | None:
+        """The registry version of the model run ``run_id`` logged, or None."""
+        for mv in self._client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
+            return str(mv.version)
+        return None
+
+    def log_dataset(self, run_id: str, path: str, *, name: str, digest: str, context: str, schema: Any = None) -> None:
+        """Record the parquet file ``path`` as an input of the run: an MLflow dataset ``name`` with ``digest`` (the
+        fingerprint of the stage that committed it), its source pointing at the file and ``context`` (``training``,
+        ``pseudo_labels`` …) as its role. ``schema`` is a pyarrow schema, shown as the dataset's columns."""
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.types import ColSpec, Schema
+
+        cols = None
+        if schema is not None:
+            typed = [(_mlflow_type(f.type), f.name) for f in schema]
+            cols = Schema([ColSpec(t, n) for t, n in typed if t is not None])
+        local = _local_path(path)
+        with warnings.catch_warnings():  # a local path matches two equal LocalArtifactDatasetSource registrations
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(local or path)
+        dataset = MetaDataset(source, name=name, digest=digest[:36], schema=cols)  # type: ignore[abstract]
+        tag = InputTag("mlflow.data.context", context)
+        self._client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=[tag])])
+
+    def run_inputs(self, run_id: str) -> list[tuple[str, str, str]]:
+        """``(name, digest, context)`` of the run's dataset inputs."""
+        run = self._client.get_run(run_id)
+        out = []
+        for d in run.inputs.dataset_inputs if run.inputs else []:
+            context = next((t.value for t in d.tags if t.key == "mlflow.data.context"), "")
+            out.append((d.dataset.name, d.dataset.digest, context))
+        return sorted(out)
+
+    def _logged_model(self, run_id: str) -> str | None:
+        models = self._client.search_logged_models(
+            [self.experiment_id], filter_string=f"source_run_id = '{run_id}' AND name = '{MODEL_NAME}'"
+        )
+        return f"models:/{models[0].model_id}" if models else None
+
     # -- reading ----------------------------------------------------------------------------------------------------
 
     def get_run(self, run_id: str) -> RunRecord:
@@ -276,11 +429,17 @@ class Tracker:
         exp = self._client.get_experiment_by_name(name)
         if exp is None:
             try:
-                return str(self._client.create_experiment(name, artifact_location=artifact_root))
+                return str(
+                    self._client.create_experiment(
+                        name, artifact_location=artifact_root, tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND}
+                    )
+                )
             except MlflowException:  # created by a concurrent process between the two calls
                 exp = self._client.get_experiment_by_name(name)
                 if exp is None:
                     raise
+        if exp.tags.get(TAG_EXPERIMENT_KIND) is None:
+            self._client.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
         if exp.lifecycle_stage == "deleted":
             log.warning("MLflow experiment %r was deleted; restoring it", name)
             self._client.restore_experiment(exp.experiment_id)
@@ -346,6 +505,44 @@ def run_metric_steps(uri: str, run_id: str, key: str) -> set[int]:
     from mlflow.tracking import MlflowClient
 
     return {m.step for m in MlflowClient(tracking_uri=uri).get_metric_history(run_id, key)}
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What ``PythonModel.load_context`` reads, for checking a model in process before logging it."""
+
+    artifacts: dict[str, str]
+
+
+def _requirements() -> list[str]:
+    """The model's pip requirements, named rather than inferred (MLflow's inference re-imports the model in a new
+    process). The engine itself is one of them: the model is its code."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for dist in ("fer-engine", "torch", "timm", "numpy", "pandas", "pillow", "mlflow"):
+        try:
+            out.append(f"{dist}=={version(dist)}")
+        except PackageNotFoundError:
+            out.append(dist)
+    return out
+
+
+def _mlflow_type(t: Any) -> str | None:
+    """The MLflow column type of a pyarrow type; None for types a schema cannot show (lists, structs)."""
+    import pyarrow as pa
+
+    if pa.types.is_boolean(t):
+        return "boolean"
+    if pa.types.is_integer(t):
+        return "long"
+    if pa.types.is_floating(t):
+        return "double"
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t):
+        return "string"
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return "binary"
+    return None
 
 
 def _record(run: Any) -> RunRecord:
