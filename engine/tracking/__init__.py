@@ -9,13 +9,14 @@ MLflow ties to an active run: :meth:`Tracker.log_checkpoint_model` opens it and 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import tempfile
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -291,12 +292,10 @@ class Tracker:
             model = pyfunc_model.CheckpointModel()
             model.load_context(_Context({pyfunc_model.CHECKPOINT_ARTIFACT: local}))
             signature = infer_signature(example_df, model.predict(None, example_df))
-            previous = mlflow.get_tracking_uri()
-            mlflow.set_tracking_uri(self.uri)
             bar = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
             os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # the example check "downloads" the model
             try:
-                with mlflow.start_run(run_id=run_id):
+                with self._global_uri(), mlflow.start_run(run_id=run_id):
                     info = mlflow.pyfunc.log_model(
                         name=MODEL_NAME,
                         python_model=pyfunc_model.__file__,
@@ -308,7 +307,6 @@ class Tracker:
                     )
             finally:
                 self._client.update_run(run_id, status="RUNNING")  # the campaign closes the round's run
-                mlflow.set_tracking_uri(previous)
                 if bar is None:
                     os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
                 else:
@@ -329,13 +327,14 @@ class Tracker:
         for mv in self._client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
             return str(mv.version)
         model_id = model_uri.removeprefix("models:/")
-        mv = self._client.create_model_version(
-            name,
-            source=model_uri,
-            run_id=run_id,
-            tags={str(k): str(v) for k, v in (tags or {}).items()},
-            model_id=model_id,
-        )
+        with self._global_uri():  # the registry looks the logged model up in the global tracking store
+            mv = self._client.create_model_version(
+                name,
+                source=model_uri,
+                run_id=run_id,
+                tags={str(k): str(v) for k, v in (tags or {}).items()},
+                model_id=model_id,
+            )
         log.info("MLflow: registered %s version %s (run %s)", name, mv.version, run_id)
         return str(mv.version)
 
@@ -387,6 +386,21 @@ class Tracker:
             context = next((t.value for t in d.tags if t.key == "mlflow.data.context"), "")
             out.append((d.dataset.name, d.dataset.digest, context))
         return sorted(out)
+
+    @contextlib.contextmanager
+    def _global_uri(self) -> Iterator[None]:
+        """MLflow's global tracking and registry URIs set to this store for the ``with`` body, then put back: logging a
+        model and registering it resolve ``models:/`` URIs through them, not through the client."""
+        import mlflow
+
+        previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_registry_uri(self.uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(previous[0])
+            mlflow.set_registry_uri(previous[1])
 
     def _logged_model(self, run_id: str) -> str | None:
         models = self._client.search_logged_models(

@@ -135,3 +135,40 @@ def test_artifacts_and_plots(store: tuple[Tracker, Path], tmp_path: Path) -> Non
     with pytest.raises(ValueError, match="series 'r1' has 2 values for 3 classes"):
         plots.bars_png({"r1": [1.0, 2.0]}, names, str(tmp_path / "bad.png"))
     assert not (tmp_path / "bad.png").exists()
+
+
+def test_model_logged_registered_and_aliased_on_a_store_outside_the_working_directory(
+    store: tuple[Tracker, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow resolves ``models:/`` URIs through its global tracking URI: the tracker must point it at its own store
+    while logging and registering (a ``ray job submit`` driver runs in another directory than the store)."""
+    import io
+
+    import mlflow
+    import torch
+    from PIL import Image
+
+    from engine.config import ModelConfig
+    from engine.labels import get_label_space
+    from engine.models.checkpoint import save_checkpoint
+    from engine.models.factory import create_model
+
+    tracker, _ = store
+    monkeypatch.chdir(tmp_path)  # MLflow's default store would be ./mlruns or ./mlflow.db here: not the tracker's
+    cfg = ModelConfig(name="tiny_cnn", input_size=48, in_chans=1)
+    space = get_label_space("basic7")
+    torch.manual_seed(0)
+    ckpt = str(tmp_path / "student.pt")
+    save_checkpoint(ckpt, create_model(cfg, len(space)), model_cfg=cfg, label_space=space)
+    buf = io.BytesIO()
+    Image.fromarray(np.arange(48 * 48, dtype=np.uint8).reshape(48, 48)).save(buf, format="PNG")
+    parent = tracker.ensure_campaign_run("models")
+    run = tracker.ensure_round_run(parent, 0)
+    before = mlflow.get_tracking_uri()
+    uri = tracker.log_checkpoint_model(run, ckpt, example=buf.getvalue(), metadata={"round": 0})
+    assert tracker.log_checkpoint_model(run, ckpt, example=buf.getvalue()) == uri  # logged once per run
+    assert tracker.register_model("unit-models", uri, run) == tracker.register_model("unit-models", uri, run) == "1"
+    tracker.set_alias("unit-models", "champion", "1")
+    assert tracker.alias_version("unit-models", "champion") == tracker.model_version("unit-models", run) == "1"
+    assert mlflow.get_tracking_uri() == before  # put back
+    assert tracker.get_run(run).status == "RUNNING"  # the campaign closes the round's run, not the model logging
