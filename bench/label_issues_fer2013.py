@@ -35,7 +35,7 @@ from engine.labels import get_label_space
 from engine.sources.fer2013 import FER2013_CLASSES, FERPLUS_EMOTIONS, VOTE_COLUMNS, ferplus_majority
 from engine.stages.curation import assign_folds, cross_val_probs, find_issues
 
-FER_DIR = Path(os.environ.get("FER2013_DIR", "/work/shared/data/fer2013"))
+FER_DIR = Path(os.environ.get("FER2013_DIR", Path(__file__).resolve().parents[2] / "shared/data/fer2013"))
 
 
 def load_subset(n: int, seed: int) -> tuple[list[str], list[bytes], np.ndarray, np.ndarray]:

@@ -22,6 +22,8 @@ def quiet_ray() -> None:
     its own."""
     for name in RAY_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO if _verbose else logging.WARNING)
+    # "Progress bars disabled": the engine turned them off on purpose (engine.progress draws its own)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.WARNING if _verbose else logging.ERROR)
 
 
 def setup_logging(level: str = "INFO", *, verbose: bool = False) -> None:

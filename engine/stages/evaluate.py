@@ -108,7 +108,14 @@ class SplitPredictions:
 
 
 def predict_split(
-    root: str, rule: PartitionRule, checkpoint: str, split: str, batch_size: int = 512, tta_flip: bool = False
+    root: str,
+    rule: PartitionRule,
+    checkpoint: str,
+    split: str,
+    batch_size: int = 512,
+    tta_flip: bool = False,
+    *,
+    label: str = "predict",
 ) -> SplitPredictions:
     """Predictions of ``checkpoint`` on every evaluated row of ``split`` (one Ray task per shard; with ``tta_flip``
     the mean of each image's and its mirror's probabilities).
@@ -131,7 +138,7 @@ def predict_split(
             "tta_flip": tta_flip,
         },
     ).iter_rows()
-    outs = [out for out in track(rows, desc=f"predict {split}", total=len(items), unit="shards") if len(out["keys"])]
+    outs = [out for out in track(rows, desc=f"{label} {split}", total=len(items), unit="shards") if len(out["keys"])]
     if not outs:
         return SplitPredictions([], np.zeros(0, np.int64), np.zeros((0, 0), np.float32))
     keys = [k for out in outs for k in out["keys"]]
@@ -227,7 +234,9 @@ class EvaluateStage(Stage):
         metrics: dict[str, Any] = {"checkpoint": self.checkpoint, "checkpoint_fingerprint": self.checkpoint_fp}
         counts: dict[str, Any] = {}
         for split in self.cfg.splits:
-            pred = predict_split(self.root, self.rule, self.checkpoint, split, self.cfg.batch_size, self.cfg.tta_flip)
+            pred = predict_split(
+                self.root, self.rule, self.checkpoint, split, self.cfg.batch_size, self.cfg.tta_flip, label=self.label
+            )
             if not pred.keys:
                 continue
             y, probs = pred.y, pred.probs
