@@ -34,6 +34,11 @@ class AffectNetAdapter(SourceAdapter):
     Key ``<source>_<subdir>_<stem>``, plus ``_<n>`` for the n-th repeat of the same image path.
     """
 
+    download_hint = (
+        "request AffectNet from http://mohammadmahoor.com/affectnet/ and set sources.{name}.path to the folder "
+        "holding Manually_Annotated_file_lists/ and Manually_Annotated_Images/"
+    )
+
     def list_rows(self) -> Iterator[SourceRow]:
         lists = self.require(self.root / "Manually_Annotated_file_lists", "AffectNet Manually_Annotated_file_lists/")
         images = self.root / "Manually_Annotated_Images"

@@ -34,6 +34,11 @@ class AffWild2Adapter(SourceAdapter):
     ``group`` = video (``_left``/``_right`` kept: two faces), ``frame`` = i, key ``<source>_<video>_<NNNNN>``.
     """
 
+    download_hint = (
+        "request Aff-Wild2 under its EULA at https://ibug.doc.ic.ac.uk/resources/aff-wild2/ and set "
+        "sources.{name}.path to the folder holding the EXPR annotations and cropped_aligned/"
+    )
+
     def list_rows(self) -> Iterator[SourceRow]:
         self.require(self.root, "Aff-Wild2 root")
         expr = self._find_one(EXPR_DIRS, "EXPR annotation folder")

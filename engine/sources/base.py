@@ -217,6 +217,9 @@ class SourceAdapter:
     """
 
     format_name: str = ""
+    download_hint: str = ""
+    """What to do when the dataset is not at ``path``: where to get it and what ``sources.{name}.path`` points at
+    (``{name}`` is replaced by the source's name); one line, ending the error of :meth:`require`."""
 
     def __init__(self, cfg: SourceConfig) -> None:
         self.cfg = cfg
@@ -247,7 +250,11 @@ class SourceAdapter:
         if not path.exists():
             raise SourceFormatError(
                 f"source {self.name!r} ({self.cfg.format}): {what} not found at {path}; "
-                + (hint or "check sources.<name>.path and the layout in shared/reference/formats.md")
+                + (
+                    hint
+                    or self.download_hint.format(name=self.name)
+                    or "check sources.<name>.path and the layout in shared/reference/formats.md"
+                )
             )
         return path
 

@@ -20,6 +20,8 @@ class CsvListAdapter(SourceAdapter):
     error. Key: :func:`path_key` of the normalised path as written.
     """
 
+    download_hint = "set sources.{name}.path to a CSV of path,label[,split] rows (paths relative to the CSV)"
+
     def list_rows(self) -> Iterator[SourceRow]:
         csv_path = self.require(self.root, "CSV list")
         base = csv_path.parent

@@ -27,6 +27,11 @@ class DiffusionFerAdapter(SourceAdapter):
     (``<source>_neutral_<stem>_png``, hashed when the stem has ``_``).
     """
 
+    download_hint = (
+        "download https://huggingface.co/datasets/FER-Universe/DiffusionFER, unzip DiffusionEmotion_S/cropped/*.zip "
+        "and set sources.{name}.path to the folder holding DiffusionEmotion_S/"
+    )
+
     def list_rows(self) -> Iterator[SourceRow]:
         base = self.root.parent if (self.root / "dataset_sheet.csv").is_file() else self.root
         sheet = self.require(base / SHEET, "DiffusionFER dataset_sheet.csv")

@@ -26,6 +26,11 @@ class ExpwAdapter(SourceAdapter):
     Image existence is not checked here (ingest quarantines unreadable files).
     """
 
+    download_hint = (
+        "download ExpW from its CUHK MMLab project page and set sources.{name}.path to the folder holding label/ and "
+        "image/origin/"
+    )
+
     def list_rows(self) -> Iterator[SourceRow]:
         lst = self.require(self.root / "label" / "label.lst", "ExpW label/label.lst")
         images = self.require(self.root / "image" / "origin", "ExpW image/origin/ folder")

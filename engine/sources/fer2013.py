@@ -77,6 +77,12 @@ class Fer2013Adapter(SourceAdapter):
     Contempt in basic7, gives -1). Key ``<source>_<folder>_<stem>`` (``fer2013_FER2013Train_fer0000000``).
     """
 
+    download_hint = (
+        "this layout is the repository's repack (../shared/data/fer2013); for the public files use format "
+        "kaggle_fer2013 (fer2013.csv) or ferplus (fer2013new.csv), or set sources.{name}.path to the folder holding "
+        "fer2013_ferplus_png.tar and labels.csv"
+    )
+
     def list_rows(self) -> Iterator[SourceRow]:
         is_tar = self.root.suffix == ".tar"
         folder = self.root.parent if is_tar else self.root

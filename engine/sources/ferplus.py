@@ -66,6 +66,8 @@ class FerPlusAdapter(SourceAdapter):
     SourceFormatError naming the line.
     """
 
+    download_hint = DOWNLOAD_HINT
+
     def list_rows(self) -> Iterator[SourceRow]:
         hint = DOWNLOAD_HINT.format(name=self.name)
         is_csv = self.root.suffix.lower() == ".csv"

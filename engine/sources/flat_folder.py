@@ -11,6 +11,8 @@ from engine.sources.base import SourceAdapter, SourceRow, iter_image_files, path
 class FlatFolderAdapter(SourceAdapter):
     """Every ``.png/.jpg/.jpeg/.bmp/.webp`` under ``cfg.path`` (sorted walk); label -1, split ``cfg.split``."""
 
+    download_hint = "set sources.{name}.path to a folder of images"
+
     def list_rows(self) -> Iterator[SourceRow]:
         self.require(self.root, "image folder")
         for path in iter_image_files(self.root):

@@ -32,6 +32,8 @@ class ImageFolderAdapter(SourceAdapter):
     error. Images directly under ``root`` are skipped (logged). Key: :func:`path_key` of the relative path.
     """
 
+    download_hint = "set sources.{name}.path to a folder of <class>/ sub-folders (optionally under <split>/ folders)"
+
     def list_rows(self) -> Iterator[SourceRow]:
         self.require(self.root, "image folder")
         tops = _subdirs(self.root)

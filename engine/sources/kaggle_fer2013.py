@@ -37,6 +37,8 @@ class KaggleFer2013Adapter(SourceAdapter):
     Key ``<source>_<csv stem>_<0-based record index, 7 digits>`` (FER+'s row order); orig_path ``<csv name>:<line>``.
     """
 
+    download_hint = DOWNLOAD_HINT
+
     def list_rows(self) -> Iterator[SourceRow]:
         if self.cfg.label_source != "fer2013":
             raise ConfigError(
@@ -44,7 +46,7 @@ class KaggleFer2013Adapter(SourceAdapter):
                 "lacks; use format ferplus with fer2013new.csv, or set label_source: fer2013"
             )
         csv_path = self.root if self.root.suffix.lower() == ".csv" else self.root / CSV_NAME
-        self.require(csv_path, csv_path.name, hint=DOWNLOAD_HINT.format(name=self.name))
+        self.require(csv_path, csv_path.name)
         to_space = names_to_space(FER2013_CLASSES, self.space)
         no_code = 0
         with open(csv_path, "rb") as fh:

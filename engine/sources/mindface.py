@@ -34,6 +34,11 @@ class MindFaceAdapter(SourceAdapter):
     Key: :func:`path_key` of ``<split>/<image path>``.
     """
 
+    download_hint = (
+        "set sources.{name}.path to the data/ folder of the MindFace layout (label_train_img/, unlabel_train_img/, "
+        "val_img/, test_img/ and their CSVs; see https://github.com/harryjun-ustc/MindFace)"
+    )
+
     def list_rows(self) -> Iterator[SourceRow]:
         self.require(self.root, "MindFace data folder")
         present = [p for p in PARTS if (self.root / p[0]).is_dir() or (p[1] and (self.root / p[1]).is_file())]

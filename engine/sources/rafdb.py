@@ -36,12 +36,13 @@ class RafDbAdapter(SourceAdapter):
     name without a train_/test_ prefix stops the listing with a SourceFormatError naming the line.
     """
 
+    download_hint = DOWNLOAD_HINT
+
     def list_rows(self) -> Iterator[SourceRow]:
-        hint = DOWNLOAD_HINT.format(name=self.name)
-        lst = self.require(self.root / LIST_PATH, f"RAF-DB {LIST_PATH}", hint=hint)
+        lst = self.require(self.root / LIST_PATH, f"RAF-DB {LIST_PATH}")
         aligned = (self.root / "Image" / "aligned").is_dir()
         folder = "Image/aligned" if aligned else "Image/original"
-        self.require(self.root / folder, "RAF-DB image folder (Image/aligned/, else Image/original/)", hint=hint)
+        self.require(self.root / folder, "RAF-DB image folder (Image/aligned/, else Image/original/)")
         log.info("source %s: reading images from %s", self.name, self.root / folder)
         to_space = names_to_space(RAFDB_CLASSES, self.space)
         with open(lst, encoding="utf-8-sig") as fh:

@@ -493,3 +493,16 @@ def test_make_bad_inputs(tmp_path: Path, fer2013_dir: Path) -> None:
         Image.open(bad["not_image"])
     with pytest.raises(OSError):
         Image.open(bad["truncated"]).load()
+
+
+@pytest.mark.parametrize("fmt", sorted(adapter_names()))
+def test_a_missing_dataset_is_one_line_naming_what_to_get_and_where_to_point(tmp_path: Path, fmt: str) -> None:
+    from engine.sources.base import get_adapter
+
+    cfg = SourceConfig(format=fmt, path=str(tmp_path / "nowhere"), name="mine")
+    with pytest.raises(SourceFormatError) as err:
+        list(list_source_rows(cfg))
+    msg = str(err.value)
+    hint = type(get_adapter(cfg)).download_hint.format(name="mine")
+    assert "\n" not in msg and msg.startswith(f"source 'mine' ({fmt}): ") and " not found at " in msg
+    assert "sources.mine.path" in hint and msg.endswith(hint), msg
