@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import logging
 import os
 import re
 import stat
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +38,9 @@ SPLIT_ALIASES: dict[str, str] = {
 """Lower-cased split names found in folder layouts and CSV columns → engine split."""
 
 TAR_SCHEME = "tar://"
+FS_BYTES_SCHEME = "fsbytes://"
+"""Locator of a file whose name is not valid UTF-8 (parquet strings must be): ``fsbytes://`` + the percent-encoded
+bytes of its absolute path (:func:`file_locator`)."""
 _KEY_PART = re.compile(r"[A-Za-z0-9-]+")
 _KEY = re.compile(r"[A-Za-z0-9_-]+")
 _NOT_KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
@@ -50,8 +55,10 @@ class SourceRow:
     orig_path: str
     """Path relative to the source root (or tar member name), for lineage."""
     locator: str
-    """Absolute file path, ``tar://<abs tar path>#<offset>:<size>`` (byte range of a tar member), or
-    ``pixelcsv://<abs csv path>#<offset>:<size>`` (one FER2013 pixel-CSV record, decoded to a PNG when read)."""
+    """Absolute file path, ``tar://<abs tar path>#<offset>:<size>`` (byte range of a tar member),
+    ``pixelcsv://<abs csv path>#<offset>:<size>`` (one FER2013 pixel-CSV record, decoded to a PNG when read), or
+    ``fsbytes://<percent-encoded path bytes>`` (a file name that is not UTF-8; the listing writes it, see
+    :func:`file_locator`)."""
     split: str
     """train | val | test | unlabelled."""
     label: int = -1
@@ -91,7 +98,8 @@ def make_key(source: str, *parts: str | int) -> str:
     ]
     key = "_".join([_NOT_KEY_CHARS.sub("-", source) or "source", *clean])
     if clean != texts:
-        key += "_" + hashlib.sha1("/".join(texts).encode()).hexdigest()[:8]
+        # surrogateescape: a file name that is not UTF-8 (os.fsdecode gives lone surrogates) hashes by its bytes
+        key += "_" + hashlib.sha1("/".join(texts).encode("utf-8", "surrogateescape")).hexdigest()[:8]
     return key
 
 
@@ -125,7 +133,34 @@ def locator_size(locator: str) -> int:
         return _parse_tar_locator(locator)[2]
     if locator.startswith(PIXEL_CSV_SCHEME):
         return parse_pixel_csv_locator(locator)[2]
-    return os.stat(locator).st_size
+    return os.stat(_plain_path(locator)).st_size
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: os.fsdecode of bytes that are not UTF-8
+        return False
+    return True
+
+
+def file_locator(path: str) -> str:
+    """``path`` itself, or for a name that is not valid UTF-8 a ``fsbytes://`` locator of its exact bytes."""
+    if _is_utf8(path):
+        return path
+    return FS_BYTES_SCHEME + urllib.parse.quote_from_bytes(os.fsencode(path), safe="/")
+
+
+def printable_path(path: str) -> str:
+    """``path`` for lineage columns and messages: itself, or with the bytes that are not UTF-8 written ``\\xNN``."""
+    return path if _is_utf8(path) else os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _plain_path(locator: str) -> str:
+    """The file system path of a plain-file locator (a path, or ``fsbytes://``)."""
+    if locator.startswith(FS_BYTES_SCHEME):
+        return os.fsdecode(urllib.parse.unquote_to_bytes(locator[len(FS_BYTES_SCHEME) :]))
+    return locator
 
 
 def _parse_tar_locator(locator: str) -> tuple[str, int, int]:
@@ -155,9 +190,10 @@ def read_bytes(locator: str) -> bytes:
     if locator.startswith(PIXEL_CSV_SCHEME):
         return read_pixel_row(locator)
     if not locator.startswith(TAR_SCHEME):
-        if not stat.S_ISREG(os.stat(locator).st_mode):
+        path = _plain_path(locator)
+        if not stat.S_ISREG(os.stat(path).st_mode):
             raise NotAFile(f"{locator} is not a regular file (a FIFO, device or socket); it was not opened")
-        with open(locator, "rb") as fh:
+        with open(path, "rb") as fh:
             return fh.read()
     path, offset, size = _parse_tar_locator(locator)
     with open(path, "rb") as fh:
@@ -330,6 +366,8 @@ def _checked(rows: Iterable[SourceRow], adapter: SourceAdapter) -> Iterator[Sour
     n_classes = len(adapter.space)
     seen: set[bytes] = set()
     for row in rows:
+        if "://" not in row.locator and not (_is_utf8(row.locator) and _is_utf8(row.orig_path)):
+            row = dataclasses.replace(row, locator=file_locator(row.locator), orig_path=printable_path(row.orig_path))
         problem = ""
         if not (_KEY.fullmatch(row.key) and row.key.startswith(prefix)):
             problem = f"key must match [A-Za-z0-9_-]+ and start with {prefix!r}"

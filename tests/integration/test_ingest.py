@@ -122,10 +122,15 @@ def test_bad_inputs_are_quarantined_with_reasons(ray_local, tmp_path):
     for i in range(3):
         (tmp_path / "in" / f"good{i}.png").write_bytes(face(i))
     os.mkfifo(tmp_path / "in" / "fifo.png")  # opening it would block the ingest forever
+    with open(os.fsencode(tmp_path / "in") + b"/caf\xe9.png", "wb") as f:  # a name that is not UTF-8: kept
+        f.write(face(3))
     src = SourceConfig(name="mixed", format="flat_folder", path=str(tmp_path / "in"), split="unlabelled")
     res = ingest_stage(str(tmp_path / "root"), src, IngestConfig()).execute()
-    assert res.counts["inputs"] == len(bad) + 1 + 3
-    assert res.counts["kept"] == 3
+    assert res.counts["inputs"] == len(bad) + 1 + 4
+    assert res.counts["kept"] == 4
+    manifest = pq.read_table(tmp_path / "root/sources/mixed/manifest").to_pylist()
+    latin = [r for r in manifest if r["orig_path"] == "caf\\xe9.png"]
+    assert len(latin) == 1 and latin[0]["key"].startswith("mixed_caf_png_")
     q = pq.read_table(tmp_path / "root/sources/mixed/quarantine.parquet").to_pylist()
     reasons = {r["orig_path"]: r["reason"] for r in q}
     assert reasons == {

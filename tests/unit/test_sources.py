@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import collections
+import hashlib
 import io
+import os
 import tarfile
 import zlib
 from pathlib import Path
@@ -506,3 +508,21 @@ def test_a_missing_dataset_is_one_line_naming_what_to_get_and_where_to_point(tmp
     hint = type(get_adapter(cfg)).download_hint.format(name="mine")
     assert "\n" not in msg and msg.startswith(f"source 'mine' ({fmt}): ") and " not found at " in msg
     assert "sources.mine.path" in hint and msg.endswith(hint), msg
+
+
+def test_a_file_name_that_is_not_utf8_gets_a_key_from_its_bytes_and_reads_back(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    face = fx.face(1)
+    raw = os.fsencode(folder) + b"/caf\xe9.png"  # Latin-1 é: not UTF-8
+    with open(raw, "wb") as f:
+        f.write(face)
+    (folder / "cafe.png").write_bytes(fx.face(2))
+    rows = rows_of("flat_folder", folder, split="unlabelled")
+    assert [r.orig_path for r in rows] == ["cafe.png", "caf\\xe9.png"]
+    assert rows[0].key == "flat_folder_cafe_png"
+    assert rows[1].key == "flat_folder_caf_png_" + hashlib.sha1(b"caf\xe9/png").hexdigest()[:8]
+    assert rows[1].locator == "fsbytes://" + os.fsencode(folder).decode() + "/caf%E9.png"
+    assert read_bytes(rows[1].locator) == face
+    assert locator_size(rows[1].locator) == len(face)
+    rows[1].locator.encode("utf-8")  # fits a parquet string column
