@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import difflib
 import hashlib
@@ -21,8 +22,9 @@ from engine.sources.pixel_csv import PIXEL_CSV_SCHEME, parse_pixel_csv_locator, 
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
-"""File suffixes (lower-cased) listed as images by folder-based adapters."""
+IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
+"""File suffixes (lower-cased) listed as images by folder-based adapters: what Pillow decodes (a GIF or a multi-page
+TIFF gives its first frame). Other files are skipped and counted in the log (:func:`iter_image_files`)."""
 
 SPLIT_ALIASES: dict[str, str] = {
     "train": "train",
@@ -207,13 +209,28 @@ def read_bytes(locator: str) -> bytes:
     return data
 
 
-def iter_image_files(root: Path) -> Iterator[Path]:
-    """Image files under ``root`` (recursive), in sorted path order; hidden files and folders are skipped."""
+def iter_image_files(root: Path, *, label: str = "") -> Iterator[Path]:
+    """Image files under ``root`` (recursive), in sorted path order; hidden files and folders are skipped, and the
+    other files, whose suffix is not in :data:`IMAGE_SUFFIXES`, are counted by suffix in one log line at the end."""
+    skipped: collections.Counter[str] = collections.Counter()
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
+            if name.startswith("."):
+                continue
+            suffix = os.path.splitext(name)[1].lower()
+            if suffix in IMAGE_SUFFIXES:
                 yield Path(dirpath) / name
+            else:
+                skipped[suffix or "(no suffix)"] += 1
+    if skipped:
+        log.info(
+            "%s%s: %d file(s) skipped, not an image by suffix: %s",
+            f"{label} " if label else "",
+            printable_path(str(root)),
+            sum(skipped.values()),
+            ", ".join(f"{s} {n}" for s, n in sorted(skipped.items())),
+        )
 
 
 def parse_split(value: str, *, where: str) -> str:

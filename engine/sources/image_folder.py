@@ -71,7 +71,7 @@ class ImageFolderAdapter(SourceAdapter):
                     class_dir,
                     self.space.name,
                 )
-            for path in iter_image_files(class_dir):
+            for path in iter_image_files(class_dir, label=f"source {self.name}"):
                 yield self._row(path, split, label)
 
     def _row(self, path: Path, split: str, label: int) -> SourceRow:

@@ -56,7 +56,7 @@ class MindFaceAdapter(SourceAdapter):
                 continue
             if csv_path is not None:
                 log.warning("source %s: %s missing: %s/ listed with label -1", self.name, csv_name, img_name)
-            for path in iter_image_files(img_dir):
+            for path in iter_image_files(img_dir, label=f"source {self.name}"):
                 yield self._row(img_dir, path.relative_to(img_dir).as_posix(), split, -1)
 
     def _from_csv(self, csv_path: Path, img_dir: Path, split: str) -> Iterator[SourceRow]:

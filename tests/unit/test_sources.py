@@ -526,3 +526,28 @@ def test_a_file_name_that_is_not_utf8_gets_a_key_from_its_bytes_and_reads_back(t
     assert read_bytes(rows[1].locator) == face
     assert locator_size(rows[1].locator) == len(face)
     rows[1].locator.encode("utf-8")  # fits a parquet string column
+
+
+def test_gif_and_tiff_are_listed_and_other_files_counted_in_the_log(tmp_path: Path, caplog) -> None:
+    import logging
+
+    import numpy as np
+
+    from engine.imaging import decode_pixels
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    pixels = np.asarray(Image.open(io.BytesIO(fx.face(0))).convert("L"))
+    for suffix, fmt in ((".gif", "GIF"), (".tif", "TIFF")):
+        Image.fromarray(pixels).save(folder / f"a{suffix}", format=fmt)
+    for name in ("notes.txt", "b.txt", "README", "clip.mp4"):
+        (folder / name).write_bytes(b"x")
+    with caplog.at_level(logging.INFO, logger="engine.sources.base"):
+        rows = rows_of("flat_folder", folder, name="mine", split="unlabelled")
+    assert [r.orig_path for r in rows] == ["a.gif", "a.tif"]
+    for r in rows:  # lossless: the same grey pixels come back (a GIF as a palette image, converted)
+        got = decode_pixels(read_bytes(r.locator))
+        assert np.array_equal(got if got.ndim == 2 else got[..., 0], pixels)
+    assert [m for m in caplog.messages if "skipped" in m] == [
+        f"source mine {folder}: 4 file(s) skipped, not an image by suffix: (no suffix) 1, .mp4 1, .txt 2"
+    ]
