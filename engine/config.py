@@ -50,6 +50,10 @@ class SourceConfig:
     label_source: str = "fer2013"
     """Format fer2013 only: ``fer2013`` (original 7-class label) or ``ferplus`` (FER+ vote majority). Format
     kaggle_fer2013 accepts only ``fer2013`` (its CSV has no votes); format ferplus always uses the vote majority."""
+    follow_outside: bool = False
+    """Read files whose path resolves outside ``path`` (a symlink out of the folder, a CSV-list path climbing out of
+    its folder with ``../``); off: such files are quarantined as ``outside_root``. Absolute paths written in a CSV
+    list are always read."""
     split: str = "train"
     """Split given to rows of formats that carry none (image folders, flat folders, CSV lists without a split)."""
     limit: int | None = None

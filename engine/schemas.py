@@ -26,8 +26,11 @@ LISTING_SCHEMA = pa.schema(
         ("valence", pa.float32()),
         ("arousal", pa.float32()),
         ("box", pa.list_(pa.int32())),
+        ("reject", pa.string()),
     ]
 )
+"""``reject`` (``<reason>: <detail>``) marks a row the listing already refused (e.g. ``outside_root``): ingest
+quarantines it without reading the file."""
 
 MANIFEST_SCHEMA = pa.schema(
     [

@@ -72,6 +72,9 @@ class SourceRow:
     valence: float | None = None
     arousal: float | None = None
     box: tuple[int, int, int, int] | None = None
+    reject: str | None = None
+    """``<reason>: <detail>`` when the file must not be read (set by the listing's checks, e.g. ``outside_root``);
+    ingest quarantines the row with that reason."""
     """(left, top, right, bottom) face crop in pixels, applied at decode time."""
 
 
@@ -311,6 +314,20 @@ class SourceAdapter:
             )
         return path
 
+    def outside_root(self, row: SourceRow) -> str | None:
+        """``outside_root: …`` when the plain file ``row`` points at resolves (symlinks followed) outside the source's
+        folder and ``follow_outside`` is off, else None."""
+        if self.cfg.follow_outside or "://" in row.locator.replace(FS_BYTES_SCHEME, "", 1):
+            return None
+        base = os.path.realpath(self.root if self.root.is_dir() else self.root.parent)
+        target = os.path.realpath(_plain_path(row.locator))
+        if target == base or target.startswith(base.rstrip(os.sep) + os.sep):
+            return None
+        return (
+            f"outside_root: {row.orig_path} resolves to {printable_path(target)}, outside {printable_path(base)}; "
+            f"set sources.{self.name}.follow_outside=true to ingest it"
+        )
+
     def rel(self, path: Path) -> str:
         """``path`` relative to the source root, with ``/`` separators."""
         return path.relative_to(self.root).as_posix()
@@ -385,6 +402,9 @@ def _checked(rows: Iterable[SourceRow], adapter: SourceAdapter) -> Iterator[Sour
     for row in rows:
         if "://" not in row.locator and not (_is_utf8(row.locator) and _is_utf8(row.orig_path)):
             row = dataclasses.replace(row, locator=file_locator(row.locator), orig_path=printable_path(row.orig_path))
+        reject = adapter.outside_root(row)
+        if reject:
+            row = dataclasses.replace(row, reject=reject)
         problem = ""
         if not (_KEY.fullmatch(row.key) and row.key.startswith(prefix)):
             problem = f"key must match [A-Za-z0-9_-]+ and start with {prefix!r}"

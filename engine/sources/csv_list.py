@@ -22,6 +22,10 @@ class CsvListAdapter(SourceAdapter):
 
     download_hint = "set sources.{name}.path to a CSV of path,label[,split] rows (paths relative to the CSV)"
 
+    def outside_root(self, row: SourceRow) -> str | None:
+        """Absolute paths are documented: read wherever they point. A relative one must stay in the CSV's folder."""
+        return None if os.path.isabs(row.orig_path) else super().outside_root(row)
+
     def list_rows(self) -> Iterator[SourceRow]:
         csv_path = self.require(self.root, "CSV list")
         base = csv_path.parent

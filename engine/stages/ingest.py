@@ -73,7 +73,10 @@ class IngestStage(Stage):
         if not self.cfg.detect_faces:  # face keys unused: ingests from before face detection existed stay valid
             for k in _FACE_KEYS:
                 del ingest[k]
-        return {"source": asdict(self.source), "ingest": ingest}
+        source = asdict(self.source)
+        if not source["follow_outside"]:  # off is the default: ingests from before the key existed stay valid
+            del source["follow_outside"]
+        return {"source": source, "ingest": ingest}
 
     def run(self) -> RunOutput:
         if self.cfg.detect_faces:
@@ -244,6 +247,10 @@ def _decode_part_row(row: dict[str, Any], *, layout: SourceLayout, policy: Inges
     return {"part": int(row["part"])}
 
 
+class _Rejected(Exception):
+    """A listed row the listing refused (``SourceRow.reject``)."""
+
+
 def decode_part(layout: SourceLayout, part: int, policy: IngestConfig) -> None:
     """Decode, validate and hash every row of one listing part; writes its decoded part atomically."""
     from engine.sources.base import NotAFile, read_bytes
@@ -255,7 +262,13 @@ def decode_part(layout: SourceLayout, part: int, policy: IngestConfig) -> None:
     }
     for i, r in enumerate(listing):
         try:
+            if r.get("reject"):  # refused by the listing (e.g. outside_root): never read
+                raise _Rejected(r["reject"])
             data = read_bytes(r["locator"])
+        except _Rejected as exc:
+            check = None
+            reason, _, detail = str(exc).partition(": ")
+            status, detail = reason, detail[:200]
         except NotAFile as exc:
             check = None
             status, detail = "not_a_file", str(exc)[:200]

@@ -124,9 +124,11 @@ def test_bad_inputs_are_quarantined_with_reasons(ray_local, tmp_path):
     os.mkfifo(tmp_path / "in" / "fifo.png")  # opening it would block the ingest forever
     with open(os.fsencode(tmp_path / "in") + b"/caf\xe9.png", "wb") as f:  # a name that is not UTF-8: kept
         f.write(face(3))
+    (tmp_path / "secret.png").write_bytes(face(4))
+    (tmp_path / "in" / "link.png").symlink_to(tmp_path / "secret.png")  # leads outside the source: never read
     src = SourceConfig(name="mixed", format="flat_folder", path=str(tmp_path / "in"), split="unlabelled")
     res = ingest_stage(str(tmp_path / "root"), src, IngestConfig()).execute()
-    assert res.counts["inputs"] == len(bad) + 1 + 4
+    assert res.counts["inputs"] == len(bad) + 2 + 4
     assert res.counts["kept"] == 4
     manifest = pq.read_table(tmp_path / "root/sources/mixed/manifest").to_pylist()
     latin = [r for r in manifest if r["orig_path"] == "caf\\xe9.png"]
@@ -140,5 +142,6 @@ def test_bad_inputs_are_quarantined_with_reasons(ray_local, tmp_path):
         "tiny.png": "too_small",
         "bomb.png": "too_large",
         "fifo.png": "not_a_file",
+        "link.png": "outside_root",
     }
     assert all(r["detail"] for r in q)

@@ -551,3 +551,36 @@ def test_gif_and_tiff_are_listed_and_other_files_counted_in_the_log(tmp_path: Pa
     assert [m for m in caplog.messages if "skipped" in m] == [
         f"source mine {folder}: 4 file(s) skipped, not an image by suffix: (no suffix) 1, .mp4 1, .txt 2"
     ]
+
+
+def test_paths_leading_outside_the_source_are_refused_unless_followed(tmp_path: Path) -> None:
+    folder, elsewhere = tmp_path / "in", tmp_path / "elsewhere"
+    folder.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "secret.png").write_bytes(fx.face(0))
+    (folder / "own.png").write_bytes(fx.face(1))
+    (folder / "inside.png").symlink_to(folder / "own.png")  # a link within the folder is fine
+    (folder / "out.png").symlink_to(elsewhere / "secret.png")
+    rows = rows_of("flat_folder", folder, name="mine", split="unlabelled")
+    assert view(rows, "orig_path", "reject") == [
+        ("inside.png", None),
+        (
+            "out.png",
+            f"outside_root: out.png resolves to {elsewhere}/secret.png, outside {folder}; "
+            "set sources.mine.follow_outside=true to ingest it",
+        ),
+        ("own.png", None),
+    ]
+    followed = rows_of("flat_folder", folder, name="mine", split="unlabelled", follow_outside=True)
+    assert [r.reject for r in followed] == [None, None, None]
+    # A CSV list: absolute paths are documented and read; a relative one may not climb out of the CSV's folder.
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "a.png").write_bytes(fx.face(2))
+    (lists / "l.csv").write_text(f"path,label\na.png,happy\n../elsewhere/secret.png,sad\n{elsewhere}/secret.png,sad\n")
+    got = rows_of("csv_list", lists / "l.csv", name="csv")
+    assert [(r.orig_path, (r.reject or "").split(":")[0]) for r in got] == [
+        ("a.png", ""),
+        ("../elsewhere/secret.png", "outside_root"),
+        (f"{elsewhere}/secret.png", ""),
+    ]
