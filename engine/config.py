@@ -28,7 +28,11 @@ class StorageConfig:
     root: str = "runs"
     """Storage root: a local path or any pyarrow filesystem URI (``s3://bucket/prefix``)."""
     on_existing: str = "error"
-    """What to do when a committed stage has another fingerprint: ``error`` or ``overwrite``."""
+    """What to do when a committed stage has another fingerprint, or files that differ from their recorded sha256:
+    ``error`` or ``overwrite`` (rebuild the stage)."""
+    verify: bool = True
+    """Check a committed stage's files against the sha256 its ``_SUCCESS.json`` records before they are used again
+    (a skipped stage, once per file per process); off saves the re-read (``bench/verify_cost.py`` measures it)."""
 
     def __post_init__(self) -> None:
         _check_choice("storage.on_existing", self.on_existing, ("error", "overwrite"))

@@ -37,3 +37,7 @@ class SourceRecordError(SourceFormatError):
 
 class WriterLocked(EngineError):
     """Another process is writing the same stage output (engine.io.lock)."""
+
+
+class CorruptFile(EngineError):
+    """A committed file is not what its stage wrote (size or sha256 differs from its ``_SUCCESS.json``)."""

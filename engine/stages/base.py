@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from engine import __version__
 from engine.config import Config, flatten
-from engine.errors import ConfigError, EngineError, FingerprintMismatch
+from engine.errors import ConfigError, CorruptFile, EngineError, FingerprintMismatch
 from engine.fingerprint import fingerprint, short
 from engine.io import fs
+from engine.io.checksums import Problem, check_dir, digest_dir
 from engine.io.lock import writer_lock
 from engine.layout import SUCCESS, CampaignLayout, RoundLayout, join, round_name
 from engine.runtime import require
@@ -207,10 +208,21 @@ class Stage(ABC):
         fp = self.fingerprint()
         inputs = self.fingerprint_inputs()
         marker = fs.read_json_or_none(self.success_path)
-        if marker is not None:
-            if marker.get("fingerprint") == fp:
+        if marker is not None and marker.get("fingerprint") == fp:
+            problems = self._verify(marker)
+            if not problems:
                 log.info("%s: skipped (fingerprint %s)", self.label, short(fp))
                 return StageResult.from_marker(marker)
+            listed = "; ".join(f"{p.path}: {p.problem}" for p in problems[:3]) + (" …" if len(problems) > 3 else "")
+            if self.on_existing != "overwrite":
+                raise CorruptFile(
+                    f"{self.label}: {len(problems)} committed file(s) differ from what the stage wrote ({listed}); "
+                    "rebuild it: re-run with --set storage.on_existing=overwrite"
+                )
+            log.warning("%s: rebuilding: %d committed file(s) differ (%s)", self.label, len(problems), listed)
+            fs.remove(self.out_dir)
+            marker = None
+        if marker is not None:
             if self.on_existing != "overwrite":
                 changed = _changed_keys(marker.get("inputs", {}), inputs)
                 raise FingerprintMismatch(
@@ -232,6 +244,7 @@ class Stage(ABC):
         t0 = time.perf_counter()
         out = self.run()
         seconds = round(time.perf_counter() - t0, 3)
+        files = digest_dir(self.out_dir)
         fs.write_json(
             self.success_path,
             {
@@ -243,11 +256,19 @@ class Stage(ABC):
                 "counts": out.counts,
                 "extra": out.extra,
                 "seconds": seconds,
+                "files": files,
             },
         )
         fs.remove(join(self.out_dir, RUNNING))
         log.info("%s: committed %s in %.1f s", self.label, _fmt_counts(out.counts), seconds)
         return StageResult(self.name, fp, out.counts, out.extra, seconds, skipped=False)
+
+    def _verify(self, marker: dict[str, Any]) -> list[Problem]:
+        """The committed files that differ from the marker's sha256 record ([] when ``storage.verify`` is off or the
+        stage committed before checksums existed)."""
+        if not self.ctx.cfg.storage.verify or "files" not in marker:
+            return []
+        return check_dir(self.out_dir, marker["files"])
 
 
 def committed(out_dir: str) -> StageResult | None:

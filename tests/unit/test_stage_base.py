@@ -17,8 +17,9 @@ from engine.stages.base import RunOutput, Stage, StageContext, StageResult
 class Counter(Stage):
     name = "counter"
 
-    def __init__(self, out_dir, value, fail=False, on_existing="error"):
-        super().__init__(StageContext(load_config([], [f"storage.on_existing={on_existing}"])))
+    def __init__(self, out_dir, value, fail=False, on_existing="error", verify=True):
+        sets = [f"storage.on_existing={on_existing}", f"storage.verify={str(verify).lower()}"]
+        super().__init__(StageContext(load_config([], sets)))
         self._out, self.value, self.fail, self.calls = out_dir, value, fail, 0
 
     @property
@@ -31,6 +32,7 @@ class Counter(Stage):
     def run(self):
         self.calls += 1
         fs.write_json(f"{self.out_dir}/out.json", {"v": self.value})
+        fs.write_bytes(f"{self.out_dir}/parts/p0.bin", bytes(range(200)) * self.value)
         if self.fail:
             raise RuntimeError("boom")
         return RunOutput(counts={"rows": self.value})
@@ -127,3 +129,67 @@ def test_training_in_process_keeps_the_train_stage_fingerprint():
         return TrainStage(ctx).fingerprint()
 
     assert fp("train.in_process=true") == fp() != fp("train.epochs=3")
+
+
+def test_committed_files_are_checksummed_and_checked_before_reuse(tmp_path):
+    import hashlib
+
+    from engine.errors import CorruptFile
+
+    out = tmp_path / "s"
+    Counter(str(out), 3).execute()
+    part = out / "parts" / "p0.bin"
+    files = fs.read_json(str(out / "_SUCCESS.json"))["files"]
+    assert files == {
+        "out.json": [(out / "out.json").stat().st_size, hashlib.sha256((out / "out.json").read_bytes()).hexdigest()],
+        "parts/p0.bin": [600, hashlib.sha256(bytes(range(200)) * 3).hexdigest()],
+    }
+    flipped = bytearray(part.read_bytes())
+    flipped[17] ^= 0x04  # one bit, in place: same size
+    part.write_bytes(bytes(flipped))
+    with pytest.raises(CorruptFile) as err:
+        Counter(str(out), 3).execute()
+    assert str(err.value) == (
+        f"counter: 1 committed file(s) differ from what the stage wrote ({part}: sha256 changed (same size: bytes "
+        "flipped in place)); rebuild it: re-run with --set storage.on_existing=overwrite"
+    )
+    assert Counter(str(out), 3, verify=False).execute().skipped  # storage.verify off: used as it is
+    part.write_bytes(bytes(flipped[:100]))  # truncated
+    (out / "out.json").unlink()
+    with pytest.raises(CorruptFile, match=r"2 committed file\(s\) differ .*out.json: missing; .*p0.bin: size 100"):
+        Counter(str(out), 3).execute()
+    rebuilt = Counter(str(out), 3, on_existing="overwrite")
+    assert rebuilt.execute().skipped is False and rebuilt.calls == 1
+    assert part.read_bytes() == bytes(range(200)) * 3
+    assert Counter(str(out), 3).execute().skipped  # whole again
+
+
+def test_verify_command_lists_what_differs_and_what_rebuilds_it(tmp_path):
+    import subprocess
+
+    root = tmp_path / "root"
+    Counter(str(root / "a"), 1).execute()
+    Counter(str(root / "b" / "c"), 2).execute()
+    fs.write_json(str(root / "old" / "_SUCCESS.json"), {"stage": "legacy", "fingerprint": "x"})  # no checksums
+    cmd = [sys.executable, "-c", "from engine.cli import entry; entry()", "verify", str(root)]
+    repo = Path(__file__).resolve().parents[2]
+    ok = subprocess.run(cmd, capture_output=True, text=True, cwd=repo)
+    assert (ok.returncode, ok.stdout) == (
+        0,
+        f"{root}: 4 files of 3 committed stages match their sha256 (1 committed before checksums existed: "
+        "not checked)\n",
+    )
+    part = root / "b" / "c" / "parts" / "p0.bin"
+    part.write_bytes(b"\xff" + part.read_bytes()[1:])
+    bad = subprocess.run(cmd, capture_output=True, text=True, cwd=repo)
+    assert (bad.returncode, bad.stdout.splitlines()) == (
+        1,
+        [
+            f"{root}: 1 of 4 committed files differ from what their stage wrote (1 committed before checksums "
+            "existed: not checked):",
+            f"  counter ({root}/b/c):",
+            f"    {part}: sha256 changed (same size: bytes flipped in place)",
+            "rebuild them: re-run the job that wrote each stage with --set storage.on_existing=overwrite (only the "
+            "stages listed are redone)",
+        ],
+    )
