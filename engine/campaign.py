@@ -46,6 +46,8 @@ def check_inputs(cfg: Config) -> None:
     teacher is a readable engine checkpoint (its metadata only)."""
     from engine.stages.partition import used_sources
 
+    if not cfg.campaign.labelled:
+        raise ConfigError("campaign.labelled is empty: name at least one labelled source (see conf/demo.yaml)")
     for name in used_sources(cfg.campaign):
         cfg.source(name)
     if cfg.campaign.teacher_checkpoint:

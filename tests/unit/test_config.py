@@ -179,3 +179,5 @@ def test_a_campaign_checks_its_sources_and_teacher_before_starting_anything(tmp_
     missing = tmp_path / "teacher.pt"
     with pytest.raises(EngineError, match=rf"^checkpoint {missing} does not exist"):
         check_inputs(load_config([demo], [f"campaign.teacher_checkpoint={missing}"]))
+    with pytest.raises(ConfigError, match=r"^campaign.labelled is empty: name at least one labelled source"):
+        check_inputs(load_config([demo], ["campaign.labelled=[]"]))
