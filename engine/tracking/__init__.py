@@ -120,7 +120,7 @@ class Tracker:
                 os.makedirs(parent, exist_ok=True)
         self.uri = uri
         self.experiment_name = experiment
-        self._client = MlflowClient(tracking_uri=uri)
+        self._client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         self.experiment_id = self._ensure_experiment(experiment, artifact_root)
 
     # -- runs -------------------------------------------------------------------------------------------------------
@@ -389,18 +389,28 @@ class Tracker:
 
     @contextlib.contextmanager
     def _global_uri(self) -> Iterator[None]:
-        """MLflow's global tracking and registry URIs set to this store for the ``with`` body, then put back: logging a
-        model and registering it resolve ``models:/`` URIs through them, not through the client."""
+        """MLflow's global tracking and registry URIs set to this store for the ``with`` body, then put back exactly as
+        they were (unset stays unset, and so do the ``MLFLOW_*_URI`` variables MLflow exports for subprocesses):
+        logging a model and registering it resolve ``models:/`` URIs through them, not through the client."""
         import mlflow
+        import mlflow.tracking._model_registry.utils as registry_utils
+        import mlflow.tracking._tracking_service.utils as tracking_utils
 
-        previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+        explicit = getattr(tracking_utils, "_tracking_uri", None), getattr(registry_utils, "_registry_uri", None)
+        env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_registry_uri(self.uri)
         try:
             yield
         finally:
-            mlflow.set_tracking_uri(previous[0])
-            mlflow.set_registry_uri(previous[1])
+            # None puts a URI back to unset (resolved from the environment or the default), as it was
+            mlflow.set_tracking_uri(explicit[0])  # type: ignore[arg-type]
+            mlflow.set_registry_uri(explicit[1])  # type: ignore[arg-type]
+            for k, v in env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
     def _logged_model(self, run_id: str) -> str | None:
         models = self._client.search_logged_models(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -172,3 +173,12 @@ def test_model_logged_registered_and_aliased_on_a_store_outside_the_working_dire
     assert tracker.alias_version("unit-models", "champion") == tracker.model_version("unit-models", run) == "1"
     assert mlflow.get_tracking_uri() == before  # put back
     assert tracker.get_run(run).status == "RUNNING"  # the campaign closes the round's run, not the model logging
+    # Nothing sticks: a second store registers into itself, not into the first one's registry.
+    other_root = tmp_path / "other"
+    other = Tracker(default_uri(str(other_root)), "unit-test", default_artifact_root(str(other_root)))
+    run2 = other.ensure_round_run(other.ensure_campaign_run("models2"), 0)
+    uri2 = other.log_checkpoint_model(run2, ckpt, example=buf.getvalue())
+    assert other.register_model("unit-models-2", uri2, run2) == "1"
+    assert other.model_version("unit-models-2", run2) == "1"
+    assert tracker.model_version("unit-models-2", run2) is None
+    assert "MLFLOW_REGISTRY_URI" not in os.environ and "MLFLOW_TRACKING_URI" not in os.environ
