@@ -109,7 +109,9 @@ def find_issues(
     p = np.asarray(probs, dtype=np.float64)[:, present]
     p = p / np.clip(p.sum(1, keepdims=True), 1e-12, None)
     y2 = remap[y]
-    is_issue = find_label_issues(y2, p, filter_by=filter_by)
+    # n_jobs=1: cleanlab's default forks a process pool, and forking a process that runs Ray's, torch's and MLflow's
+    # threads can deadlock the child on a lock held at fork time (seen in the full test suite)
+    is_issue = find_label_issues(y2, p, filter_by=filter_by, n_jobs=1)
     quality = get_label_quality_scores(y2, p, method="self_confidence")
     return np.asarray(is_issue, dtype=bool), np.asarray(quality, dtype=np.float64)
 

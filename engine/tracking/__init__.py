@@ -25,6 +25,10 @@ from engine.io import fs
 
 log = logging.getLogger(__name__)
 
+# MLflow 3 sends usage telemetry from a background thread; the engine runs on air-gapped clusters and forks worker
+# processes, so it stays off unless the environment says otherwise (MLFLOW_DISABLE_TELEMETRY=false).
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
 DB_NAME = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 MAX_PARAM_VALUE_CHARS = 500
@@ -387,30 +391,8 @@ class Tracker:
             out.append((d.dataset.name, d.dataset.digest, context))
         return sorted(out)
 
-    @contextlib.contextmanager
-    def _global_uri(self) -> Iterator[None]:
-        """MLflow's global tracking and registry URIs set to this store for the ``with`` body, then put back exactly as
-        they were (unset stays unset, and so do the ``MLFLOW_*_URI`` variables MLflow exports for subprocesses):
-        logging a model and registering it resolve ``models:/`` URIs through them, not through the client."""
-        import mlflow
-        import mlflow.tracking._model_registry.utils as registry_utils
-        import mlflow.tracking._tracking_service.utils as tracking_utils
-
-        explicit = getattr(tracking_utils, "_tracking_uri", None), getattr(registry_utils, "_registry_uri", None)
-        env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-        mlflow.set_tracking_uri(self.uri)
-        mlflow.set_registry_uri(self.uri)
-        try:
-            yield
-        finally:
-            # None puts a URI back to unset (resolved from the environment or the default), as it was
-            mlflow.set_tracking_uri(explicit[0])  # type: ignore[arg-type]
-            mlflow.set_registry_uri(explicit[1])  # type: ignore[arg-type]
-            for k, v in env.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+    def _global_uri(self) -> contextlib.AbstractContextManager[None]:
+        return global_uris(self.uri)
 
     def _logged_model(self, run_id: str) -> str | None:
         models = self._client.search_logged_models(
@@ -509,6 +491,32 @@ class Tracker:
         from mlflow.entities import RunTag
 
         self._client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+
+@contextlib.contextmanager
+def global_uris(uri: str) -> Iterator[None]:
+    """MLflow's global tracking and registry URIs set to ``uri`` for the ``with`` body, then put back exactly as they
+    were (unset stays unset, and so do the ``MLFLOW_*_URI`` variables MLflow exports for subprocesses): logging a
+    model and registering or loading ``models:/`` URIs go through them, not through a client."""
+    import mlflow
+    import mlflow.tracking._model_registry.utils as registry_utils
+    import mlflow.tracking._tracking_service.utils as tracking_utils
+
+    explicit = getattr(tracking_utils, "_tracking_uri", None), getattr(registry_utils, "_registry_uri", None)
+    env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        # None puts a URI back to unset (resolved from the environment or the default), as it was
+        mlflow.set_tracking_uri(explicit[0])  # type: ignore[arg-type]
+        mlflow.set_registry_uri(explicit[1])  # type: ignore[arg-type]
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def log_run_metrics(uri: str, run_id: str, metrics: Mapping[str, float | int | None], step: int) -> None:

@@ -63,15 +63,11 @@ def test_champion_loads_through_mlflow_with_the_checkpoint_probabilities(store):
     champion = client.get_model_version_by_alias("demo", "champion")
     assert (str(champion.version), rounds[str(teacher_round)]["model_version"]) == (str(teacher_round + 1),) * 2
 
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
+    from engine.tracking import global_uris
+
+    with global_uris(uri):  # what a user does with mlflow.set_tracking_uri, put back after
         model = mlflow.pyfunc.load_model("models:/demo@champion")
-        local = Path(mlflow.artifacts.download_artifacts(f"models:/demo@{'champion'}"))
-    finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
+        local = Path(mlflow.artifacts.download_artifacts("models:/demo@champion"))
     images = _images(campaign.root, 40)
     out = model.predict(pd.DataFrame({"image": images}))
     teacher = CheckpointTeacher(state["teacher"]["paths"][0])

@@ -155,6 +155,7 @@ def test_model_logged_registered_and_aliased_on_a_store_outside_the_working_dire
     from engine.models.factory import create_model
 
     tracker, _ = store
+    env_before = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     monkeypatch.chdir(tmp_path)  # MLflow's default store would be ./mlruns or ./mlflow.db here: not the tracker's
     cfg = ModelConfig(name="tiny_cnn", input_size=48, in_chans=1)
     space = get_label_space("basic7")
@@ -181,4 +182,4 @@ def test_model_logged_registered_and_aliased_on_a_store_outside_the_working_dire
     assert other.register_model("unit-models-2", uri2, run2) == "1"
     assert other.model_version("unit-models-2", run2) == "1"
     assert tracker.model_version("unit-models-2", run2) is None
-    assert "MLFLOW_REGISTRY_URI" not in os.environ and "MLFLOW_TRACKING_URI" not in os.environ
+    assert {k: os.environ.get(k) for k in env_before} == env_before  # nothing exported to subprocesses
