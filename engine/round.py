@@ -102,7 +102,8 @@ def _log_inputs(tracker: Any, run_id: str, ctx: StageContext, results: dict[str,
         sel = ctx.round_layout.selection
         inputs.append((sel, "selection", results["select"].fingerprint, "pseudo_labels"))
     for path, name, digest, context in inputs:
-        schema = pq.read_schema(fs.resolve(path)[1], filesystem=fs.resolve(path)[0])
+        filesystem, local = fs.resolve(path)
+        schema = pq.read_schema(local, filesystem=filesystem)
         tracker.log_dataset(
             run_id, path, name=f"{ctx.cfg.campaign.name}/{name}", digest=digest, context=context, schema=schema
         )

@@ -328,8 +328,9 @@ class Tracker:
         except MlflowException as exc:
             if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
                 raise
-        for mv in self._client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
-            return str(mv.version)
+        existing = self.model_version(name, run_id)
+        if existing is not None:
+            return existing
         model_id = model_uri.removeprefix("models:/")
         with self._global_uri():  # the registry looks the logged model up in the global tracking store
             mv = self._client.create_model_version(
