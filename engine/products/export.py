@@ -263,7 +263,7 @@ def _merge_parts(out_dir: str, parts: list[str], fmt: str) -> int:
     lw = csv.writer(listing, lineterminator="\n")
     lw.writerow(["path", "label", "split"])
     with fs.atomic_write(join(out_dir, "samples.parquet")) as f:
-        writer = pq.ParquetWriter(f, SAMPLE_SCHEMA, compression="zstd")
+        writer = pq.ParquetWriter(f, SAMPLE_SCHEMA, **fs.PARQUET_WRITE)
         for p in parts:
             t = fs.read_parquet(p)
             writer.write_table(t)

@@ -408,7 +408,7 @@ class SelectStage(Stage):
         selected, with_truth, correct = counts["selected"], counts["with_truth"], counts["correct"]
         true_sel = correct  # a correct pseudo-label's true class is its predicted class
         with fs.atomic_write(self.layout.selection) as f:
-            writer = pq.ParquetWriter(f, SELECTION_SCHEMA, compression="zstd")
+            writer = pq.ParquetWriter(f, SELECTION_SCHEMA, **fs.PARQUET_WRITE)
             for r in results:
                 table = fs.read_parquet(r["path"])
                 rows = chosen.get(r["shard"])
