@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,37 @@ def test_the_lock_is_free_again_after_a_stage_and_after_it_failed(tmp_path: Path
     refused = pytest.raises(WriterLocked, match=rf"test2: {out} is being written by pid \d+ on ")
     with writer_lock(out, "test"), refused, writer_lock(out, "test2"):
         pass
+
+
+HOLD_LEASE = """import sys, time
+from engine.io.lock import lease_lock
+with lease_lock(sys.argv[1], "holder", ttl_s=1.0, settle_s=0.0):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_an_object_store_lease_refuses_a_second_writer_while_its_holder_beats_and_expires_after_it_died(
+    tmp_path: Path, caplog
+) -> None:
+    """The lease protocol of object stores, through pyarrow on a ``file://`` URI."""
+    from engine.io.lock import lease_lock, lease_path
+
+    out = f"file://{tmp_path}/select"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LEASE, out], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        for _ in range(2):  # refused at once, and still after 1.5 TTLs: the holder's heartbeat keeps it fresh
+            with pytest.raises(WriterLocked) as err, lease_lock(out, "select r001", ttl_s=1.0, settle_s=0.0):
+                pass
+            msg = str(err.value)
+            assert msg.startswith(f"select r001: {out} is being written by pid {holder.pid} on {socket.gethostname()}")
+            assert msg.endswith(f"the lease expires 1 s after its last heartbeat, or delete {lease_path(out)}")
+            time.sleep(1.5)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    time.sleep(1.1)  # the dead holder's lease outlives its last heartbeat by its TTL, then is taken over
+    with lease_lock(out, "select r001", ttl_s=1.0, settle_s=0.0):
+        assert (tmp_path / "select.lease").exists()
+    assert "taking over" in caplog.text and not (tmp_path / "select.lease").exists()  # released on exit
