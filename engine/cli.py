@@ -3,7 +3,8 @@
 
 Commands: ingest, campaign, round, evaluate, report, export, import-fer-teacher, verify, status. Every command that
 reads a config takes ``--config`` (repeatable) and ``--set a.b=c`` (repeatable); every one takes ``--verbose``. An
-EngineError ends the command with one ``error: …`` line and exit code 2.
+EngineError ends the command with one ``error: …`` line and exit code 2; Ctrl-C with one ``interrupted: …`` line and
+130; anything else is a bug: its traceback, then one ``bug: …`` line asking for a report, and exit code 1.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,12 @@ from typing import Any
 from engine.config import Config, load_config
 from engine.errors import ConfigError, EngineError
 from engine.logs import setup_logging
+
+INTERRUPTED = "committed stages are kept; run the same command again to resume where it stopped"
+BUG_REPORT = (
+    "the error above is a bug in fer-engine, not a problem with your input; please report it with this traceback, "
+    "the command line and `fer-engine status <root>` (committed stages are kept: the same command resumes)"
+)
 
 
 def parser(description: str, *, config: bool = True, set_help: str | None = None) -> argparse.ArgumentParser:
@@ -315,3 +323,10 @@ def _main(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> None:
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"interrupted: {INTERRUPTED}", file=sys.stderr)
+        sys.exit(130)
+    except Exception:  # a bug, not bad input: the traceback, then what to do with it
+        traceback.print_exc()
+        print(f"bug: {BUG_REPORT}", file=sys.stderr)
+        sys.exit(1)

@@ -15,3 +15,34 @@ def test_ray_loggers_quiet_by_default_and_verbose_on_request(monkeypatch):
     assert logs.verbose() and {logging.getLogger(n).level for n in logs.RAY_LOGGERS} == {logging.INFO}
     logs.setup_logging(verbose=False)
     assert not logs.verbose() and {logging.getLogger(n).level for n in logs.RAY_LOGGERS} == {logging.WARNING}
+
+
+def _ending(exc: BaseException, capsys) -> tuple[int, list[str]]:
+    import pytest
+
+    from engine import cli
+
+    def run(args):
+        raise exc
+
+    p = cli.parser("x", config=False)
+    p.set_defaults(_run=run)
+    with pytest.raises(SystemExit) as end:
+        cli._main(p, [])
+    return int(end.value.code), capsys.readouterr().err.strip().splitlines()
+
+
+def test_a_command_ends_in_one_line_for_expected_errors_and_asks_for_a_report_on_bugs(capsys):
+    from engine.errors import ConfigError
+
+    assert _ending(ConfigError("train.epochs must be ≥ 1, got 0"), capsys) == (
+        2,
+        ["error: train.epochs must be ≥ 1, got 0"],
+    )
+    assert _ending(KeyboardInterrupt(), capsys) == (130, [f"interrupted: {cli.INTERRUPTED}"])
+    code, lines = _ending(ZeroDivisionError("division by zero"), capsys)
+    assert (code, lines[0], lines[-2:]) == (
+        1,
+        "Traceback (most recent call last):",
+        ["ZeroDivisionError: division by zero", f"bug: {cli.BUG_REPORT}"],
+    )
