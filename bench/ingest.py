@@ -1,6 +1,8 @@
 """Ingest throughput: the Ray Data ingest stage vs a plain single-process loop (decode + hash + tar write).
 
-Usage: python bench/ingest.py --n 5000 [--fer ../shared/data/fer2013]. Prints images/s of both and their ratio.
+Usage: python bench/ingest.py --n 5000 [--fer ../shared/data/fer2013] [--hash-shuffle]. Prints images/s of both and
+their ratio. ``--hash-shuffle`` groups with Ray Data's default hash shuffle instead of the task-based sort shuffle the
+stage uses (``engine.runtime.task_shuffle``), to measure what that choice saves.
 """
 
 from __future__ import annotations
@@ -48,7 +50,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--n", type=int, default=5000)
     p.add_argument("--fer", default="../shared/data/fer2013")
+    p.add_argument("--hash-shuffle", action="store_true", help="Ray Data default groupby shuffle (actors)")
     a = p.parse_args()
+    if a.hash_shuffle:
+        import contextlib
+
+        import engine.runtime
+
+        engine.runtime.task_shuffle = contextlib.nullcontext  # type: ignore[assignment]
     src = SourceConfig(name="bench", format="fer2013", path=a.fer, limit=a.n // 3)
     init_ray()
     with tempfile.TemporaryDirectory() as d:
@@ -61,7 +70,8 @@ def main() -> None:
         n = plain_loop(src, Path(d) / "plain", 1000)
         plain_s = time.perf_counter() - t0
     stage_ips, plain_ips = res.counts["inputs"] / stage_s, n / plain_s
-    print(f"images: {res.counts['inputs']} (cpus: {os.cpu_count()})")
+    shuffle = "hash (Ray Data default)" if a.hash_shuffle else "sort (task_shuffle)"
+    print(f"images: {res.counts['inputs']} (cpus: {os.cpu_count()}, groupby shuffle: {shuffle})")
     print(f"ingest stage (Ray Data, incl. dedup + leakage groupby): {stage_ips:8.1f} images/s  ({stage_s:.1f} s)")
     print(f"plain single-process loop (decode + hash + tar):       {plain_ips:8.1f} images/s  ({plain_s:.1f} s)")
     print(f"ratio stage / plain: {stage_ips / plain_ips:.2f}")

@@ -131,17 +131,16 @@ class IngestStage(Stage):
     def _dedup(self, n_parts: int) -> pa.Table:
         import ray
 
+        from engine.runtime import task_shuffle
+
         paths = [self.layout.decoded_part(i) for i in range(n_parts)]
         cols = ["key", "orig_path", "part", "row", "split", "status", "sha256", "phash"]
-        ds = ray.data.read_parquet(paths, columns=cols).filter(expr=_col("status") == "ok")
         parts = max(2, min(64, n_parts))
-        exact = ds.groupby("sha256", num_partitions=parts).map_groups(_exact_group, batch_format="pyarrow").take_all()
-        near = (
-            ds.groupby("phash", num_partitions=parts).map_groups(_near_group, batch_format="pyarrow").take_all()
-            if self.cfg.phash_leakage
-            else []
-        )
-        return _merge_decisions(exact, near)
+        with task_shuffle():
+            ds = ray.data.read_parquet(paths, columns=cols).filter(expr=_col("status") == "ok")
+            exact = ds.groupby("sha256", num_partitions=parts).map_groups(_exact_group, batch_format="pyarrow")
+            near = ds.groupby("phash", num_partitions=parts).map_groups(_near_group, batch_format="pyarrow")
+            return _merge_decisions(exact.take_all(), near.take_all() if self.cfg.phash_leakage else [])
 
     # ------------------------------------------------------------------ phase 4: shards + manifest
     def _shard(self, part_stats: dict[int, dict[str, int]], decisions: pa.Table) -> int:

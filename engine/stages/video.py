@@ -53,16 +53,19 @@ def video_step(items: list[dict[str, str]], *, out_dir: str, cfg: ScoreConfig, s
     done: set[str] = set()
     finish = {"out_dir": out_dir, "bins": cfg.hist_bins, "sequence": sequence, "disagreement": cfg.disagreement}
     if n_video:
+        from engine.runtime import task_shuffle
+
         parts = max(1, min(len(items), 64))  # one shuffle partition per shard, at most 64
-        processed = video.groupby("vid", num_partitions=parts).map_groups(
-            _video_group,
-            fn_kwargs={"method": cfg.smooth, "window": cfg.smooth_window, "sequence": sequence},
-            batch_format="pyarrow",
-        )
-        written = processed.groupby("shard", num_partitions=parts).map_groups(
-            _write_group, fn_kwargs={"items": {it["shard"]: it for it in items}, **finish}, batch_format="pyarrow"
-        )
-        done = {str(r["shard"]) for r in written.iter_rows()}
+        with task_shuffle():
+            processed = video.groupby("vid", num_partitions=parts).map_groups(
+                _video_group,
+                fn_kwargs={"method": cfg.smooth, "window": cfg.smooth_window, "sequence": sequence},
+                batch_format="pyarrow",
+            )
+            written = processed.groupby("shard", num_partitions=parts).map_groups(
+                _write_group, fn_kwargs={"items": {it["shard"]: it for it in items}, **finish}, batch_format="pyarrow"
+            )
+            done = {str(r["shard"]) for r in written.iter_rows()}
     rest = [it for it in items if it["shard"] not in done]
     if rest:
         copies = ray.data.from_items(rest, override_num_blocks=max(1, len(rest)))

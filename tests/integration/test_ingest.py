@@ -145,3 +145,41 @@ def test_bad_inputs_are_quarantined_with_reasons(ray_local, tmp_path):
         "link.png": "outside_root",
     }
     assert all(r["detail"] for r in q)
+
+
+def test_two_concurrent_ingests_of_one_new_root_one_writes_the_other_is_refused_in_one_line(
+    ray_local, fer2013_dir, tmp_path
+):
+    """Two ``jobs/ingest.py`` started together on the same new root (both joined to the suite's Ray): one commits
+    the source, the other ends with exit code 2 and one line naming the first (pid, host); the committed source is
+    whole (every file matches its sha256, no ``_work`` left)."""
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from engine.io.checksums import verify_root
+    from tests.integration.processes import tiny_overrides
+
+    repo = Path(__file__).resolve().parents[2]
+    root = tmp_path / "store"
+    cmd = [sys.executable, "jobs/ingest.py", "--config", "conf/demo.yaml", *tiny_overrides(root, fer2013_dir, 1)]
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    procs = [
+        subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    ends = [(p.pid, p.wait(timeout=600), *p.communicate()) for p in procs]
+    assert sorted(rc for _, rc, _, _ in ends) == [0, 2], [e[3][-3000:] for e in ends]
+    (winner, *_), (_, _, _, err) = sorted(ends, key=lambda e: e[1])
+    out_dir = SourceLayout(str(root), "fer2013").dir
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"error: ingest fer2013: {out_dir} is being written by pid {winner} on {socket.gethostname()} (since "
+        )
+    )
+    check = verify_root(str(root))
+    assert (check.bad, check.unchecked, check.files > 0) == ({}, 0, True)
+    assert not (Path(out_dir) / "_work").exists()
