@@ -35,7 +35,7 @@ def campaign_stages(cfg: Config) -> list[Stage]:
     r = 0
     while fs.exists(lay.round(r).state):
         t = fs.read_json(lay.round(r).state)["teacher"]
-        teacher = TeacherRef(tuple(t["paths"]), t["fingerprint"]) if t else None
+        teacher = TeacherRef.from_record(lay.root, t) if t else None
         rctx = StageContext(ctx.cfg, round=r, upstream=ctx.upstream, teacher=teacher)
         for cls in round_stages(ctx.cfg, r):
             stages.append(cls(rctx))

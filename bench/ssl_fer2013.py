@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from engine.config import Config, load_config  # noqa: E402
 from engine.io import fs  # noqa: E402
-from engine.layout import CampaignLayout  # noqa: E402
+from engine.layout import CampaignLayout, stored_path  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -192,7 +192,7 @@ def run_row(args: argparse.Namespace, row: Row, seed: int, teacher: str | None) 
                 "promoted": state["rounds"][r].get("promoted"),
                 "thresholds": doc.get("thresholds"),
                 "quality": doc.get("quality"),
-                "student": os.path.relpath(doc["student"]["path"], cfg.storage.root),
+                "student": stored_path(cfg.storage.root, doc["student"]["path"]),
                 "best_epoch": doc["stages"].get("train", {}).get("counts", {}).get("best_epoch"),
             }
         )

@@ -102,7 +102,7 @@ def run_campaign(cfg: Config, *, max_rounds: int | None = None) -> dict[str, Any
         "ingest": {k.split(":", 1)[1]: _result_doc(r) for k, r in up.items() if k.startswith("ingest:")},
         "partition": _result_doc(up["partition"]),
     }
-    state["tracking_uri"] = tracker.uri
+    state["tracking_uri"] = cfg.tracking.uri  # None: the root's own store (engine.summary.tracking_uri derives it)
     state["mlflow_experiment_id"] = tracker.experiment_id
     tracker.log_dataset(
         state["mlflow_run_id"],
@@ -172,7 +172,7 @@ def _result_doc(r: Any) -> dict[str, Any]:
 def _teacher(state: dict[str, Any], cfg: Config) -> TeacherRef | None:
     t = state.get("teacher")
     if t:
-        return TeacherRef(tuple(t["paths"]), t["fingerprint"], t["round"])
+        return TeacherRef.from_record(cfg.storage.root, t)
     if cfg.campaign.teacher_checkpoint:
         from engine.models.checkpoint import checkpoint_fingerprint
 

@@ -73,6 +73,20 @@ def join(*parts: str) -> str:
     return "/".join(p.rstrip("/") if i == 0 else p.strip("/") for i, p in enumerate(parts) if p)
 
 
+def stored_path(root: str, path: str) -> str:
+    """How a file is named in the root's own records (``campaign.json``, ``round.json``, ``rule.json``): relative to
+    ``root`` when it lies inside it, so a copied root (``cp -a``) refers to its own files; a file outside the root (a
+    given teacher checkpoint) keeps its absolute path. The inverse is :func:`root_path`."""
+    base = root.rstrip("/") + "/"
+    return path[len(base) :] if path.startswith(base) else path
+
+
+def root_path(root: str, stored: str) -> str:
+    """The path a record names: a relative ``stored`` path resolved against ``root``; absolute paths and URIs as
+    they are (records written before roots were relocatable hold absolute paths)."""
+    return stored if stored.startswith("/") or "://" in stored else join(root, stored)
+
+
 @dataclass(frozen=True)
 class SourceLayout:
     """Paths of one ingested source."""

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from engine.io import fs
-from engine.layout import CampaignLayout
+from engine.layout import CampaignLayout, root_path, stored_path
 
 POOL_SPLITS = ("train", "unlabelled")
 
@@ -84,6 +84,11 @@ class PartitionRule:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    def stored(self, root: str) -> dict[str, Any]:
+        """The rule as ``rule.json`` holds it: the labelled keys named relative to the storage root (a copied root
+        keeps working); :func:`load_rule` resolves it back."""
+        return {**self.to_json(), "labelled_keys_path": stored_path(root, self.labelled_keys_path)}
+
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> PartitionRule:
         return cls(**{**d, "pool_sources": tuple(d["pool_sources"]), "eval_sources": tuple(d["eval_sources"])})
@@ -91,4 +96,5 @@ class PartitionRule:
 
 def load_rule(root: str, campaign: str) -> PartitionRule:
     """The committed partition rule of a campaign."""
-    return PartitionRule.from_json(fs.read_json(CampaignLayout(root, campaign).rule))
+    d = fs.read_json(CampaignLayout(root, campaign).rule)
+    return PartitionRule.from_json({**d, "labelled_keys_path": root_path(root, d["labelled_keys_path"])})

@@ -8,7 +8,7 @@ from typing import Any
 
 from engine.config import Config
 from engine.io import fs
-from engine.layout import SUCCESS, RoundLayout, join, round_name, round_stage_names
+from engine.layout import SUCCESS, RoundLayout, join, root_path, round_name, round_stage_names, stored_path
 from engine.products.report import finish_round
 from engine.stages.base import Stage, StageContext, StageResult
 
@@ -69,8 +69,10 @@ def round_document(ctx: StageContext, results: dict[str, StageResult]) -> dict[s
     doc: dict[str, Any] = {
         "round": index,
         "campaign": cfg.campaign.name,
-        "teacher": {"paths": list(teacher.paths), "fingerprint": teacher.fingerprint} if teacher else None,
-        "student": {"path": student, "fingerprint": evaluated},
+        "teacher": {"paths": [stored_path(ctx.root, p) for p in teacher.paths], "fingerprint": teacher.fingerprint}
+        if teacher
+        else None,
+        "student": {"path": stored_path(ctx.root, student), "fingerprint": evaluated},
         "policy": cfg.threshold.policy if index else None,
         "stages": {
             k: {"fingerprint": r.fingerprint, "counts": r.counts, "skipped": r.skipped, "seconds": r.seconds}
@@ -120,7 +122,7 @@ def _log_model(tracker: Any, run_id: str, ctx: StageContext, doc: dict[str, Any]
     student = doc["student"]
     uri = tracker.log_checkpoint_model(
         run_id,
-        student["path"],
+        root_path(ctx.root, student["path"]),
         example=example,
         metadata={"round": doc["round"], "campaign": doc["campaign"], "fingerprint": student["fingerprint"]},
     )

@@ -19,6 +19,7 @@ from typing import Any
 from engine.io import fs
 from engine.io.lock import is_held
 from engine.layout import SUCCESS, CampaignLayout, SourceLayout, join, round_name, round_stage_names
+from engine.tracking import default_uri
 
 STATES = ("committed", "running", "interrupted", "missing")
 
@@ -125,7 +126,7 @@ def _campaign(root: str, name: str) -> CampaignStatus:
         teacher_round=teacher.get("round"),
         stopped=state.get("stopped"),
         mlflow_run_id=state.get("mlflow_run_id"),
-        tracking_uri=state.get("tracking_uri"),
+        tracking_uri=state.get("tracking_uri") or (default_uri(root) if state.get("mlflow_run_id") else None),
     )
 
 

@@ -19,7 +19,7 @@ from engine.fingerprint import fingerprint, short
 from engine.io import fs
 from engine.io.checksums import Problem, check_dir, digest_dir
 from engine.io.lock import writer_lock
-from engine.layout import SUCCESS, CampaignLayout, RoundLayout, join, round_name
+from engine.layout import SUCCESS, CampaignLayout, RoundLayout, join, root_path, round_name
 from engine.runtime import require
 
 if TYPE_CHECKING:
@@ -62,6 +62,12 @@ class TeacherRef:
     paths: tuple[str, ...]
     fingerprint: str
     round: int = -1
+
+    @classmethod
+    def from_record(cls, root: str, record: Mapping[str, Any]) -> TeacherRef:
+        """The teacher a ``campaign.json`` or ``round.json`` record names (its paths stored relative to ``root``)."""
+        paths = tuple(root_path(root, p) for p in record["paths"])
+        return cls(paths, str(record["fingerprint"]), int(record.get("round", -1)))
 
 
 @dataclass(frozen=True)

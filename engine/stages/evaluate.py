@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from engine.io import fs
-from engine.layout import METRICS, confusion_name, join, video_id
+from engine.layout import METRICS, confusion_name, join, stored_path, video_id
 from engine.partition_rule import PartitionRule
 from engine.progress import track
 from engine.stages.base import RunOutput, Stage, StageContext, TeacherRef
@@ -231,7 +231,10 @@ class EvaluateStage(Stage):
         from engine.plots import confusion_png
 
         names = list(self.space.classes)
-        metrics: dict[str, Any] = {"checkpoint": self.checkpoint, "checkpoint_fingerprint": self.checkpoint_fp}
+        metrics: dict[str, Any] = {
+            "checkpoint": stored_path(self.root, self.checkpoint),
+            "checkpoint_fingerprint": self.checkpoint_fp,
+        }
         counts: dict[str, Any] = {}
         for split in self.cfg.splits:
             pred = predict_split(

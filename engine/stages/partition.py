@@ -109,12 +109,12 @@ class PartitionStage(Stage):
             eval_fraction=min(1.0, c.max_eval / eval_n) if c.max_eval and eval_n else 1.0,
             labelled_keys_path=path,
         )
-        fs.write_json(self.layout.rule, rule.to_json())
+        fs.write_json(self.layout.rule, rule.stored(self.root))
         per_class = {int(d["values"]): int(d["counts"]) for d in pc.value_counts(labelled["label"]).to_pylist()}
         log.info("partition: %d labelled, pool ≈ %d", labelled.num_rows, round(pool_n * rule.pool_fraction))
         return RunOutput(
             counts={"labelled": labelled.num_rows, "pool_candidates": pool_n, "eval_candidates": eval_n},
-            extra={"labelled_per_class": dict(sorted(per_class.items())), "rule": rule.to_json()},
+            extra={"labelled_per_class": dict(sorted(per_class.items())), "rule": rule.stored(self.root)},
         )
 
 
@@ -126,8 +126,8 @@ def pool_only_partition(ctx: StageContext) -> StageResult:
     rule = PartitionRule(ctx.cfg.campaign.seed, tuple(ctx.cfg.campaign.unlabelled), (), 1.0, 1.0, lay.labelled)
     if not fs.exists(lay.rule):
         fs.write_parquet(lay.labelled, pa.table({"key": pa.array([], pa.string()), "label": pa.array([], pa.int16())}))
-        fs.write_json(lay.rule, rule.to_json())
-    return StageResult("partition", fingerprint("pool-only partition", rule.to_json()))
+        fs.write_json(lay.rule, rule.stored(ctx.root))
+    return StageResult("partition", fingerprint("pool-only partition", rule.stored(ctx.root)))
 
 
 def pool_only_context(

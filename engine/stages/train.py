@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from engine.config import model_fingerprint_fields
 from engine.io import fs
-from engine.layout import join
+from engine.layout import join, stored_path
 from engine.partition_rule import PartitionRule
 from engine.stages.base import RunOutput, Stage, StageContext
 
@@ -125,7 +125,7 @@ class TrainStage(Stage):
             counts.update(
                 fit_temporal(self.layout.student, root=self.root, labelled_path=self.labelled_path, cfg=self.train_cfg)
             )
-        return RunOutput(counts=counts, extra={"checkpoint": self.layout.student})
+        return RunOutput(counts=counts, extra={"checkpoint": stored_path(self.root, self.layout.student)})
 
     def _val_dataset(self) -> Any:
         """The campaign's val split (image, label) as a Ray dataset, or None when it has no val row."""

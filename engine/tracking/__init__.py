@@ -122,6 +122,7 @@ class Tracker:
             parent = os.path.dirname(db_path)
             if parent:
                 os.makedirs(parent, exist_ok=True)
+            relocate_embedded_store(db_path, experiment, artifact_root)
         self.uri = uri
         self.experiment_name = experiment
         self._client = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -296,10 +297,10 @@ class Tracker:
             model = pyfunc_model.CheckpointModel()
             model.load_context(_Context({pyfunc_model.CHECKPOINT_ARTIFACT: local}))
             signature = infer_signature(example_df, model.predict(None, example_df))
-            bar = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # the example check "downloads" the model
+            # the example check "downloads" the model: no progress bar for that
+            quiet = _env_restored(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false")
             try:
-                with self._global_uri(), mlflow.start_run(run_id=run_id):
+                with quiet, global_uris(self.uri), mlflow.start_run(run_id=run_id):
                     info = mlflow.pyfunc.log_model(
                         name=MODEL_NAME,
                         python_model=pyfunc_model.__file__,
@@ -311,10 +312,6 @@ class Tracker:
                     )
             finally:
                 self._client.update_run(run_id, status="RUNNING")  # the campaign closes the round's run
-                if bar is None:
-                    os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-                else:
-                    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
         log.info("MLflow: round run %s -> model %s", run_id, info.model_uri)
         return str(info.model_uri)
 
@@ -332,7 +329,7 @@ class Tracker:
         if existing is not None:
             return existing
         model_id = model_uri.removeprefix("models:/")
-        with self._global_uri():  # the registry looks the logged model up in the global tracking store
+        with global_uris(self.uri):  # the registry looks the logged model up in the global tracking store
             mv = self._client.create_model_version(
                 name,
                 source=model_uri,
@@ -391,9 +388,6 @@ class Tracker:
             context = next((t.value for t in d.tags if t.key == "mlflow.data.context"), "")
             out.append((d.dataset.name, d.dataset.digest, context))
         return sorted(out)
-
-    def _global_uri(self) -> contextlib.AbstractContextManager[None]:
-        return global_uris(self.uri)
 
     def _logged_model(self, run_id: str) -> str | None:
         models = self._client.search_logged_models(
@@ -504,16 +498,27 @@ def global_uris(uri: str) -> Iterator[None]:
     import mlflow.tracking._tracking_service.utils as tracking_utils
 
     explicit = getattr(tracking_utils, "_tracking_uri", None), getattr(registry_utils, "_registry_uri", None)
-    env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    with _env_restored("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        try:
+            yield
+        finally:
+            # None puts a URI back to unset (resolved from the environment or the default), as it was
+            mlflow.set_tracking_uri(explicit[0])  # type: ignore[arg-type]
+            mlflow.set_registry_uri(explicit[1])  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def _env_restored(*names: str, **values: str) -> Iterator[None]:
+    """The environment variables ``names`` and ``values``'s keys put back exactly as they were after the ``with``
+    body (unset stays unset), ``values`` set for it."""
+    before = {k: os.environ.get(k) for k in (*names, *values)}
+    os.environ.update(values)
     try:
         yield
     finally:
-        # None puts a URI back to unset (resolved from the environment or the default), as it was
-        mlflow.set_tracking_uri(explicit[0])  # type: ignore[arg-type]
-        mlflow.set_registry_uri(explicit[1])  # type: ignore[arg-type]
-        for k, v in env.items():
+        for k, v in before.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
@@ -619,6 +624,56 @@ def _digest(text: str) -> str:
     import hashlib
 
     return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+_PATH_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("logged_models", "artifact_location"),
+    ("model_versions", "storage_location"),
+    ("model_versions", "source"),
+    ("datasets", "dataset_source"),
+)
+"""The columns of MLflow's sqlite schema that hold paths of the artifact store (and of logged datasets)."""
+
+
+def relocate_embedded_store(db_path: str, experiment: str, artifact_root: str) -> int:
+    """Re-point a storage root's embedded MLflow store after the root was copied or moved; returns how many values
+    changed.
+
+    MLflow stores absolute paths (the experiment's artifact location, each run's artifact URI, logged models, model
+    versions, dataset sources) and has no API to change them, so a copied root would go on writing artifacts into
+    the original. When ``db_path`` and ``artifact_root`` lie in one folder (the embedded store: ``<root>/mlflow.db``
+    and ``<root>/mlartifacts``) and the experiment's artifact location is ``<old root>/mlartifacts`` elsewhere, every
+    ``<old root>/`` in the columns above becomes ``<root>/``. A store that is not embedded is left alone.
+    """
+    import sqlite3
+
+    root = os.path.dirname(os.path.abspath(db_path))
+    if not os.path.isfile(db_path) or os.path.dirname(_norm_location(artifact_root)) != root:
+        return 0
+    with contextlib.closing(sqlite3.connect(db_path)) as conn, conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "experiments" not in tables:
+            return 0
+        row = conn.execute("SELECT artifact_location FROM experiments WHERE name = ?", (experiment,)).fetchone()
+        location = _norm_location(str(row[0])) if row else ""
+        old = os.path.dirname(location)
+        if os.path.basename(location) != ARTIFACTS_DIR or not old or old == root:
+            return 0
+        changed = 0
+        for table, column in _PATH_COLUMNS:
+            if table not in tables or column not in {c[1] for c in conn.execute(f"PRAGMA table_info({table})")}:
+                continue
+            for rowid, value in conn.execute(
+                f"SELECT rowid, {column} FROM {table} WHERE instr({column}, ?) > 0", (old + "/",)
+            ).fetchall():
+                conn.execute(
+                    f"UPDATE {table} SET {column} = ? WHERE rowid = ?", (value.replace(old + "/", root + "/"), rowid)
+                )
+                changed += 1
+    log.warning("MLflow store %s was copied from %s: %d stored paths now point into %s", db_path, old, changed, root)
+    return changed
 
 
 def _norm_location(location: str) -> str:

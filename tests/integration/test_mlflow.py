@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from engine.io import fs
-from engine.layout import CampaignLayout
+from engine.layout import CampaignLayout, root_path
 from tests.integration.processes import free_port
 from tests.integration.test_report_export import CHROMIUM, CHROMIUM_ARGS
 
@@ -70,7 +70,7 @@ def test_champion_loads_through_mlflow_with_the_checkpoint_probabilities(store):
         local = Path(mlflow.artifacts.download_artifacts("models:/demo@champion"))
     images = _images(campaign.root, 40)
     out = model.predict(pd.DataFrame({"image": images}))
-    teacher = CheckpointTeacher(state["teacher"]["paths"][0])
+    teacher = CheckpointTeacher(root_path(str(campaign.root), state["teacher"]["paths"][0]))
     ref = teacher.predict([decode_pixels(b) for b in images]).probs
     names = list(teacher.label_space.classes)
     assert list(out.columns) == [*names, "label"]

@@ -104,7 +104,7 @@ def test_every_stage_commits_the_outputs_it_declares(tiny_campaign):
     stages = [IngestStage(StageContext(cfg, source="fer2013")), PartitionStage(StageContext(cfg))]
     for r in (0, 1):
         teacher = fs.read_json(lay.round(r).state)["teacher"]
-        ref = TeacherRef(tuple(teacher["paths"]), teacher["fingerprint"]) if teacher else None
+        ref = TeacherRef.from_record(root, teacher) if teacher else None
         stages += [stage(StageContext(cfg, round=r, teacher=ref)) for stage in round_stages(cfg, r)]
     assert [s.label for s in stages] == [
         "ingest fer2013", "partition demo", "train r000", "evaluate r000", "curation r000",
