@@ -157,7 +157,9 @@ class ScoreStage(Stage):
         shards = list_shards(self.root, self.rule.pool_sources)
         labelled = frozenset(self.rule.labelled_keys())
         pending = [s for s in shards if not fs.exists(self.raw_stats_path(s.name))]
-        expected = {s.name: set(pool_keys(self.rule, s, labelled)) for s in pending}
+        # Pool rows per pending shard: counts only, so the driver's memory does not grow with the pool (a shard's
+        # keys are read again when it is committed, from its manifest part).
+        expected = {s.name: len(pool_keys(self.rule, s, labelled)) for s in pending}
         to_read = [s for s in pending if expected[s.name]]
         for s in pending:
             if not expected[s.name]:
@@ -165,7 +167,7 @@ class ScoreStage(Stage):
         scored = 0
         if to_read:
             log.info("%s: scoring %d/%d shards", self.label, len(to_read), len(shards))
-            scored = self._score(to_read, expected)
+            scored = self._score(to_read, expected, labelled)
         if self.video_step and any(not fs.exists(self.stats_path(s.name)) for s in shards):
             from engine.stages.video import video_step
 
@@ -203,7 +205,7 @@ class ScoreStage(Stage):
             extra={"pred_counts": [int(x) for x in total.pred_counts]},
         )
 
-    def _score(self, shards: list[ShardRef], expected: dict[str, set[str]]) -> int:
+    def _score(self, shards: list[ShardRef], expected: dict[str, int], labelled: frozenset[str]) -> int:
         import ray
 
         from engine.runtime import cluster_cpus, cluster_gpus
@@ -222,10 +224,13 @@ class ScoreStage(Stage):
             },
             batch_size=self.cfg.batch_size,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=self.cfg.num_actors),
+            # An autoscaling pool (1..num_actors): a fixed-size pool that no longer fits the CPUs left after a
+            # node is lost waits forever; this one goes on with the actors that fit.
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=self.cfg.num_actors),
             num_cpus=actor_cpus(self.cfg, cluster_cpus(), gpus),
             num_gpus=gpus,
         )
+        by_name = {s.name: s for s in shards}
         buffers: dict[str, _ShardBuffer] = {}
         committed: set[str] = set()
         done = 0
@@ -233,7 +238,7 @@ class ScoreStage(Stage):
         batches = track(
             scored_ds.iter_batches(batch_size=None, batch_format="numpy"),
             desc=self.label,
-            total=sum(len(expected[s.name]) for s in shards),
+            total=sum(expected[s.name] for s in shards),
             count=lambda b: len(b["shard"]),
         )
         for batch in batches:
@@ -243,16 +248,17 @@ class ScoreStage(Stage):
                     continue
                 buf = buffers.setdefault(shard, _ShardBuffer())
                 buf.add(batch, np.flatnonzero(shard_col == shard))
-                if len(buf.seen) < len(expected[shard]):
+                if len(buf.seen) < expected[shard]:
                     continue
-                if buf.seen != expected[shard]:
+                keys = set(pool_keys(self.rule, by_name[shard], labelled))
+                if buf.seen != keys:
                     raise RuntimeError(
                         f"{self.label}: shard {shard} got keys outside its pool, e.g. "
-                        f"{sorted(buf.seen - expected[shard])[:3]}; delete {self.out_dir} and re-run"
+                        f"{sorted(buf.seen - keys)[:3]}; delete {self.out_dir} and re-run"
                     )
                 self._commit(shard, buffers.pop(shard).columns(), 0, teacher_id)
                 committed.add(shard)
-                done += len(expected[shard])
+                done += expected[shard]
         if buffers:
             raise RuntimeError(f"{self.label}: incomplete shards after scoring: {sorted(buffers)[:5]}; re-run")
         return done
