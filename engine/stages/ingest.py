@@ -205,16 +205,20 @@ class IngestStage(Stage):
         fs.write_parquet(self.layout.duplicates, decisions.drop_columns(["part", "row"]).sort_by("key"))
 
         inputs = sum(fs.read_parquet(self.layout.decoded_part(i), columns=["key"]).num_rows for i in range(n_parts))
-        manifest = fs.read_parquet(self.layout.manifest_dir, columns=["split", "leak_with"]) if n_shards else None
-        kept = manifest.num_rows if manifest is not None else 0
         by_reason = dict(sorted(_value_counts(quarantine["reason"]).items()))
-        by_split = _value_counts(manifest["split"]) if manifest is not None else {}
-        leaky = manifest.filter(pc.is_valid(manifest["leak_with"])) if manifest is not None else None
-        eval_twins = 0
-        if leaky is not None:
+        # Manifest counts part by part: the driver never holds a column of the whole source.
+        by_split: dict[str, int] = {}
+        kept = leakage = eval_twins = 0
+        for i in range(n_shards):
+            m = fs.read_parquet(self.layout.manifest_part(i), columns=["split", "leak_with"])
+            kept += m.num_rows
+            for k, v in _value_counts(m["split"]).items():
+                by_split[k] = by_split.get(k, 0) + v
+            leaky = m.filter(pc.is_valid(m["leak_with"]))
+            leakage += leaky.num_rows
             is_eval = pc.is_in(leaky["split"], pa.array(["val", "test"]))
             has_fit = pc.match_substring_regex(leaky["leak_with"], "train|unlabelled")
-            eval_twins = int(pc.sum(pc.and_(is_eval, has_fit)).as_py() or 0)
+            eval_twins += int(pc.sum(pc.and_(is_eval, has_fit)).as_py() or 0)
         if kept + quarantine.num_rows != inputs:
             raise RuntimeError(
                 f"ingest {self.source.name}: kept {kept} + quarantined {quarantine.num_rows} != {inputs}"
@@ -224,7 +228,7 @@ class IngestStage(Stage):
             "kept": kept,
             "quarantined": quarantine.num_rows,
             "duplicates": by_reason.get("duplicate", 0),
-            "leakage": leaky.num_rows if leaky is not None else 0,
+            "leakage": leakage,
             "eval_twins_of_train": eval_twins,
             "shards": n_shards,
             "by_reason": by_reason,

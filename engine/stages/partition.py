@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -70,8 +71,8 @@ class PartitionStage(Stage):
         cols = ["key", "shard", "source", "label", "split", "leak_with"]
         lab_tables = []
         for s in c.labelled:
-            m = fs.read_parquet(SourceLayout(self.root, s).manifest_dir, columns=cols)
-            lab_tables.append(m.filter(pc.and_(pc.equal(m["split"], "train"), pc.greater_equal(m["label"], 0))))
+            for m in _manifest_parts(self.root, s, cols):
+                lab_tables.append(m.filter(pc.and_(pc.equal(m["split"], "train"), pc.greater_equal(m["label"], 0))))
         cand = pa.concat_tables(lab_tables) if lab_tables else None
         labelled = _stratified(cand, c.labelled_fraction, c.max_labelled, c.seed) if cand is not None else None
         if labelled is None or labelled.num_rows == 0:
@@ -81,26 +82,21 @@ class PartitionStage(Stage):
         labelled = labelled.select(["key", "shard", "source", "label"]).sort_by("key")
         path = self.layout.labelled
         fs.write_parquet(path, labelled)
-        labelled_keys = set(labelled["key"].to_pylist())
+        labelled_keys = labelled["key"].combine_chunks()
 
         pool_sources = tuple(c.unlabelled)
         eval_sources = tuple(c.eval or c.labelled)
         pool_n = eval_n = 0
+        # Counted manifest part by part: the driver holds one part and the labelled keys, whatever the pool's size.
         for s in sorted(set(pool_sources) | set(eval_sources)):
-            m = fs.read_parquet(
-                SourceLayout(self.root, s).manifest_dir, columns=["key", "split", "label", "leak_with"]
-            )
-            if s in pool_sources:
-                is_pool = pc.and_(pc.is_in(m["split"], pa.array(POOL_SPLITS)), pc.is_null(m["leak_with"]))
-                pool_keys = m.filter(is_pool)["key"].to_pylist()
-                pool_n += sum(1 for k in pool_keys if k not in labelled_keys)
-            if s in eval_sources:
-                eval_n += int(
-                    pc.sum(
-                        pc.and_(pc.is_in(m["split"], pa.array(["val", "test"])), pc.greater_equal(m["label"], 0))
-                    ).as_py()
-                    or 0
-                )
+            for m in _manifest_parts(self.root, s, ["key", "split", "label", "leak_with"]):
+                if s in pool_sources:
+                    is_pool = pc.and_(pc.is_in(m["split"], pa.array(POOL_SPLITS)), pc.is_null(m["leak_with"]))
+                    is_pool = pc.and_(is_pool, pc.invert(pc.is_in(m["key"], value_set=labelled_keys)))
+                    pool_n += int(pc.sum(is_pool).as_py() or 0)
+                if s in eval_sources:
+                    is_eval = pc.and_(pc.is_in(m["split"], pa.array(["val", "test"])), pc.greater_equal(m["label"], 0))
+                    eval_n += int(pc.sum(is_eval).as_py() or 0)
         rule = PartitionRule(
             seed=c.seed,
             pool_sources=pool_sources,
@@ -116,6 +112,13 @@ class PartitionStage(Stage):
             counts={"labelled": labelled.num_rows, "pool_candidates": pool_n, "eval_candidates": eval_n},
             extra={"labelled_per_class": dict(sorted(per_class.items())), "rule": rule.stored(self.root)},
         )
+
+
+def _manifest_parts(root: str, source: str, columns: list[str]) -> Iterator[pa.Table]:
+    """The committed manifest of ``source``, one part (shard) at a time."""
+    lay = SourceLayout(root, source)
+    for i in range(int(fs.read_json(lay.success)["counts"]["shards"])):
+        yield fs.read_parquet(lay.manifest_part(i), columns=columns)
 
 
 def pool_only_partition(ctx: StageContext) -> StageResult:
