@@ -8,9 +8,10 @@ Usage:
 Benchmark mode ingests the first ``--n`` rows of each FER2013 split into ``--root`` (a temporary folder by default;
 an existing committed ingest there is reused), then times, on the pool (the Training rows without a leakage flag):
 
-- the plain loop: one process, the same teacher, batch size and torch threads as a scoring actor; tar read + PNG
-  decode + resize/normalise + forward, model already loaded (no writes). Run before and after the stage; the ratio
-  uses their mean, so a change in machine load during the run shows up in the two figures.
+- the plain loop: one process, the same teacher and batch size, and the same total CPU as the stage: torch threads =
+  every core of the machine (``--plain-threads``), since the stage's actor and its read tasks share all of them; tar
+  read + PNG decode + resize/normalise + forward, model already loaded (no writes). Run before and after the stage;
+  the ratio uses their mean, so a change in machine load during the run shows up in the two figures.
 - the stage: ``ScoreStage.execute()`` on a fresh output folder, end to end: pending-shard scan, actor start and
   model load, read, decode, forward, per-shard parquet and stats writes, ``_SUCCESS.json``. Ray's worker processes
   are started by an untimed warm-up job first.
@@ -190,7 +191,8 @@ def bench(a: argparse.Namespace, root: str) -> None:
     items = pool_items(root, rule)
     n_pool = sum(len(k) for _, k in items)
 
-    torch.set_num_threads(threads)
+    plain_threads = a.plain_threads or os.cpu_count() or 1
+    torch.set_num_threads(plain_threads)
     teacher = load_teacher([ckpt], device="cuda" if cuda else "cpu")
     plain_loop(items[:1], teacher, cfg.batch_size)  # warm-up: first forward, allocator, OS cache of the tars
     warm_up_ray()
@@ -220,7 +222,8 @@ def bench(a: argparse.Namespace, root: str) -> None:
     )
     print(
         f"images: {n_pool} (FER2013 Training rows of {len(items)} shards, leakage-flagged rows excluded); batch "
-        f"{cfg.batch_size}; torch threads {threads}; actors {cfg.num_actors} x {cfg.cpus_per_actor} CPU"
+        f"{cfg.batch_size}; actors {cfg.num_actors} x {cfg.cpus_per_actor} CPU, torch threads {threads} per actor; "
+        f"plain loop torch threads {plain_threads}"
     )
     print(
         f"score stage (execute, end to end incl. actor start + model load + writes): {stage_ips:8.1f} images/s "
@@ -316,6 +319,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--actors", type=int, default=1)
     p.add_argument("--cpus-per-actor", type=float, default=1.0)
+    p.add_argument("--plain-threads", type=int, default=0, help="plain loop's torch threads (default: every core)")
     p.add_argument("--check-all", action="store_true", help="score all of FER2013 Training and check the output")
     a = p.parse_args()
     init_ray(num_cpus=os.cpu_count())
