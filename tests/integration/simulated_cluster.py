@@ -39,6 +39,8 @@ def main() -> None:
     p.add_argument("--teacher", required=True, help="round 1's teacher: the 'teacher' record of its round.json")
     args = p.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Task states reach Ray's state API every 1 s by default: a task that just started may not show as RUNNING yet.
+    os.environ.setdefault("RAY_task_events_report_interval_ms", "100")
     import ray
     from ray.cluster_utils import Cluster
 
@@ -108,10 +110,9 @@ def _faults(args: argparse.Namespace, cluster: Any, workers: list[Any]) -> dict[
 
 
 def _remove_during(fn: Any, pattern: str, cluster: Any, workers: list[Any], *, kind: str) -> dict[str, Any]:
-    """Run ``fn`` in a thread; once a file matches ``pattern``, remove (hard kill) a worker node running one of its
-    tasks (``kind="task"``) or scoring actors (``"actor"``), or any live worker node when none is seen running.
-    Returns ``{"node": the removed node's id or None when fn ended first, "running": what ran there}`` and
-    re-raises what ``fn`` raised."""
+    """Run ``fn`` in a thread; once a file matches ``pattern``, remove (hard kill) the first worker node seen running
+    one of its tasks (``kind="task"``) or scoring actors (``"actor"``). Returns ``{"node": the removed node's id, or
+    None when fn ended before one was seen, "running": what ran there}`` and re-raises what ``fn`` raised."""
     box: dict[str, Any] = {}
 
     def target() -> None:
@@ -124,15 +125,15 @@ def _remove_during(fn: Any, pattern: str, cluster: Any, workers: list[Any], *, k
     t.start()
     gone: dict[str, Any] = {"node": None, "running": []}
     while t.is_alive() and gone["node"] is None:
+        time.sleep(0.05)
         if glob.glob(pattern):
             busy = _running(kind)
-            if not busy and kind == "actor":  # between a pool's actors: look again
+            victim = next((w for w in workers if w.node_id in busy), None)
+            if victim is None:  # between tasks, or not reported yet: look again
                 continue
-            victim = next((w for w in workers if w.node_id in busy), workers[0])
             cluster.remove_node(victim, allow_graceful=False)  # from the main thread, as Cluster needs
             workers.remove(victim)
-            gone = {"node": victim.node_id, "running": sorted(busy.get(victim.node_id, []))}
-        time.sleep(0.05)
+            gone = {"node": victim.node_id, "running": sorted(busy[victim.node_id])}
     t.join()
     if "exc" in box:
         raise box["exc"]
