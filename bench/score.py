@@ -50,7 +50,7 @@ from engine.runtime import init_ray
 from engine.stages.base import TeacherRef
 from engine.stages.ingest import IngestStage
 from engine.stages.partition import pool_only_context
-from engine.stages.score import ScoreStage, ShardRef, list_shards, pool_keys
+from engine.stages.score import ScoreStage, ShardRef, list_shards, pool_keys, pool_size
 
 SOURCE = "fer2013"
 
@@ -221,13 +221,14 @@ def bench(a: argparse.Namespace, root: str) -> None:
     plain_ips = (plain_a + plain_b) / 2
 
     assert res.counts["rows"] == n_plain == n_pool, (res.counts, n_plain, n_pool)
+    actors = pool_size(cfg, os.cpu_count() or 1, int(cuda))
     print(
         f"model: {desc}; device: {'cuda' if cuda else 'cpu'}; cpus: {os.cpu_count()}; load avg: "
         f"{os.getloadavg()[0]:.1f}"
     )
     print(
         f"images: {n_pool} (FER2013 Training rows of {len(items)} shards, leakage-flagged rows excluded); batch "
-        f"{cfg.batch_size}; actors {cfg.num_actors} x {cfg.cpus_per_actor} CPU, torch threads {threads} per actor; "
+        f"{cfg.batch_size}; actors {actors} x {cfg.cpus_per_actor} CPU, torch threads {threads} per actor; "
         f"plain loop torch threads {plain_threads}"
     )
     print(
@@ -322,7 +323,7 @@ def main() -> None:
     p.add_argument("--fer", default="../shared/data/fer2013")
     p.add_argument("--checkpoint", default=None, help="engine checkpoint to score with (default: see above)")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--actors", type=int, default=1)
+    p.add_argument("--actors", type=int, default=0, help="scoring actors (0: one per core, as score.num_actors=0)")
     p.add_argument("--cpus-per-actor", type=float, default=1.0)
     p.add_argument("--plain-threads", type=int, default=0, help="plain loop's torch threads (default: every core)")
     p.add_argument("--check-all", action="store_true", help="score all of FER2013 Training and check the output")

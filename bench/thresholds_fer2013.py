@@ -156,7 +156,7 @@ def main() -> None:
     p.add_argument("--root", required=True, help="storage root (ingest, score, thresholds, selections)")
     p.add_argument("--fer", default="../shared/data/fer2013")
     p.add_argument("--out", default="docs/results/thresholds_fer2013.md")
-    p.add_argument("--actors", type=int, default=1, help="scoring actors")
+    p.add_argument("--actors", type=int, default=0, help="scoring actors (0: one per core)")
     p.add_argument("--cpus-per-actor", type=float, default=float(os.cpu_count() or 1))
     a = p.parse_args()
     t0 = time.perf_counter()

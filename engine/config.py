@@ -209,8 +209,9 @@ class ScoreConfig:
 
     batch_size: int = 256
     """Images per model call."""
-    num_actors: int = 1
-    """Size of the scoring actor pool."""
+    num_actors: int = 0
+    """Size of the scoring actor pool; 0 = as many as the cluster holds: one per ``gpus_per_actor`` GPUs on a GPU
+    cluster, else one per ``cpus_per_actor`` CPUs (each actor then reserves a little less, so reads keep a CPU)."""
     cpus_per_actor: float = 1.0
     """CPUs reserved by each actor (also its torch thread count, rounded up)."""
     gpus_per_actor: float = 0.0
@@ -236,7 +237,7 @@ class ScoreConfig:
             _check_choice("score.smooth", self.smooth, ("mean", "ema"))
         _check_positive("score.smooth_window", self.smooth_window)
         _check_positive("score.batch_size", self.batch_size)
-        _check_positive("score.num_actors", self.num_actors)
+        _check_range("score.num_actors", self.num_actors, 0, 100_000)
         _check_positive("score.hist_bins", self.hist_bins)
         _check_range("score.cpus_per_actor", self.cpus_per_actor, 0.0, 1024.0)
         _check_range("score.gpus_per_actor", self.gpus_per_actor, 0.0, 64.0)

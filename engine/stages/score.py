@@ -8,8 +8,9 @@ never yields a row twice. ``stats.json`` is the sum of the per-shard statistics:
 
 Fault tolerance: Ray Data restarts a killed scoring actor and retries its batches (``max_restarts`` and
 ``max_task_retries`` default to -1 for actor pools); rows of a batch delivered again are dropped by key, and rows of a
-shard already committed are ignored. On a CPU-only cluster the pool never reserves every CPU (``actor_cpus``), since
-read tasks starved of CPUs make the job hang without an error.
+shard already committed are ignored. The pool has one actor per CPU (or GPU) by default (``pool_size``); on a
+CPU-only cluster it never reserves every CPU (``actor_cpus``), since read tasks starved of CPUs make the job hang
+without an error.
 
 Teachers with branches (ESR, ensembles) add ``branch_probs`` and a ``disagreement`` column (``score.disagreement``);
 teachers with a VA head add ``valence`` and ``arousal``. With ``score.smooth`` set or a sequence teacher
@@ -211,7 +212,13 @@ class ScoreStage(Stage):
         from engine.runtime import cluster_cpus, cluster_gpus
 
         gpus = self.cfg.gpus_per_actor if cluster_gpus() > 0 else 0.0
-        ds = ray.data.read_webdataset([s.tar for s in shards], decoder=None, override_num_blocks=len(shards))
+        actors = pool_size(self.cfg, cluster_cpus(), cluster_gpus())
+        ds = ray.data.read_webdataset(
+            [s.tar for s in shards],
+            decoder=None,
+            override_num_blocks=len(shards),
+            ray_remote_args={"num_cpus": READ_CPUS},
+        )
         scored_ds = ds.map_batches(
             PoolScorer,
             fn_constructor_kwargs={
@@ -224,10 +231,10 @@ class ScoreStage(Stage):
             },
             batch_size=self.cfg.batch_size,
             batch_format="numpy",
-            # An autoscaling pool (1..num_actors): a fixed-size pool that no longer fits the CPUs left after a
-            # node is lost waits forever; this one goes on with the actors that fit.
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=self.cfg.num_actors),
-            num_cpus=actor_cpus(self.cfg, cluster_cpus(), gpus),
+            # An autoscaling pool (1..actors) that starts all of them at once: a fixed-size pool that no longer fits
+            # the CPUs left after a node is lost waits forever; this one goes on with the actors that fit.
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors),
+            num_cpus=actor_cpus(self.cfg, actors, cluster_cpus(), gpus),
             num_gpus=gpus,
         )
         by_name = {s.name: s for s in shards}
@@ -290,17 +297,33 @@ class ScoreStage(Stage):
         fs.write_json(self.raw_stats_path(shard), stats)
 
 
-def actor_cpus(cfg: ScoreConfig, cluster_cpus: int, gpus: float) -> float:
-    """CPUs each scoring actor reserves: ``cpus_per_actor``, lowered on a CPU-only cluster so that the actor pool
-    leaves one CPU to the read tasks (a pool holding every CPU starves the reads and the job hangs without error)."""
+def pool_size(cfg: ScoreConfig, cluster_cpus: int, cluster_gpus: int) -> int:
+    """Scoring actors: ``num_actors``, or when it is 0 one per ``gpus_per_actor`` GPUs of a GPU cluster, else one per
+    ``cpus_per_actor`` CPUs (at least one)."""
+    if cfg.num_actors:
+        return cfg.num_actors
+    if cluster_gpus > 0 and cfg.gpus_per_actor > 0:
+        return max(1, int(cluster_gpus / cfg.gpus_per_actor))
+    return max(1, int(cluster_cpus / max(cfg.cpus_per_actor, 1e-9)))
+
+
+READ_CPUS = 0.25
+"""CPUs a shard read task reserves: it only streams a tar's members to the actors (decoding is the actors' work)."""
+
+
+def actor_cpus(cfg: ScoreConfig, actors: int, cluster_cpus: int, gpus: float) -> float:
+    """CPUs each of ``actors`` scoring actors reserves on a CPU-only cluster: ``cpus_per_actor`` when the pool leaves
+    room for a read task, else at most (1 - READ_CPUS) of it, so that every node full of actors still fits one read
+    (a pool holding every CPU starves the reads and the job hangs without error). Torch threads per actor stay
+    ``ceil(cpus_per_actor)``, so scores do not depend on the pool's size or placement."""
     want = cfg.cpus_per_actor
-    if gpus > 0 or cluster_cpus < 2 or cfg.num_actors * want <= cluster_cpus - 1:
+    if gpus > 0 or actors * want + READ_CPUS <= cluster_cpus:
         return want
-    fitted = (cluster_cpus - 1) / cfg.num_actors
-    log.warning(
-        "score: %d actors x %.2g CPUs would hold all %d CPUs and starve the reads; reserving %.2g CPUs per actor "
-        "(torch threads stay %d)",
-        cfg.num_actors,
+    fitted = min(want * (1 - READ_CPUS), (cluster_cpus - READ_CPUS) / actors)
+    (log.info if cfg.num_actors == 0 else log.warning)(
+        "score: %d actors x %.2g CPUs would leave no CPU to the shard reads on %d CPUs; reserving %.2g CPUs per "
+        "actor (torch threads stay %d)",
+        actors,
         want,
         cluster_cpus,
         fitted,

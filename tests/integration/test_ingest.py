@@ -183,3 +183,11 @@ def test_two_concurrent_ingests_of_one_new_root_one_writes_the_other_is_refused_
     check = verify_root(str(root))
     assert (check.bad, check.unchecked, check.files > 0) == ({}, 0, True)
     assert not (Path(out_dir) / "_work").exists()
+
+    # Run again: the source is committed with this config, so the job checks its files and reports without starting
+    # Ray at all. RAY_ADDRESS names a port where nothing listens: connecting would hang until the timeout.
+    again = subprocess.run(
+        cmd, cwd=repo, env={**os.environ, "RAY_ADDRESS": "127.0.0.1:1"}, capture_output=True, text=True, timeout=90
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.splitlines()[0].startswith("ingest fer2013: skipped (already committed, nothing to do)")

@@ -90,7 +90,7 @@ def test_value_checks():
         ("threshold.tau_min=-0.1", r"threshold\.tau_min must be in \[0\.0, 1\.0\], got -0\.1"),
         ("threshold.top_k=0", r"threshold\.top_k must be positive, got 0"),
         ("score.batch_size=-1", r"score\.batch_size must be positive, got -1"),
-        ("score.num_actors=0", r"score\.num_actors must be positive, got 0"),
+        ("score.num_actors=-1", r"score\.num_actors must be in \[0, 100000\], got -1"),
         ("ingest.max_pixels=-1", r"ingest\.max_pixels must be positive, got -1"),
         ("ingest.min_side_px=0", r"ingest\.min_side_px must be positive, got 0"),
         ("ingest.resize=0", r"ingest\.resize must be positive, got 0"),
