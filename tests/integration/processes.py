@@ -139,6 +139,7 @@ def tiny_sets(root: Path | str, fer2013_dir: Path, epochs: int) -> list[str]:
         "model.name=tiny_cnn",
         f"train.epochs={epochs}",
         "train.batch_size=32",
+        "train.ema_decay=0",  # a few tiny epochs: the raw weights (the demo's EMA is tested in test_train)
         "threshold.policy=fixed",
         "threshold.tau=0.2",
         "select.cap_multiple_of_labelled=null",
