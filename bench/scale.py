@@ -102,7 +102,7 @@ def run_one(n: int, work: Path, fer: Path) -> dict[str, Any]:
     from engine.stages.base import StageContext, TeacherRef
     from engine.stages.ingest import IngestStage
     from engine.stages.partition import PartitionStage
-    from engine.stages.score import ScoreStage
+    from engine.stages.score import ScoreStage, pool_size
     from engine.stages.select import SelectStage
     from engine.stages.threshold import ThresholdStage
 
@@ -174,6 +174,7 @@ def run_one(n: int, work: Path, fer: Path) -> dict[str, Any]:
         "cores": cores,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB",
         "synth_seconds": round(gen_s, 1),
+        "score_actors": pool_size(cfg.score, cores, 0),
         "stages": rows,
         "quarantined": res.counts.get("quarantined"),
     }
@@ -194,7 +195,12 @@ def table(results: dict[str, Any]) -> str:
                 f"| {int(n):,} | {st} | {x['seconds']:.1f} | {rate} | {x['driver_rss']} | "
                 f"{x['worker_rss']} | {x['store_used']} | {x['spilled_mib']} | {x['files']:,} |"
             )
-    return head + "\n".join(lines) + "\n"
+    actors = "; ".join(f"{int(n):,}: {results[n].get('score_actors', '?')}" for n in sorted(results, key=int))
+    return (
+        head + "\n".join(lines) + f"\n\nScoring actors (one torch thread each) per N: {actors}. "
+        "A run with one actor on a 2-core machine predates `score.num_actors: 0` (one actor per core); "
+        "its img/s/core is the machine's rate divided by both cores.\n"
+    )
 
 
 def main() -> None:
