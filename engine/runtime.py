@@ -14,6 +14,42 @@ from engine.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
+LOST_NODE_ATTEMPTS = 3
+"""Tries of an idempotent stage phase whose Ray work failed because a node, worker or actor was lost."""
+
+_LOST_NAMES = ("ActorDiedError", "NodeDiedError", "WorkerCrashedError", "ObjectLostError", "OwnerDiedError")
+
+
+def lost_ray_node(exc: BaseException) -> bool:
+    """True when ``exc`` (or an exception it was raised from) is Ray losing a node, worker, actor or object: a
+    failure of the cluster, not of the data. Ray Data sometimes re-raises such an error as a ``RayTaskError`` or an
+    ``UnserializableException`` that carries the original only as text, so the text is checked too."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if type(e).__name__ in _LOST_NAMES or any(n + ":" in str(e) for n in _LOST_NAMES):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def retry_lost_nodes(label: str, fn: Any, attempts: int = LOST_NODE_ATTEMPTS) -> Any:
+    """``fn()``, run again (up to ``attempts`` tries in all) when it fails because a Ray node was lost
+    (``lost_ray_node``); ``fn`` must be idempotent: a phase that skips what it has committed or writes nothing."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as exc:
+            if attempt == attempts or not lost_ray_node(exc):
+                raise
+            first = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
+            log.warning(
+                "%s: a Ray node, worker or actor was lost (%s); try %d of %d", label, first, attempt + 1, attempts
+            )
+    raise AssertionError("unreachable")
+
+
 @contextlib.contextmanager
 def task_shuffle() -> Iterator[None]:
     """Ray Data ``groupby`` through the pull-based sort shuffle (plain tasks: sample, map, reduce) for the ``with``

@@ -32,6 +32,7 @@ from engine.io import fs
 from engine.io.tars import tar_bytes
 from engine.layout import SourceLayout, shard_name
 from engine.progress import track
+from engine.runtime import retry_lost_nodes
 from engine.schemas import LISTING_SCHEMA, MANIFEST_SCHEMA, QUARANTINE_SCHEMA
 from engine.stages.base import RunOutput, Stage, StageContext, StageResult
 
@@ -85,9 +86,13 @@ class IngestStage(Stage):
             require_detector()  # fail on the driver, before any Ray task
         t0 = time.perf_counter()
         n_parts = self._list()
-        part_stats = self._decode(n_parts)
-        decisions = self._dedup(n_parts)
-        shards = self._shard(part_stats, decisions)
+        # The Ray phases are idempotent (decode and shard skip the parts they committed; dedup writes nothing), so a
+        # lost node, worker or actor that Ray itself does not recover (e.g. Ray Data's parquet footer readers) only
+        # re-runs the phase.
+        label = f"ingest {self.source.name}"
+        part_stats = retry_lost_nodes(label, lambda: self._decode(n_parts))
+        decisions = retry_lost_nodes(label, lambda: self._dedup(n_parts))
+        shards = retry_lost_nodes(label, lambda: self._shard(part_stats, decisions))
         counts = self._finish(n_parts, decisions, shards)
         seconds = time.perf_counter() - t0
         counts["seconds"] = round(seconds, 2)
