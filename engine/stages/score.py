@@ -211,8 +211,9 @@ class ScoreStage(Stage):
 
         from engine.runtime import cluster_cpus, cluster_gpus
 
-        gpus = self.cfg.gpus_per_actor if cluster_gpus() > 0 else 0.0
-        actors = pool_size(self.cfg, cluster_cpus(), cluster_gpus())
+        n_cpus, n_gpus = cluster_cpus(), cluster_gpus()
+        gpus = self.cfg.gpus_per_actor if n_gpus > 0 else 0.0
+        actors = pool_size(self.cfg, n_cpus, n_gpus)
         ds = ray.data.read_webdataset(
             [s.tar for s in shards],
             decoder=None,
@@ -234,7 +235,7 @@ class ScoreStage(Stage):
             # An autoscaling pool (1..actors) that starts all of them at once: a fixed-size pool that no longer fits
             # the CPUs left after a node is lost waits forever; this one goes on with the actors that fit.
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors, initial_size=actors),
-            num_cpus=actor_cpus(self.cfg, actors, cluster_cpus(), gpus),
+            num_cpus=actor_cpus(self.cfg, actors, n_cpus, gpus),
             num_gpus=gpus,
         )
         by_name = {s.name: s for s in shards}
