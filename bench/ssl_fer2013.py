@@ -67,10 +67,10 @@ ROWS: tuple[Row, ...] = (
         ("threshold.policy=dtm_r", "threshold.tau=0.95", "threshold.tau_min=0.5"),
     ),
     Row(
-        "dtmr05_nowarm",
-        "4 DTM-R τmin 0.5, no warm-up",
+        "dtmr05_warm",
+        "4 DTM-R τmin 0.5, warm-up (the offline rule before)",
         "offline",
-        ("threshold.policy=dtm_r", "threshold.tau=0.95", "threshold.tau_min=0.5", "threshold.warmup=false"),
+        ("threshold.policy=dtm_r", "threshold.tau=0.95", "threshold.tau_min=0.5", "threshold.warmup=true"),
     ),
     Row("flexmatch", "4 FlexMatch", "offline", ("threshold.policy=flexmatch", "threshold.tau=0.95")),
     Row("freematch", "4 FreeMatch", "offline", ("threshold.policy=freematch",)),

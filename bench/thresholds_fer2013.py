@@ -47,10 +47,11 @@ POLICIES: dict[str, ThresholdConfig] = {
     "fixed-0.95": ThresholdConfig(policy="fixed", tau=0.95),
     "DTM-R": ThresholdConfig(policy="dtm_r"),
     "FreeMatch": ThresholdConfig(policy="freematch"),
-    "DTM-R no warm-up": ThresholdConfig(policy="dtm_r", warmup=False),
+    "DTM-R with warm-up": ThresholdConfig(policy="dtm_r", warmup=True),
 }
-"""Column name -> threshold config. DTM-R and FreeMatch with the engine's defaults; the last column is an extra
-(DTM-R with ``warmup=False``), shown because one offline round with warm-up puts every DTM-R class at tau_min."""
+"""Column name -> threshold config. DTM-R and FreeMatch with the engine's defaults (DTM-R: warm-up off offline);
+the last column is DTM-R's offline rule before that default (``warmup=True``), which puts every class at tau_min
+in one offline round."""
 
 
 def _machine() -> str:

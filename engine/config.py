@@ -255,8 +255,10 @@ class ThresholdConfig:
     """Floor of DTM-R thresholds (also the floor of the quantile and top-K policies)."""
     mapping: str = "convex"
     """DTM-R / FlexMatch mapping M: convex x/(2-x), linear x, concave, linear_offset or low_limit."""
-    warmup: bool = True
-    """DTM-R / FlexMatch warm-up normalisation by the unused count."""
+    warmup: bool | None = None
+    """DTM-R / FlexMatch warm-up normalisation by the unused count: None (default) = on for the online form (as
+    FlexMatch), off for offline rounds (the unconfident pool would put every class at tau_min); true / false = both
+    forms (true is the offline rule before this default)."""
     momentum: float = 0.999
     """FreeMatch / SoftMatch EMA momentum of the online form (USB ema_p); offline fits use the round's exact means."""
     fairness_weight: float = 0.0

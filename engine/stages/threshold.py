@@ -32,7 +32,7 @@ class ThresholdStage(Stage):
     """
 
     name = "threshold"
-    VERSION = 1
+    VERSION = 2  # 2: thresholds.json states its rule
 
     def __init__(self, ctx: StageContext) -> None:
         super().__init__(ctx)
@@ -67,6 +67,7 @@ class ThresholdStage(Stage):
         state = to_jsonable(policy.state_dict())
         doc = {
             "policy": self.cfg.policy,
+            "rule": policy.offline_rule(),
             "params": state["params"],
             "config": to_dict(self.cfg),
             "never_label": list(self.cfg.never_label),

@@ -170,6 +170,11 @@ class ThresholdPolicy:
     def _fit(self, stats: ScoreStats) -> None:
         raise NotImplementedError
 
+    def offline_rule(self) -> str:
+        """How ``fit`` derives each class's threshold, in one line with this policy's numbers (``thresholds.json``)."""
+        doc = (type(self).__doc__ or self.name).strip().splitlines()[0]
+        return f"{self.name}: {doc}"
+
     # -- online ------------------------------------------------------------------------------------------------------
     def update(self, probs: npt.ArrayLike, idx: npt.ArrayLike | None = None) -> npt.NDArray[np.float64]:
         """Update the state with one unlabelled weak-view batch; return the new (C,) thresholds.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import html
 import io
 import os
 from collections import Counter
@@ -116,6 +117,8 @@ def test_report_renders_in_chromium_and_is_logged_to_mlflow(campaign, tmp_path):
     with Image.open(shot) as png:
         assert png.size == (1200, page_height)  # the full page, at the viewport's width
     assert f"mask rate {q['mask_rate']:.2%}" in first.decode()
+    rule = fs.read_json(lay.thresholds)["rule"]
+    assert rule.startswith(f"{cfg.threshold.policy}: ") and f"Rule: <code>{html.escape(rule)}</code>" in first.decode()
 
     tracker = Tracker(default_uri(str(root)), cfg.tracking.experiment, default_artifact_root(str(root)))
     assert "report.html" in tracker.list_artifacts(state["rounds"]["1"]["mlflow_run_id"])

@@ -52,7 +52,7 @@ def test_get_policy_passes_only_declared_params() -> None:
         "tau": 0.8,
         "tau_min": 0.4,
         "mapping": "linear",
-        "warmup": True,
+        "warmup": None,
         "num_unlabelled": 10,
         "num_classes": 3,
         "never_label": [],

@@ -83,14 +83,50 @@ def test_cache_entries_are_overwritten_but_never_reset() -> None:
         seen = now
 
 
-def test_offline_round_one_gives_tau_min() -> None:
+def test_offline_round_one_with_warm_up_gives_tau_min() -> None:
     probs = [_row(0, 0.97)] * 5 + [_row(1, 0.96)] * 3 + [_row(k % 3, 0.5) for k in range(92)]
     stats = ScoreStats.from_probs(np.array(probs), bins=100)
-    np.testing.assert_array_equal(DTMRPolicy(tau=0.95, tau_min=0.5).fit(stats), [0.5, 0.5, 0.5])
-    # without warm-up: beta = [1, 0.6, 0] -> convex M = [1, 3/7, 0]
-    np.testing.assert_allclose(DTMRPolicy(tau=0.95, tau_min=0.5, warmup=False).fit(stats), [0.95, 0.5, 0.5])
-    np.testing.assert_allclose(DTMRPolicy(tau=0.95, tau_min=0.3, warmup=False).fit(stats), [0.95, 0.95 * 3 / 7, 0.3])
-    np.testing.assert_allclose(FlexMatchPolicy(tau=0.95).fit(stats), 0.95 * np.array([5 / 179, 3 / 181, 0.0]))
+    # the old offline rule (warmup=True): the 92 unconfident rows normalise beta to [5/92, 3/92, 0] -> all at tau_min
+    np.testing.assert_array_equal(DTMRPolicy(tau=0.95, tau_min=0.5, warmup=True).fit(stats), [0.5, 0.5, 0.5])
+    np.testing.assert_allclose(
+        FlexMatchPolicy(tau=0.95, warmup=True).fit(stats), 0.95 * np.array([5 / 179, 3 / 181, 0.0])
+    )
+    # the default (warm-up off offline) and warmup=False: beta = [1, 0.6, 0] -> convex M = [1, 3/7, 0]
+    for warmup in (None, False):
+        pol = DTMRPolicy(tau=0.95, tau_min=0.5, warmup=warmup)
+        np.testing.assert_allclose(pol.fit(stats), [0.95, 0.5, 0.5])
+    np.testing.assert_allclose(DTMRPolicy(tau=0.95, tau_min=0.3).fit(stats), [0.95, 0.95 * 3 / 7, 0.3])
+    np.testing.assert_allclose(FlexMatchPolicy(tau=0.95).fit(stats), [0.95, 0.95 * 3 / 7, 0.0])
+
+
+def test_offline_default_rule_on_a_constructed_pool_by_hand() -> None:
+    """Four classes, tau 0.9, tau_min 0.4, convex M(x) = x / (2 - x); 400 pool rows, most of them below tau.
+
+    sigma = #{yhat = c, conf >= 0.9} = [60, 30, 45, 0]; max sigma = 60 -> beta = [1, 1/2, 3/4, 0]
+    M(beta) = [1, (1/2)/(3/2) = 1/3, (3/4)/(5/4) = 3/5, 0]; T = max(0.4, 0.9 * M) = [0.9, 0.4, 0.54, 0.4].
+    The old rule normalises by N_unused = 400 - 135 = 265 instead: beta <= 60/265, every T at 0.4.
+    """
+    probs = (
+        [_row(0, 0.95, num_classes=4)] * 60 + [_row(0, 0.6, num_classes=4)] * 90
+        + [_row(1, 0.92, num_classes=4)] * 30 + [_row(1, 0.5, num_classes=4)] * 70
+        + [_row(2, 0.99, num_classes=4)] * 45 + [_row(2, 0.7, num_classes=4)] * 55
+        + [_row(3, 0.8, num_classes=4)] * 50
+    )  # fmt: skip
+    stats = ScoreStats.from_probs(np.array(probs), bins=100)
+    pol = DTMRPolicy(tau=0.9, tau_min=0.4)
+    np.testing.assert_allclose(pol.fit(stats), [0.9, 0.4, 0.54, 0.4])
+    np.testing.assert_allclose(pol.beta, [1.0, 0.5, 0.75, 0.0])
+    assert "max_c' sigma(c') (warm-up off)" in pol.offline_rule() and "tau=0.9" in pol.offline_rule()
+    old = DTMRPolicy(tau=0.9, tau_min=0.4, warmup=True)
+    np.testing.assert_array_equal(old.fit(stats), [0.4, 0.4, 0.4, 0.4])
+    np.testing.assert_allclose(old.beta, [60 / 265, 30 / 265, 45 / 265, 0.0])
+    assert "N_unused) (warm-up on)" in old.offline_rule()
+
+
+def test_online_default_keeps_flexmatch_warm_up() -> None:
+    pol = DTMRPolicy(tau=0.9, tau_min=0.0, num_classes=3, num_unlabelled=10)
+    pol.update(np.array([_row(0, 0.95), _row(1, 0.95)]), np.array([0, 1]))
+    np.testing.assert_allclose(pol.beta, [1 / 8, 1 / 8, 0.0])  # normalised by the 8 rows never confident
 
 
 def test_offline_even_confident_round_gives_tau_max() -> None:

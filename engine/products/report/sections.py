@@ -89,6 +89,7 @@ def thresholds_section(ref: RoundRef, names: list[str]) -> str:
         "<section><h2>Thresholds</h2>"
         f"<p>Policy <b>{html.escape(str(thr.get('policy')))}</b> ({html.escape(params)}). "
         "A missing bar or '—' is a class that is never pseudo-labelled.</p>"
+        + (f"<p>Rule: <code>{html.escape(thr['rule'])}</code></p>" if thr.get("rule") else "")
         + img_tag(png, "per-class thresholds by round")
         + html_table(["round", *names], rows)
         + "</section>"
