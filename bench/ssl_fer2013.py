@@ -26,6 +26,7 @@ mask rate, per-class pseudo-label precision / recall, student F1) and a plot of 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -57,6 +58,9 @@ class Row:
 ROWS: tuple[Row, ...] = (
     Row("sup10", "1 supervised 10 %", "supervised"),
     Row("sup100", "2 supervised 100 %", "supervised", ("campaign.labelled_fraction=null",)),
+    # The control: supervised 10 % for (1 + select.cap_multiple_of_labelled) times the epochs, i.e. as many optimiser
+    # steps as an offline row's student trained on labelled + the most pseudo-labels the cap allows.
+    Row("sup10_steps", "1b supervised 10 %, offline rows' steps", "supervised"),
     Row("fixed95", "3 fixed 0.95", "offline", ("threshold.policy=fixed", "threshold.tau=0.95")),
     Row("fixed80", "3 fixed 0.8", "offline", ("threshold.policy=fixed", "threshold.tau=0.8")),
     Row("dtmr0", "4 DTM-R τmin 0", "offline", ("threshold.policy=dtm_r", "threshold.tau=0.95", "threshold.tau_min=0")),
@@ -163,7 +167,11 @@ def row_config(args: argparse.Namespace, row: Row, seed: int, teacher: str | Non
         sets.append(f"campaign.teacher_checkpoint={teacher}")
     if args.fer2013:
         sets.append(f"sources.fer2013.path={args.fer2013}")
-    return load_config([args.config], [*sets, *args.overrides])
+    cfg = load_config([args.config], [*sets, *args.overrides])
+    if row.key == "sup10_steps":
+        factor = 1.0 + (cfg.select.cap_multiple_of_labelled or 0.0)
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=round(cfg.train.epochs * factor)))
+    return cfg
 
 
 def run_row(args: argparse.Namespace, row: Row, seed: int, teacher: str | None) -> dict[str, Any]:

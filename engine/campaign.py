@@ -158,11 +158,12 @@ def run_campaign(cfg: Config, *, max_rounds: int | None = None) -> dict[str, Any
 
 
 def round_params(cfg: Config, index: int) -> dict[str, Any]:
-    """The params of round ``index``'s MLflow run: what shapes its student (``model.*``, ``train.*``) and, from
-    round 1, how its pseudo-labels were chosen (``threshold.*``: the policy and its parameters; ``select.*``: the
-    cap and balance rules)."""
+    """The params of round ``index``'s MLflow run: what shapes its student (``model.*``, ``train.*``, with the
+    ``student.*`` keys applied from round 1) and, from round 1, how its pseudo-labels were chosen (``threshold.*``:
+    the policy and its parameters; ``select.*``: the cap and balance rules)."""
     sections = ("model", "train") + (("threshold", "select") if index > 0 else ())
-    return {"round": index, **{k: v for k, v in flatten(cfg).items() if k.split(".", 1)[0] in sections}}
+    flat = flatten(cfg.for_round(index))
+    return {"round": index, **{k: v for k, v in flat.items() if k.split(".", 1)[0] in sections}}
 
 
 def _result_doc(r: Any) -> dict[str, Any]:

@@ -526,6 +526,29 @@ class CampaignConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class StudentConfig:
+    """The students of rounds 1, 2, ... (Noisy Student: a larger or noisier student, or another budget): ``model``
+    and ``train`` keys that replace the base sections' from round 1 on; round 0's teacher keeps the base sections.
+    Checked when the config loads, like the base keys (``student.model.width=32`` names itself in errors)."""
+
+    model: dict[str, Any] = field(default_factory=dict)
+    """E.g. ``{width: 24, drop_rate: 0.5}`` or another ``name``: a student larger than its teacher."""
+    train: dict[str, Any] = field(default_factory=dict)
+    """E.g. ``{epochs: 12}``: a warm-started student's budget."""
+
+
+WARM_START_FREE = ("drop_rate", "pretrained", "weights")
+"""``model`` keys that change how a net is initialised or regularised, not its weights' shapes: a student that
+differs from its teacher only in these can still start from the teacher's weights (``train.warm_start``)."""
+
+
+def same_architecture(a: ModelConfig, b: ModelConfig) -> bool:
+    """Whether nets built from ``a`` and ``b`` have the same weights (every key but :data:`WARM_START_FREE`)."""
+    da, db = dataclasses.asdict(a), dataclasses.asdict(b)
+    return all(da[k] == db[k] for k in da if k not in WARM_START_FREE)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """The whole engine configuration."""
 
@@ -542,6 +565,24 @@ class Config:
     campaign: CampaignConfig = field(default_factory=CampaignConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     curation: CurationConfig = field(default_factory=CurationConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+
+    def for_round(self, index: int) -> Config:
+        """The config that trains round ``index``'s student: this one for round 0; from round 1 on, ``student.model``
+        and ``student.train`` over ``model`` and ``train`` (an error names a bad ``student.*`` key)."""
+        s = self.student
+        if index < 1 or not (s.model or s.train):
+            return self
+        where = "the student section"
+        try:
+            model = build(ModelConfig, {**to_dict(self.model), **s.model}, where=where, prefix="student.model.")
+            train = build(TrainConfig, {**to_dict(self.train), **s.train}, where=where, prefix="student.train.")
+        except ConfigError as exc:
+            msg = str(exc)
+            raise ConfigError(msg if msg.startswith("unknown key") else f"student (rounds >= 1): {msg}") from None
+        if model.weights and "://" not in model.weights:
+            model = dataclasses.replace(model, weights=os.path.abspath(model.weights))
+        return dataclasses.replace(self, model=model, train=train)
 
     def source(self, name: str) -> SourceConfig:
         """The source called ``name``; an unknown name is a ConfigError listing the known ones."""
@@ -596,6 +637,7 @@ def load_config(paths: Sequence[str | Path] = (), overrides: Sequence[str] = ())
             raise ConfigError(f"override {item!r}: the value is not valid YAML; quote it") from None
         _set_path(merged, key.strip().split("."), value)
     cfg = _absolute_local_paths(build(Config, merged, where=origin))
+    cfg.for_round(1)  # student.* keys checked now, not when round 1 starts
     root = cfg.storage.root
     if "://" not in root and os.path.exists(root) and not os.path.isdir(root):
         raise ConfigError(f"storage.root {root} is a file, not a folder; give a folder (it is created if missing)")

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from engine.config import model_fingerprint_fields
+from engine.config import model_fingerprint_fields, same_architecture
 from engine.io import fs
 from engine.layout import join, stored_path
 from engine.partition_rule import PartitionRule
 from engine.stages.base import RunOutput, Stage, StageContext
+
+logger = logging.getLogger(__name__)
 
 
 class TrainStage(Stage):
@@ -23,11 +26,29 @@ class TrainStage(Stage):
 
     def __init__(self, ctx: StageContext) -> None:
         super().__init__(ctx)
-        cfg = ctx.cfg
+        cfg = ctx.cfg.for_round(ctx.round or 0)  # from round 1 on, the student.* keys apply
         self.root, self.layout, self.space = ctx.root, ctx.round_layout, ctx.space
         self.train_cfg, self.model_cfg, self.threshold_cfg = cfg.train, cfg.model, cfg.threshold
         self.campaign, self.mlflow = cfg.campaign.name, ctx.tracking
-        self.init_checkpoint = ctx.teacher.paths[0] if ctx.teacher else None
+        self.init_checkpoint = self._warm_start_from(ctx)
+
+    def _warm_start_from(self, ctx: StageContext) -> str | None:
+        """The teacher's checkpoint when the student starts from its weights: ``train.warm_start`` and, for a
+        teacher of this campaign, the same architecture (a larger student of ``student.model`` starts from scratch,
+        as in Noisy Student). An outside teacher (``campaign.teacher_checkpoint``) is checked against the student
+        when its weights load."""
+        t = ctx.teacher
+        if not (t and self.train_cfg.warm_start):
+            return None
+        if t.round >= 0 and not same_architecture(ctx.cfg.for_round(t.round).model, self.model_cfg):
+            logger.info(
+                "train r%03d: the student's model section differs from its teacher's (round %d): trained from "
+                "scratch, not warm-started",
+                ctx.round,
+                t.round,
+            )
+            return None
+        return t.paths[0]
 
     @property
     def out_dir(self) -> str:
@@ -61,7 +82,7 @@ class TrainStage(Stage):
         if "select" in self.ctx.upstream:
             up["select"] = self.ctx.fingerprint_of("select")
         teacher = self.ctx.teacher
-        return {**up, "teacher": teacher.fingerprint if (teacher and self.train_cfg.warm_start) else ""}
+        return {**up, "teacher": teacher.fingerprint if (teacher and self.init_checkpoint) else ""}
 
     def fingerprint_inputs(self) -> dict[str, Any]:
         train = asdict(self.train_cfg)
@@ -113,12 +134,13 @@ class TrainStage(Stage):
             val=val,
             storage_path=join(self.out_dir, "ray"),
             run_name=f"{self.campaign}-r{self.layout.index:03d}-{self.fingerprint()[:8]}",
-            init_checkpoint=self.init_checkpoint if self.train_cfg.warm_start else None,
+            init_checkpoint=self.init_checkpoint,
             out_checkpoint=self.layout.student,
             mlflow=self.mlflow,
             policy_params=params if online else None,
         )
         counts = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        counts["warm_started"] = int(self.init_checkpoint is not None)
         if self.model_cfg.temporal:  # ABAW2021 sequence members, on the frozen CNN's features of the labelled rows
             from engine.train.temporal import fit_temporal
 

@@ -30,6 +30,7 @@ TINY_CAMPAIGN_SETS = [
     "curation.label_issues=true",
     "curation.folds=2",
     "curation.epochs=1",
+    "student.model.name=small_cnn",  # round 1's student is another net than round 0's tiny_cnn: from scratch
 ]
 """What the shared campaign sets beyond :func:`tests.integration.processes.tiny_sets` (2 epochs)."""
 

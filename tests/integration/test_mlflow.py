@@ -101,6 +101,7 @@ def test_datasets_are_run_inputs_and_rounds_carry_their_params(store):
     ]
     p0, p1 = (tracker.params(state["rounds"][r]["mlflow_run_id"]) for r in ("0", "1"))
     assert (p0["round"], p0["model.name"], p0["train.epochs"]) == ("0", "tiny_cnn", "2")
+    assert (p1["round"], p1["model.name"], p1["train.epochs"]) == ("1", "small_cnn", "2")  # student.model applied
     assert not [k for k in p0 if k.startswith(("threshold.", "select."))]
     assert (p1["threshold.policy"], p1["threshold.tau"], p1["select.cap_per_class"]) == ("fixed", "0.0", "10")
     assert client.get_experiment(tracker.experiment_id).tags[TAG_EXPERIMENT_KIND] == EXPERIMENT_KIND

@@ -11,6 +11,7 @@ import pytest
 from engine.campaign import run_campaign
 from engine.io import fs
 from engine.layout import CampaignLayout
+from engine.models.checkpoint import load_checkpoint
 from engine.stages.select import conf_bin
 
 
@@ -60,6 +61,9 @@ def test_campaign_round_counts_match_files(tiny_campaign):
         )
         val_f1 = [h["val_macro_f1"] for h in history]
         assert len(val_f1) == 2 and train["best_epoch"] == int(np.argmax(val_f1))
+        # student.model (conftest): round 1 trains small_cnn, not warm-started from round 0's tiny_cnn
+        student = load_checkpoint(str(tmp_path / doc["student"]["path"]))
+        assert (student.model_cfg.name, train["warm_started"]) == (("tiny_cnn", "small_cnn")[r], 0)
         assert train["best_val_macro_f1"] == max(val_f1) == pytest.approx(doc["metrics"]["val/macro_f1"], abs=1e-12)
 
     from engine.tracking import Tracker, default_artifact_root, default_uri
