@@ -122,8 +122,8 @@ class DTMRPolicy(ThresholdPolicy):
         norm = "max(max_c' sigma(c'), N_unused) (warm-up on)" if self.warmup else "max_c' sigma(c') (warm-up off)"
         return (
             f"{self.name}: T(c) = max(tau_min={self.tau_min:g}, tau={self.tau:g} * M(beta(c))), M = {self.mapping}; "
-            f"beta(c) = sigma(c) / {norm}; sigma(c) = pool rows predicted c with confidence >= tau, "
-            "N_unused = pool rows below tau"
+            f"beta(c) = sigma(c) / {norm}; sigma(c) = pool rows predicted c with confidence >= tau"
+            + (", N_unused = pool rows below tau" if self.warmup else "")
         )
 
     def _require_cache(self) -> npt.NDArray[np.int64]:
