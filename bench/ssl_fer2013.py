@@ -76,6 +76,18 @@ ROWS: tuple[Row, ...] = (
         "offline",
         ("threshold.policy=dtm_r", "threshold.tau=0.95", "threshold.tau_min=0.5", "threshold.warmup=true"),
     ),
+    Row(
+        "dtmr05_soft",
+        "4 DTM-R τmin 0.5, soft labels (T 0.5)",
+        "offline",
+        (
+            "threshold.policy=dtm_r",
+            "threshold.tau=0.95",
+            "threshold.tau_min=0.5",
+            "train.soft_labels=true",
+            "train.soft_temperature=0.5",
+        ),
+    ),
     Row("flexmatch", "4 FlexMatch", "offline", ("threshold.policy=flexmatch", "threshold.tau=0.95")),
     Row("freematch", "4 FreeMatch", "offline", ("threshold.policy=freematch",)),
     Row(

@@ -373,6 +373,13 @@ class TrainConfig:
     """Linear warm-up length of ``warmup_cosine``, in epochs."""
     label_smoothing: float = 0.0
     """Label smoothing of the supervised cross-entropy (plain and ESR heads): targets ``(1-ε)·onehot + ε/C``."""
+    soft_labels: bool = False
+    """Pseudo-labelled rows learn the teacher's probabilities (its score part, sharpened by ``soft_temperature``)
+    with a soft cross-entropy ``-Σ_c t_c log p_c`` instead of its argmax; selection still decides which rows enter,
+    and labelled rows keep their labels. Linear head only."""
+    soft_temperature: float = 1.0
+    """Sharpening of the soft pseudo-labels: ``t = p^(1/T) / Σ p^(1/T)``; 1 = the teacher's probabilities, < 1
+    sharper (MixMatch's 0.5), towards the argmax as T → 0."""
     ema_decay: float = 0.0
     """Exponential moving average of the weights, updated after every step with decay ``min(d, (1+k)/(10+k))`` at
     step k; 0 = off. When on, the EMA weights (with the model's BN statistics) are what is validated, saved,
@@ -414,6 +421,8 @@ class TrainConfig:
         _check_range("train.warmup_epochs", self.warmup_epochs, 0.0, float(self.epochs))
         _check_range("train.label_smoothing", self.label_smoothing, 0.0, 1.0, hi_open=True)
         _check_range("train.ema_decay", self.ema_decay, 0.0, 1.0, hi_open=True)
+        if not self.soft_temperature > 0:
+            raise ConfigError(f"train.soft_temperature must be positive, got {self.soft_temperature}")
         _check_range("train.val_from", self.val_from, 0.0, 1.0)
         _check_range("train.torch_threads", self.torch_threads, 0, 4096)
         _check_range("train.cache_mb", self.cache_mb, 0, 1 << 30)

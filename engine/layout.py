@@ -73,6 +73,11 @@ def join(*parts: str) -> str:
     return "/".join(p.rstrip("/") if i == 0 else p.strip("/") for i, p in enumerate(parts) if p)
 
 
+def score_part(score_dir: str, shard: str) -> str:
+    """The score part of one shard in a round's score directory (``RoundLayout.score_part``)."""
+    return join(score_dir, f"part-{shard}.parquet")
+
+
 def stored_path(root: str, path: str) -> str:
     """How a file is named in the root's own records (``campaign.json``, ``round.json``, ``rule.json``): relative to
     ``root`` when it lies inside it, so a copied root (``cp -a``) refers to its own files; a file outside the root (a
@@ -186,7 +191,7 @@ class RoundLayout:
         return join(self.dir, "score")
 
     def score_part(self, shard: str) -> str:
-        return join(self.score_dir, f"part-{shard}.parquet")
+        return score_part(self.score_dir, shard)
 
     @property
     def score_stats(self) -> str:

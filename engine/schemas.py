@@ -164,9 +164,11 @@ SUPERVISED_SCHEMA = pa.schema(
         ("strong", pa.bool_()),
         ("valence", pa.float32()),
         ("arousal", pa.float32()),
+        ("target", pa.binary()),
     ]
 )
-"""Columns of the supervised stream the workers read; valence/arousal are NaN where the row has no VA label."""
+"""Columns of the supervised stream the workers read; valence/arousal are NaN where the row has no VA label;
+``target`` is a soft label (C float32, little-endian) or empty where the row learns its ``label``."""
 
 
 SAMPLE_SCHEMA = pa.schema(

@@ -116,9 +116,13 @@ class TrainStage(Stage):
         labelled = labelled.select_columns(
             ["image", "label", *(("valence", "arousal") if self.model_cfg.va_head else ())]
         )
-        pseudo = samples_dataset(self.root, self.selection_path) if self.selection_path else None
-        if pseudo is not None:
-            pseudo = pseudo.select_columns(["image", "label", "weight"])
+        pseudo = None
+        if self.selection_path:
+            t = self.train_cfg
+            score_dir = self.layout.score_dir if t.soft_labels else None  # soft labels: the teacher's probabilities
+            pseudo = samples_dataset(
+                self.root, self.selection_path, score_dir=score_dir, temperature=t.soft_temperature
+            ).select_columns(["image", "label", "weight", *(["target"] if t.soft_labels else [])])
         pool_dataset, num_unlabelled = self._pool()
         online = pool_dataset is not None
         val = self._val_dataset() if self.train_cfg.select_best else None

@@ -101,6 +101,38 @@ def supervised_input(
     return normalize_uint8(out, model_cfg), y, w
 
 
+def soft_targets(
+    batch: NumpyBatch, y: torch.Tensor, num_classes: int, smoothing: float = 0.0
+) -> tuple[torch.Tensor, int] | None:
+    """(B, C) float32 targets and the number of soft rows, when a row of ``batch`` has a soft label (a non-empty
+    ``target``: C little-endian float32); None when none has. Rows without one get ``(1-ε)·onehot(y) + ε/C``, the
+    target of the hard cross-entropy with label smoothing ε, so one soft cross-entropy covers the whole batch.
+
+    Raises:
+        ConfigError: a soft label whose length is not C float32.
+    """
+    import torch
+
+    raw = batch.get("target")
+    if raw is None:
+        return None
+    values = [bytes(b) for b in np.asarray(raw, dtype=object)]
+    soft = np.array([len(b) > 0 for b in values], dtype=bool)
+    if not soft.any():
+        return None
+    bad = [len(b) for b, s in zip(values, soft, strict=True) if s and len(b) != 4 * num_classes]
+    if bad:
+        raise ConfigError(
+            f"a soft label holds {bad[0]} bytes, not {num_classes} float32 (the label space's classes); rebuild the "
+            "round's score stage with the campaign's label space"
+        )
+    t = torch.full((len(values), num_classes), smoothing / num_classes, dtype=torch.float32)
+    t[torch.arange(len(values)), y] += 1.0 - smoothing
+    probs = np.frombuffer(b"".join(b for b, s in zip(values, soft, strict=True) if s), dtype="<f4")
+    t[torch.from_numpy(soft)] = torch.from_numpy(probs.reshape(-1, num_classes).astype(np.float32))
+    return t, int(soft.sum())
+
+
 def unlabelled_views(
     batch: NumpyBatch, model_cfg: ModelConfig, aug: Augmenters
 ) -> tuple[torch.Tensor, torch.Tensor, npt.NDArray[np.int64]]:

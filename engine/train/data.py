@@ -103,6 +103,8 @@ def _to_supervised(batch: pa.Table, scale: float, strong: bool) -> pa.Table:
         )
         for c in ("valence", "arousal")
     }
+    soft = "target" in batch.column_names  # a soft label per row; empty: the row learns its label
+    target = batch.column("target").cast(pa.binary()) if soft else pa.array([b""] * n, pa.binary())
     return pa.table(
         {
             "image": batch.column("image").cast(pa.binary()),
@@ -110,6 +112,7 @@ def _to_supervised(batch: pa.Table, scale: float, strong: bool) -> pa.Table:
             "weight": pa.array(weight, pa.float32()),
             "strong": pa.array(np.full(n, strong)),
             **va,
+            "target": target,
         },
         schema=SUPERVISED_SCHEMA,
     )
@@ -123,12 +126,14 @@ def build_supervised_dataset(
     repeat_factors: list[float] | None,
     seed: int,
     with_va: bool = False,
+    soft_targets: bool = False,
 ) -> ray.data.Dataset:
     """The supervised stream: labelled ∪ pseudo, weighted, optionally class-balanced, block order shuffled.
 
     Args:
         labelled: columns ``image``, ``label`` (and ``valence``, ``arousal`` when ``with_va``; NaN = unknown).
-        pseudo: columns ``image``, ``label``, ``weight`` (offline selection); None for none.
+        pseudo: columns ``image``, ``label``, ``weight`` (offline selection) and, for soft labels, ``target``
+            (:func:`engine.samples.samples_dataset` with ``score_dir``); None for none.
         lambda_u: multiplies the pseudo rows' ``weight``; labelled rows get weight 1.
         repeat_factors: per-class factors of :func:`balanced_repeat_factors` applied to labelled rows only (each
             epoch redraws them), or None for plain sampling.
@@ -147,7 +152,7 @@ def build_supervised_dataset(
         ds = ds.map_batches(resample_fn, batch_format="pyarrow", batch_size=None)
     if pseudo is not None:
         pseudo_fn = functools.partial(_to_supervised, scale=lambda_u, strong=True)
-        ps = pseudo.select_columns(["image", "label", "weight"]).map_batches(
+        ps = pseudo.select_columns(["image", "label", "weight", *(["target"] if soft_targets else [])]).map_batches(
             pseudo_fn, batch_format="pyarrow", batch_size=None
         )
         ds = ds.union(ps)

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 B = TypeVar("B")
 
-SUMS = ("loss", "loss_s", "loss_u", "steps", "rows", "unlabelled_rows", "weight_sum")
+SUMS = ("loss", "loss_s", "loss_u", "steps", "rows", "unlabelled_rows", "weight_sum", "soft_rows")
 """The columns of :attr:`EpochTotals.sums`, in order."""
 
 
@@ -78,5 +78,5 @@ def fit_epoch(fit: Fit, batches: Iterable[B], step: Callable[[B], StepStats | No
             fit.ema.update(unwrap_model(fit.model))
         if fit.scheduler is not None and (fit.total_steps is None or fit.scheduler.last_epoch < fit.total_steps):
             fit.scheduler.step()
-        sums += (st.loss, st.loss_s, st.loss_u, 1, st.rows, st.unlabelled_rows, st.weight_sum)
+        sums += (st.loss, st.loss_s, st.loss_u, 1, st.rows, st.unlabelled_rows, st.weight_sum, st.soft_rows)
     return EpochTotals(sums, time.perf_counter() - t0, first_step_at)

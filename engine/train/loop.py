@@ -267,9 +267,10 @@ def run_epoch(
     Data); returns the epoch record (summed over all workers).
 
     The record holds the mean step losses (``train_loss``, ``loss_s``, ``loss_u``), the LR at the epoch start,
-    ``steps``, ``images`` (supervised rows), ``unlabelled_images``, ``seconds``, ``images_per_s``, ``mask_rate``
-    (mean unlabelled weight) and the online policy's per-class thresholds at the start and the end of the epoch
-    (``thresholds_start`` / ``thresholds``; None for never-labelled classes and without the online branch).
+    ``steps``, ``images`` (supervised rows), ``unlabelled_images``, ``soft_images`` (rows with a soft label),
+    ``seconds``, ``images_per_s``, ``mask_rate`` (mean unlabelled weight) and the online policy's per-class
+    thresholds at the start and the end of the epoch (``thresholds_start`` / ``thresholds``; None for never-labelled
+    classes and without the online branch).
     """
     import ray.train
     import torch
@@ -316,6 +317,7 @@ def run_epoch(
         "steps": steps,
         "images": rows,
         "unlabelled_images": u_rows,
+        "soft_images": int(sums[7]),
         "seconds": seconds,
         "images_per_s": rows / seconds if seconds > 0 else 0.0,
         "first_step_at": first_step_at,

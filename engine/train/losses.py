@@ -22,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from engine.errors import ConfigError
+
 if TYPE_CHECKING:
     import torch
 
@@ -67,7 +69,12 @@ class SupervisedLoss:
             self.fine_of = torch.tensor(cmap.fine_of, dtype=torch.long)
 
     def __call__(
-        self, out: Outputs, y: torch.Tensor, w: torch.Tensor, va_target: torch.Tensor | None = None
+        self,
+        out: Outputs,
+        y: torch.Tensor,
+        w: torch.Tensor,
+        va_target: torch.Tensor | None = None,
+        target: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss of B rows and its terms (floats, for logging).
 
@@ -75,8 +82,12 @@ class SupervisedLoss:
             out: the model's outputs for these B rows (``as_outputs`` form, float32).
             y: (B,) int64 labels; w: (B,) float32 loss weights.
             va_target: (B, 2) float32 valence/arousal targets, NaN where unknown; None when the batch has none.
+            target: (B, C) soft targets (:func:`engine.train.batch.soft_targets`, label smoothing included) for the
+                linear head's cross-entropy; None: the hard labels ``y``.
         """
         terms: dict[str, torch.Tensor] = {}
+        if target is not None and ("coarse" in out or "branches" in out):
+            raise ConfigError("soft labels (train.soft_labels) need model.head=linear")
         if "coarse" in out and self.coarse_of is not None and self.fine_of is not None:
             terms["coarse"], terms["fine"] = cascade_losses(out, y, w, self.coarse_of, self.fine_of)
             loss = terms["coarse"] + self.weights.fine * terms["fine"]
@@ -86,12 +97,22 @@ class SupervisedLoss:
             if self.weights.diversity > 0 and "branch_features" in out:
                 terms["diversity"] = diversity_loss(out["branch_features"], self.weights.diversity_gamma)
                 loss = loss + self.weights.diversity * terms["diversity"]
+        elif target is not None:
+            loss = soft_ce(out["logits"], target, w)
         else:
             loss = weighted_ce(out["logits"], y, w, self.weights.smoothing)
         if "va" in out:  # without targets the term is a zero that still reaches the VA head (DDP needs every grad)
             terms["va"] = va_loss(out["va"], va_target) if va_target is not None else 0 * out["va"].sum()
             loss = loss + self.weights.va * terms["va"]
         return loss, {k: float(v.detach()) for k, v in terms.items()}
+
+
+def soft_ce(logits: torch.Tensor, target: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``(1/B) Σ_b w_b · (−Σ_c t_bc · log softmax(logits_b)_c)``: the cross-entropy against soft targets (rows of
+    ``target`` sum to 1); with one-hot rows it is :func:`weighted_ce`."""
+    import torch.nn.functional as F
+
+    return (w * -(target * F.log_softmax(logits, dim=1)).sum(dim=1)).mean()
 
 
 def weighted_ce(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:

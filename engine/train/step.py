@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from engine.train.batch import Augmenters, NumpyBatch, supervised_input, unlabelled_views
+from engine.train.batch import Augmenters, NumpyBatch, soft_targets, supervised_input, unlabelled_views
 
 if TYPE_CHECKING:
     import torch
@@ -63,6 +63,8 @@ class StepStats:
     unlabelled_rows: int
     weight_sum: float
     """Sum of the unlabelled weights m_u (the accepted count for hard masks)."""
+    soft_rows: int = 0
+    """Supervised rows trained on a soft label (``target``)."""
 
 
 def train_step(
@@ -84,9 +86,11 @@ def train_step(
     import torch.nn.functional as F
 
     from engine.models.heads import as_outputs
-    from engine.train.losses import slice_outputs, weighted_ce
+    from engine.train.losses import slice_outputs, soft_ce, weighted_ce
 
     x, y, w = supervised_input(sup, ctx.model_cfg, ctx.aug, num_classes=ctx.num_classes)
+    soft = soft_targets(sup, y, ctx.num_classes, ctx.loss.weights.smoothing if ctx.loss is not None else 0.0)
+    target = None if soft is None else soft[0].to(ctx.device)
     parts = [x]
     idx: npt.NDArray[np.int64] | None = None
     if unl is not None:
@@ -106,9 +110,9 @@ def train_step(
     logits = out["logits"]
     n = x.shape[0]
     if ctx.loss is None:
-        loss_s = weighted_ce(logits[:n], y, w)
+        loss_s = weighted_ce(logits[:n], y, w) if target is None else soft_ce(logits[:n], target, w)
     else:
-        loss_s, _ = ctx.loss(slice_outputs(out, 0, n), y, w, va_targets(sup, ctx.device))
+        loss_s, _ = ctx.loss(slice_outputs(out, 0, n), y, w, va_targets(sup, ctx.device), target)
     loss_u = torch.zeros((), device=ctx.device)
     loss_f = torch.zeros((), device=ctx.device)
     weight_sum = 0.0
@@ -144,6 +148,7 @@ def train_step(
         rows=n,
         unlabelled_rows=u,
         weight_sum=weight_sum,
+        soft_rows=0 if soft is None else soft[1],
     )
 
 

@@ -49,9 +49,11 @@ def train_student(
     buffer). Labelled rows get loss weight 1 and the weak augmentation; pseudo rows get loss weight
     ``lambda_u * weight`` and the strong augmentation. The supervised loss is the plain batch mean
     ``L_s = (1/B) * sum_b w_b * CE_b`` (not divided by the sum of weights, so a pseudo row of weight 0.5 counts half a
-    labelled row). With ``train_cfg.balanced_sampling`` the labelled rows are resampled every epoch with per-class
-    repeat factors ``r_c = (N / K) / n_c`` (K classes present, stochastic rounding): each class contributes N/K rows in
-    expectation and the epoch keeps N labelled rows; pseudo rows are not resampled.
+    labelled row). With ``train_cfg.soft_labels`` a pseudo row's ``CE_b`` is ``-sum_c t_bc log p_bc`` against its
+    ``target`` column (the teacher's sharpened probabilities) instead of its argmax label. With
+    ``train_cfg.balanced_sampling`` the labelled rows are resampled every epoch with per-class repeat factors
+    ``r_c = (N / K) / n_c`` (K classes present, stochastic rounding): each class contributes N/K rows in expectation
+    and the epoch keeps N labelled rows; pseudo rows are not resampled.
 
     Online branch (``train_cfg.online_policy`` set and ``unlabelled`` given): each step also draws ``mu * B``
     unlabelled rows (the worker's unlabelled shard, cycled), and adds ``lambda_u * L_u`` with
@@ -106,8 +108,13 @@ def train_student(
     # Per-class counts need a pass over the label column; a plain count is metadata for parquet / in-memory data.
     counts = data.label_counts(labelled, num_classes, "labelled") if train_cfg.balanced_sampling else None
     rows = int(counts.sum()) if counts is not None else labelled.count()
+    soft = train_cfg.soft_labels and pseudo is not None
+    if soft and model_cfg.head != "linear":
+        raise ConfigError(
+            f"train.soft_labels=true needs model.head=linear (one softmax over the classes), got {model_cfg.head!r}"
+        )
     if pseudo is not None:
-        data.check_columns(pseudo, ("image", "label", "weight"), "pseudo-labelled")
+        data.check_columns(pseudo, ("image", "label", "weight", *(("target",) if soft else ())), "pseudo-labelled")
         rows += pseudo.count()
     if train_cfg.select_best:
         if val is None:
@@ -132,6 +139,7 @@ def train_student(
         repeat_factors=None if in_memory or factors is None else list(factors),
         seed=train_cfg.seed,
         with_va=model_cfg.va_head,
+        soft_targets=soft,
     )
     spec = LoopSpec(
         train=train_cfg,
@@ -320,8 +328,8 @@ def summarise_history(history: Sequence[Mapping[str, Any]], *, call_id: str) -> 
 
     Returns:
         ``epochs``, ``epochs_run`` (records written by this call), ``resumed_from_epoch`` (first epoch this call
-        trained; ``epochs`` when it trained none), ``train_loss``, ``images_per_s`` (all epochs), ``mask_rate`` and
-        ``thresholds`` (last epoch).
+        trained; ``epochs`` when it trained none), ``train_loss``, ``images_per_s`` and ``soft_images`` (rows trained
+        on a soft label; all epochs), ``mask_rate`` and ``thresholds`` (last epoch).
     """
     if not history:
         raise EngineError("the run's checkpoint has no finished epoch; start it again under a new run name")
@@ -334,6 +342,7 @@ def summarise_history(history: Sequence[Mapping[str, Any]], *, call_id: str) -> 
         "resumed_from_epoch": int(min(mine)) if mine else int(last["epoch"]) + 1,
         "train_loss": float(last["train_loss"]),
         "images_per_s": sum(int(r["images"]) for r in history) / seconds if seconds > 0 else 0.0,
+        "soft_images": sum(int(r.get("soft_images", 0)) for r in history),
         "mask_rate": last.get("mask_rate"),
         "thresholds": last.get("thresholds"),
     }

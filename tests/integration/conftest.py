@@ -31,6 +31,8 @@ TINY_CAMPAIGN_SETS = [
     "curation.folds=2",
     "curation.epochs=1",
     "student.model.name=small_cnn",  # round 1's student is another net than round 0's tiny_cnn: from scratch
+    "train.soft_labels=true",  # round 1 learns the teacher's probabilities, sharpened
+    "train.soft_temperature=0.5",
 ]
 """What the shared campaign sets beyond :func:`tests.integration.processes.tiny_sets` (2 epochs)."""
 

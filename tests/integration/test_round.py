@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 
 import numpy as np
@@ -71,6 +72,29 @@ def test_campaign_round_counts_match_files(tiny_campaign):
     tracker = Tracker(default_uri(str(tmp_path)), "fer-pseudolabel", default_artifact_root(str(tmp_path)))
     kids = tracker.children(state["mlflow_run_id"])
     assert [k.round_index for k in kids] == [0, 1]
+
+
+def test_round_one_learns_the_teachers_sharpened_probabilities(tiny_campaign):
+    """train.soft_labels (conftest): every selected row reaches the worker with its soft label, every epoch, and that
+    label is its score part's probabilities sharpened with train.soft_temperature."""
+    from engine.samples import samples_dataset, sharpen
+
+    root = str(tiny_campaign.root)
+    lay = CampaignLayout(root, "demo")
+    r1 = lay.round(1)
+    selection = pq.read_table(r1.selection).to_pandas()
+    counts = [fs.read_json(lay.round(r).state)["stages"]["train"]["counts"] for r in (0, 1)]
+    assert counts[0]["soft_images"] == 0  # round 0 has no pseudo-labels
+    assert counts[1]["soft_images"] == counts[1]["epochs"] * int(selection["repeat"].clip(lower=1).sum()) > 0
+
+    parts = sorted(glob.glob(f"{r1.score_dir}/part-*.parquet"))
+    scores = pq.ParquetDataset(parts).read(columns=["key", "probs"]).to_pandas().set_index("key")
+    probs = np.stack(scores.loc[selection.key, "probs"].to_numpy()).astype(np.float64)
+    want = dict(zip(selection.key, sharpen(probs, 0.5), strict=True))
+    rows = samples_dataset(root, r1.selection, score_dir=r1.score_dir, temperature=0.5).take_all()
+    assert sorted({r["key"] for r in rows}) == sorted(selection.key)
+    for r in rows:
+        np.testing.assert_array_equal(np.frombuffer(r["target"], dtype="<f4"), want[r["key"]])
 
 
 def test_campaign_rerun_changes_nothing(tiny_campaign, monkeypatch):

@@ -26,7 +26,7 @@ def _step(fit: Fit):
         loss = -batch * fit.model.weight.sum()  # d loss / d w = -batch: each step adds lr * batch to both weights
         loss.backward()
         fit.optimizer.step()
-        return StepStats(loss=batch, loss_s=batch, loss_u=0.0, rows=4, unlabelled_rows=2, weight_sum=1.5)
+        return StepStats(loss=batch, loss_s=batch, loss_u=0.0, rows=4, unlabelled_rows=2, weight_sum=1.5, soft_rows=1)
 
     return step
 
@@ -35,7 +35,7 @@ def test_fit_epoch_sums_steps_skips_none_and_steps_the_schedule_after_each_step(
     fit = _fit(total_steps=None)
     totals = fit_epoch(fit, [1.0, None, 2.0, 4.0], _step(fit))
     assert totals.steps == 3
-    np.testing.assert_array_equal(totals.sums, [7.0, 7.0, 0.0, 3.0, 12.0, 6.0, 4.5])
+    np.testing.assert_array_equal(totals.sums, [7.0, 7.0, 0.0, 3.0, 12.0, 6.0, 4.5, 3.0])
     assert totals.mean_loss == 7.0 / 3
     # LR 1, 0.5, 0.25 at the three optimiser steps: w = 1*1 + 0.5*2 + 0.25*4 = 3
     assert fit.model.weight.detach().tolist() == [[3.0, 3.0]]
