@@ -138,6 +138,7 @@ def tiny_sets(root: Path | str, fer2013_dir: Path, epochs: int) -> list[str]:
         "campaign.stop_when_no_gain=false",
         "model.name=tiny_cnn",
         f"train.epochs={epochs}",
+        f"student.train.epochs={epochs}",  # conf/demo.yaml gives round 1 its own budget
         "train.batch_size=32",
         "train.ema_decay=0",  # a few tiny epochs: the raw weights (the demo's EMA is tested in test_train)
         "threshold.policy=fixed",
