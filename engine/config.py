@@ -589,8 +589,6 @@ class Config:
         except ConfigError as exc:
             msg = str(exc)
             raise ConfigError(msg if msg.startswith("unknown key") else f"student (rounds >= 1): {msg}") from None
-        if model.weights and "://" not in model.weights:
-            model = dataclasses.replace(model, weights=os.path.abspath(model.weights))
         return dataclasses.replace(self, model=model, train=train)
 
     def source(self, name: str) -> SourceConfig:
@@ -654,7 +652,7 @@ def load_config(paths: Sequence[str | Path] = (), overrides: Sequence[str] = ())
 
 
 def _absolute_local_paths(cfg: Config) -> Config:
-    """Local storage root and round-0 checkpoint made absolute against the working directory at load time.
+    """Local storage root, round-0 checkpoint and weight files made absolute against the working directory at load.
 
     Ray workers do not share the driver's working directory (Ray Train runs each worker in its own), so a relative
     ``runs/demo`` would name another place inside them. URIs (``s3://…``) are left as they are.
@@ -664,8 +662,13 @@ def _absolute_local_paths(cfg: Config) -> Config:
         return p if "://" in p else os.path.abspath(p)
 
     c = cfg.campaign
+    weights = cfg.student.model.get("weights")
+    student = cfg.student
+    if isinstance(weights, str) and weights:
+        student = dataclasses.replace(student, model={**student.model, "weights": absolute(weights)})
     return dataclasses.replace(
         cfg,
+        student=student,
         storage=dataclasses.replace(cfg.storage, root=absolute(cfg.storage.root)),
         model=dataclasses.replace(cfg.model, weights=absolute(cfg.model.weights) if cfg.model.weights else None),
         campaign=dataclasses.replace(

@@ -74,3 +74,10 @@ def test_warm_start_only_from_a_teacher_of_the_same_architecture(student, round_
     assert stage.init_checkpoint == ("teacher.pt" if warm else None)
     assert stage.model_cfg == cfg.for_round(round_).model
     assert stage.fingerprint_inputs()["upstream"]["teacher"] == ("f" * 64 if warm else "")
+
+
+def test_a_student_weight_file_is_made_absolute_at_load(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config([], [*BASE, "student.model.name=resnet18", "student.model.weights=w.safetensors"])
+    monkeypatch.chdir("/")  # later calls (Ray workers) run elsewhere
+    assert cfg.for_round(1).model.weights == str(tmp_path / "w.safetensors")
