@@ -69,7 +69,11 @@ def round_document(ctx: StageContext, results: dict[str, StageResult]) -> dict[s
     doc: dict[str, Any] = {
         "round": index,
         "campaign": cfg.campaign.name,
-        "teacher": {"paths": [stored_path(ctx.root, p) for p in teacher.paths], "fingerprint": teacher.fingerprint}
+        "teacher": {
+            "paths": [stored_path(ctx.root, p) for p in teacher.paths],
+            "fingerprint": teacher.fingerprint,
+            "round": teacher.round,  # -1: a checkpoint from outside the campaign (campaign.teacher_checkpoint)
+        }
         if teacher
         else None,
         "student": {"path": stored_path(ctx.root, student), "fingerprint": evaluated},

@@ -20,6 +20,7 @@ def test_campaign_round_counts_match_files(tiny_campaign):
     tmp_path, state = tiny_campaign.root, tiny_campaign.state
     lay = CampaignLayout(str(tmp_path), "demo")
     r1 = fs.read_json(lay.round(1).state)
+    assert r1["teacher"]["round"] == 0  # the teacher's round: whether it shares the student's architecture
 
     manifest = pq.read_table(tmp_path / "sources/fer2013/manifest").to_pandas()
     labelled = pq.read_table(lay.partition_dir + "/labelled.parquet").to_pandas()
