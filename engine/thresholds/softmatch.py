@@ -121,6 +121,38 @@ class SoftMatchPolicy(ThresholdPolicy):
         w[self._never(probs)] = 0.0
         return np.asarray(w, dtype=np.float32)
 
+    def _check_offline(self) -> None:
+        if self.uniform_align and self._p_model is not None:
+            raise ConfigError(
+                "softmatch row weights from (pred, conf) need the offline state (fit clears the alignment); this "
+                "policy carries an online p_model: use weights(probs)"
+            )
+
+    def row_weights(self, pred: npt.ArrayLike, conf: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        """(N,) float32 ``exp(-(min(conf - mu, 0))^2 / (2 var / n_sigma^2))`` of the fitted (offline) state, so
+        :meth:`weights` of rows whose max probability is ``conf``; 0 for ``never_label`` classes."""
+        self._check_offline()
+        c = np.asarray(conf, dtype=np.float64)
+        gap = np.minimum(c - self.mu, 0.0)
+        w = np.exp(-(gap**2) / (2.0 * self._var / self.n_sigma**2))
+        w[np.isin(np.asarray(pred, dtype=np.int64), list(self.never_label))] = 0.0
+        return np.asarray(w, dtype=np.float32)
+
+    def admission(self, min_weight: float) -> npt.NDArray[np.float64]:
+        """(C,) ``mu - (sqrt(var) / n_sigma) * sqrt(2 ln(1 / min_weight))`` clipped at 0, the confidence where the
+        weight reaches ``min_weight`` (0 for ``min_weight`` 0: every row; ``inf`` for ``never_label``)."""
+        self._check_offline()
+        if not 0.0 <= min_weight <= 1.0:
+            raise ConfigError(f"softmatch min_weight must be in [0, 1], got {min_weight}")
+        assert self.num_classes is not None
+        if min_weight == 0.0:
+            low = 0.0
+        else:
+            low = max(0.0, self.mu - np.sqrt(self._var) / self.n_sigma * np.sqrt(2.0 * np.log(1.0 / min_weight)))
+        t = np.full(self.num_classes, low, dtype=np.float64)
+        t[list(self.never_label)] = np.inf
+        return t
+
     def mask(self, probs: npt.ArrayLike) -> npt.NDArray[np.float32]:
         """(B,) float32 in {0, 1}: ``1[max q'_b >= mu_t]`` (the rows of weight exactly 1)."""
         self._require_classes(np.asarray(probs))

@@ -411,14 +411,27 @@ def warm_start(model: torch.nn.Module, spec: LoopSpec) -> None:
     path = spec.init_checkpoint
     assert path is not None
     loaded = load_checkpoint(path, expect_label_space=spec.label_space, expect_input_size=spec.model.input_size)
-    if loaded.model_cfg.name != spec.model.name or loaded.model_cfg.in_chans != spec.model.in_chans:
+    mismatch = state_dict_mismatch(loaded.model.state_dict(), model.state_dict())
+    if loaded.model_cfg.name != spec.model.name or mismatch:
         raise ConfigError(
-            f"warm start: {path} holds {loaded.model_cfg.name} (in_chans={loaded.model_cfg.in_chans}) but the "
-            f"student is {spec.model.name} (in_chans={spec.model.in_chans}); use the same model section as the "
-            "teacher or set train.warm_start=false"
+            f"warm start: {path} holds {loaded.model_cfg.name} (in_chans={loaded.model_cfg.in_chans}) whose weights "
+            f"do not fit the student {spec.model.name} (in_chans={spec.model.in_chans}"
+            f"{'' if not mismatch else '; ' + mismatch}); use the teacher's model section or set "
+            "train.warm_start=false"
         )
     model.load_state_dict(loaded.model.state_dict())
     logger.info("warm start from %s (fingerprint %s)", path, loaded.fingerprint[:8])
+
+
+def state_dict_mismatch(source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]) -> str:
+    """The first difference between two state dicts' names and shapes, in words; empty when ``source`` fits."""
+    missing, extra = sorted(set(target) - set(source)), sorted(set(source) - set(target))
+    if missing or extra:
+        return f"{len(missing)} tensors missing (e.g. {missing[:1]}), {len(extra)} unexpected (e.g. {extra[:1]})"
+    for name, tensor in target.items():
+        if tuple(source[name].shape) != tuple(tensor.shape):
+            return f"{name} is {tuple(source[name].shape)} in the checkpoint, {tuple(tensor.shape)} in the student"
+    return ""
 
 
 def log_epoch_to_mlflow(tracking: Mapping[str, str], record: Mapping[str, Any], label_space: LabelSpace) -> None:

@@ -150,13 +150,20 @@ def write_pool(root: Path, *, rows: int, shards: int, seed: int) -> dict[str, An
     }
 
 
-def reference(inp: dict[str, Any], thresholds: np.ndarray, cfg: SelectConfig, policy: str) -> pd.DataFrame:
+def reference(
+    inp: dict[str, Any],
+    thresholds: np.ndarray,
+    cfg: SelectConfig,
+    policy: str,
+    soft: tuple[float, float, float] | None = None,
+) -> pd.DataFrame:
     """The selection by the rules of the select stage, in plain pandas on the whole table (tiny inputs only).
 
     Exclusions: keys absent from the manifest (quarantined), ``leak_with`` set, labelled keys. Then per predicted
     class ``conf >= T(pred)``, highest confidence first (ties: smaller key first), at most ``k_c`` rows, with
     ``k_c`` from the caps in order (absolute, multiple of the labelled count, proportional ratio cap); sparse
-    classes get ``repeat = ceil(floor / k_c)``.
+    classes get ``repeat = ceil(floor / k_c)``. ``soft = (mu, var, n_sigma)``: each row weighs ``cfg.weight`` times
+    SoftMatch's ``exp(-(min(conf - mu, 0))^2 / (2 var / n_sigma^2))``.
     """
     scores = pd.concat(
         [pq.read_table(i["part"], columns=["key", "shard", "pred", "conf"]).to_pandas() for i in inp["items"]]
@@ -188,7 +195,7 @@ def reference(inp: dict[str, Any], thresholds: np.ndarray, cfg: SelectConfig, po
             "shard": sel["shard"].to_numpy(),
             "label": sel["pred"].to_numpy().astype(np.int16),
             "conf": sel["conf"].to_numpy().astype(np.float32),
-            "weight": np.full(len(sel), cfg.weight, np.float32),
+            "weight": np.full(len(sel), cfg.weight, np.float32) * _soft_weight(sel["conf"].to_numpy(), soft),
             "repeat": sel["repeat"].to_numpy().astype(np.int16),
             "policy": policy,
             "round": np.full(len(sel), 1, np.int16),
@@ -196,22 +203,39 @@ def reference(inp: dict[str, Any], thresholds: np.ndarray, cfg: SelectConfig, po
     )
 
 
-def run_select(inp: dict[str, Any], cfg: SelectConfig, name: str) -> tuple[pd.DataFrame, dict[str, Any], Any]:
+def _soft_weight(conf: np.ndarray, soft: tuple[float, float, float] | None) -> np.ndarray:
+    if soft is None:
+        return np.ones(len(conf), np.float32)
+    mu, var, n_sigma = soft
+    gap = np.minimum(conf.astype(np.float64) - mu, 0.0)
+    return np.exp(-(gap**2) / (2.0 * var / n_sigma**2)).astype(np.float32)
+
+
+def run_select(
+    inp: dict[str, Any],
+    cfg: SelectConfig,
+    name: str,
+    threshold: ThresholdConfig | None = None,
+    state: dict[str, Any] | None = None,
+    thresholds: np.ndarray = THRESHOLDS,
+) -> tuple[pd.DataFrame, dict[str, Any], Any]:
     """Run the select stage of campaign ``name`` (round 1) on the pool's score parts; return (selection sorted by
-    key, quality.json, result). Its upstream is committed by hand: the partition rule, the thresholds, the score
-    parts (a link to the shared ones)."""
+    key, quality.json, result). Its upstream is committed by hand: the partition rule, the thresholds (and the
+    policy's ``state.json`` when given), the score parts (a link to the shared ones)."""
     root = inp["root"]
     config = Config(
         storage=StorageConfig(root=root),
         sources={SOURCE: SourceConfig(format="image_folder", path=root, name=SOURCE)},
         select=cfg,
-        threshold=ThresholdConfig(policy="dtm_r"),
+        threshold=threshold or ThresholdConfig(policy="dtm_r"),
         campaign=CampaignConfig(name=name, labelled=(SOURCE,), unlabelled=(SOURCE,)),
     )
     campaign = CampaignLayout(root, name)
     lay = campaign.round(1)
     fs.write_json(campaign.rule, PartitionRule(0, (SOURCE,), (), 1.0, 1.0, inp["labelled_path"]).to_json())
-    fs.write_json(lay.thresholds, {"thresholds": thresholds_to_json(THRESHOLDS)})
+    fs.write_json(lay.thresholds, {"thresholds": thresholds_to_json(thresholds)})
+    if state is not None:
+        fs.write_json(str(Path(lay.threshold_dir) / "state.json"), state)
     Path(lay.score_dir).parent.mkdir(parents=True, exist_ok=True)
     Path(lay.score_dir).symlink_to(inp["layout"].score_dir, target_is_directory=True)
     upstream = {"threshold": StageResult("threshold", name), "partition": StageResult("partition", "p")}
@@ -272,6 +296,44 @@ def test_selection_equals_pandas_reference(ray_local, small_pool, name) -> None:
     if name == "all_caps":
         assert steps["after_ratio_cap"] != steps["after_class_caps"] != steps["passed_threshold"]
         assert (sel["repeat"] > 1).any()
+
+
+def test_softmatch_weighted_selection_equals_pandas_reference(ray_local, small_pool) -> None:
+    """``select.weighting: policy`` with a fitted SoftMatch (mu 0.7, var 0.04, n_sigma 2): rows enter down to the
+    confidence where the weight is ``min_weight`` 0.3, 0.7 - 0.1 * sqrt(2 ln(1 / 0.3)) = 0.54482, and each weighs
+    ``weight`` 0.5 times its Gaussian weight; Surprise is never labelled."""
+    from engine.stages.threshold import build_policy
+    from engine.thresholds.base import to_jsonable
+
+    threshold = ThresholdConfig(policy="softmatch", never_label=("Surprise",))
+    policy = build_policy(threshold, SPACE)
+    policy.load_state_dict(
+        {
+            "policy": "softmatch",
+            "params": to_jsonable(policy.params()),
+            "state": {"mu": 0.7, "var": 0.04, "p_model": None},
+        }
+    )
+    admission = 0.7 - 0.1 * math.sqrt(2.0 * math.log(1.0 / 0.3))
+    cfg = SelectConfig(weighting="policy", min_weight=0.3, weight=0.5, cap_per_class=1500)
+    sel, quality, _ = run_select(
+        small_pool,
+        cfg,
+        "softmatch_weighted",
+        threshold,
+        to_jsonable(policy.state_dict()),
+        np.array([0.7] * 6 + [np.inf]),
+    )
+    expected = np.array([admission] * 6 + [np.inf])
+    ref = reference(small_pool, expected, cfg, "softmatch", soft=(0.7, 0.04, 2.0))
+    pd.testing.assert_frame_equal(_by_key(sel), _by_key(ref))
+    assert quality["per_class"]["Anger"]["threshold"] == round(admission, 6)
+    assert quality["weighting"] == {"rule": "policy", "weight": 0.5, "min_weight": 0.3}
+    # the rule bites: rows below mu entered with weights under 0.5, and the cap still keeps the most confident
+    assert (sel["conf"] < 0.7).any() and sel["weight"].min() < 0.5 * 0.4 and sel["weight"].max() == 0.5
+    mean = ref.assign(w=ref["weight"].astype(np.float64)).groupby("label")["w"].mean()
+    for c, name in enumerate(SPACE.classes[:6]):
+        assert quality["per_class"][name]["mean_weight"] == round(float(mean[c]), 4)
 
 
 def _peak_rss_reset() -> None:

@@ -81,3 +81,29 @@ def test_a_student_weight_file_is_made_absolute_at_load(tmp_path, monkeypatch) -
     cfg = load_config([], [*BASE, "student.model.name=resnet18", "student.model.weights=w.safetensors"])
     monkeypatch.chdir("/")  # later calls (Ray workers) run elsewhere
     assert cfg.for_round(1).model.weights == str(tmp_path / "w.safetensors")
+
+
+def test_an_outside_teacher_that_does_not_fit_is_a_one_line_config_error(tmp_path) -> None:
+    """Warm start from an outside checkpoint compares the state dicts' names and shapes, not only the model's name:
+    a vgg_fer of width 8 does not fit a width-16 student, and the error names the first tensor that differs."""
+    from engine.config import ModelConfig, TrainConfig
+    from engine.labels import get_label_space
+    from engine.models.checkpoint import save_checkpoint
+    from engine.models.factory import create_model
+    from engine.train.loop import LoopSpec, state_dict_mismatch, warm_start
+
+    space = get_label_space("basic7")
+    small, large = ModelConfig(name="vgg_fer", width=8), ModelConfig(name="vgg_fer", width=16)
+    teacher, student = create_model(small, len(space)), create_model(large, len(space))
+    assert state_dict_mismatch(teacher.state_dict(), teacher.state_dict()) == ""
+    first = next(iter(student.state_dict()))
+    why = state_dict_mismatch(teacher.state_dict(), student.state_dict())
+    assert why == f"{first} is (8, 1, 3, 3) in the checkpoint, (16, 1, 3, 3) in the student"
+    path = str(tmp_path / "teacher.pt")
+    save_checkpoint(path, teacher, model_cfg=small, label_space=space)
+    spec = LoopSpec(TrainConfig(), large, space, steps_per_epoch=1, call_id="t", init_checkpoint=path)
+    with pytest.raises(ConfigError, match=f"do not fit the student vgg_fer .*{first} is .*train.warm_start=false"):
+        warm_start(student, spec)
+    same = create_model(small, len(space))
+    warm_start(same, LoopSpec(TrainConfig(), small, space, steps_per_epoch=1, call_id="t", init_checkpoint=path))
+    assert all((a == b).all() for a, b in zip(same.state_dict().values(), teacher.state_dict().values(), strict=True))

@@ -1,10 +1,15 @@
-"""The select stage's per-class arithmetic (no Ray): quotas with exact integer ratio cap, floor repeats, cut bins."""
+"""The select stage's per-class arithmetic (no Ray): quotas with exact integer ratio cap, floor repeats, cut bins,
+the policies' per-row weights (``select.weighting: policy``)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import pytest
 
 from engine.config import SelectConfig
+from engine.errors import ConfigError
 from engine.stages.select import HIST_BINS, cut_bins, quotas, repeats
 
 
@@ -38,3 +43,38 @@ def test_cut_bins_top_k_per_class() -> None:
     # class 0: 2 rows in the top bin, then 2 of the 5 rows of bin 100; class 1: its whole bin 7; class 2: nothing.
     assert cut.tolist() == [100, 7, HIST_BINS]
     assert take.tolist() == [2, 4, 0]
+
+
+def test_softmatch_row_weights_and_admission_by_hand() -> None:
+    """Offline SoftMatch state mu 0.6, var 0.09, n_sigma 2: weight exp(-(conf - 0.6)^2 / 0.045) below mu, 1 above;
+    the weight reaches 0.5 at 0.6 - 0.15 * sqrt(2 ln 2) = 0.42339; never-labelled class 2 weighs 0 and never enters."""
+    from engine.stats import ScoreStats
+    from engine.thresholds.softmatch import SoftMatchPolicy
+
+    p = SoftMatchPolicy(num_classes=3, never_label=(2,))
+    p.load_state_dict(
+        {"policy": "softmatch", "params": p.params(), "state": {"mu": 0.6, "var": 0.09, "p_model": None}}
+    )
+    w = p.row_weights(np.array([0, 1, 0, 2]), np.array([0.9, 0.6, 0.3, 0.9]))
+    np.testing.assert_allclose(w, [1.0, 1.0, math.exp(-0.09 / 0.045), 0.0], rtol=1e-6)
+    np.testing.assert_allclose(p.admission(0.5), [0.6 - 0.15 * math.sqrt(2 * math.log(2)), 0.42339, np.inf], atol=1e-5)
+    np.testing.assert_array_equal(p.admission(0.0), [0.0, 0.0, np.inf])
+    np.testing.assert_array_equal(p.admission(1.0), [0.6, 0.6, np.inf])
+    # the online state (an alignment p_model) cannot weigh rows from their confidence alone
+    online = SoftMatchPolicy(num_classes=3)
+    online.update(np.array([[0.5, 0.3, 0.2], [0.1, 0.8, 0.1]]))
+    with pytest.raises(ConfigError, match="offline state"):
+        online.row_weights(np.array([0]), np.array([0.5]))
+    # fit clears it: offline weights again
+    online.fit(ScoreStats.from_probs(np.array([[0.5, 0.3, 0.2], [0.1, 0.8, 0.1]]), bins=100))
+    assert online.row_weights(np.array([1]), np.array([0.99]))[0] == 1.0
+
+
+def test_hard_policy_row_weights_are_its_mask() -> None:
+    from engine.thresholds.fixed import FixedPolicy
+
+    p = FixedPolicy(tau=0.8, num_classes=3, never_label=(1,))
+    np.testing.assert_array_equal(
+        p.row_weights(np.array([0, 0, 1, 2]), np.array([0.8, 0.79, 0.99, 0.95])), [1, 0, 0, 1]
+    )
+    np.testing.assert_array_equal(p.admission(0.5), p.thresholds())
