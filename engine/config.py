@@ -248,7 +248,7 @@ class ThresholdConfig:
     """Per-class confidence thresholds for one round (offline policies; see engine/thresholds)."""
 
     policy: str = "dtm_r"
-    """fixed, dtm_r, flexmatch, freematch, softmatch, quantile, topk."""
+    """fixed, dtm_r, flexmatch, freematch, softmatch, quantile, topk, precision (offline, from the teacher's val)."""
     tau: float = 0.95
     """Base threshold: the fixed threshold, and tau_max of DTM-R / FlexMatch."""
     tau_min: float = 0.5
@@ -273,9 +273,16 @@ class ThresholdConfig:
     """Top-K policy: samples kept per class."""
     never_label: tuple[str, ...] = ()
     """Classes never pseudo-labelled (e.g. ``Other`` for corpora that lack it)."""
+    target_precision: float = 0.8
+    """Precision policy: per class, the lowest confidence at which the teacher's val predictions of that class
+    reach this precision is the class's threshold (floored at tau_min; tau where val never reaches it)."""
+    min_support: int = 20
+    """Precision policy: the fewest val rows a class's threshold may be estimated from."""
 
     def __post_init__(self) -> None:
         _check_range("threshold.tau", self.tau, 0.0, 1.0)
+        _check_range("threshold.target_precision", self.target_precision, 0.0, 1.0)
+        _check_positive("threshold.min_support", self.min_support)
         _check_range("threshold.tau_min", self.tau_min, 0.0, 1.0)
         _check_range("threshold.momentum", self.momentum, 0.0, 1.0)
         _check_range("threshold.quantile", self.quantile, 0.0, 1.0)
@@ -613,12 +620,28 @@ class Config:
 # ---------------------------------------------------------------- loading
 
 
+ADDED_LATER: dict[str, tuple[str, ...]] = {
+    "model": ("weights",),
+    "threshold": ("target_precision", "min_support"),
+    "select": ("weighting", "min_weight"),
+}
+"""Per section, keys added after campaigns were committed: a stage fingerprints them only when they differ from
+their defaults, so the stages committed before a key existed keep their fingerprints."""
+
+
+def fingerprint_fields(section: str, cfg: Any) -> dict[str, Any]:
+    """A config section as stages fingerprint it: every field, except :data:`ADDED_LATER` keys at their defaults."""
+    out = dataclasses.asdict(cfg)
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    for key in ADDED_LATER.get(section, ()):
+        if out[key] == defaults[key]:
+            del out[key]
+    return out
+
+
 def model_fingerprint_fields(cfg: ModelConfig) -> dict[str, Any]:
     """``model`` as stages fingerprint it: ``weights`` only when set (campaigns from before the key stay valid)."""
-    out = dataclasses.asdict(cfg)
-    if out["weights"] is None:
-        del out["weights"]
-    return out
+    return fingerprint_fields("model", cfg)
 
 
 def load_config(paths: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> Config:

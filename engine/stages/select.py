@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -35,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from engine.config import SelectConfig
+from engine.config import SelectConfig, fingerprint_fields
 from engine.io import fs
 from engine.layout import join
 from engine.schemas import SELECTION_SCHEMA
@@ -344,10 +343,7 @@ class SelectStage(Stage):
             "threshold": self.ctx.fingerprint_of("threshold"),
             "partition": self.ctx.fingerprint_of("partition"),
         }
-        select = asdict(self.cfg)
-        if self.cfg.weighting == "constant":  # added later: at the default, selections committed before stay valid
-            del select["weighting"], select["min_weight"]
-        return {"select": select, "upstream": upstream}
+        return {"select": fingerprint_fields("select", self.cfg), "upstream": upstream}
 
     def _read_inputs(self) -> None:
         """The committed inputs: per-class thresholds, the labelled set (keys and class counts), the score parts."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from engine.config import ThresholdConfig
+from engine.config import ThresholdConfig, fingerprint_fields
 from engine.io import fs
 from engine.labels import LabelSpace
 from engine.layout import RoundLayout, join
@@ -43,17 +43,59 @@ class ThresholdStage(Stage):
         return self.layout.threshold_dir
 
     def inputs(self) -> tuple[str, ...]:
-        return ("score",)
+        return ("score", "partition") if self.needs_reference else ("score",)
 
     def outputs(self) -> tuple[str, ...]:
         return (self.layout.thresholds, join(self.out_dir, "state.json"))
 
     def fingerprint_inputs(self) -> dict[str, Any]:
-        return {
-            "threshold": asdict(self.cfg),
+        fp = {
+            "threshold": fingerprint_fields("threshold", self.cfg),
             "label_space": self.space.name,
-            "score": self.ctx.fingerprint_of("score"),
+            "score": self.ctx.fingerprint_of("score"),  # the teacher's fingerprint is in it
         }
+        if self.needs_reference:  # the teacher's val predictions: which rows (the partition) and how (TTA)
+            fp["reference"] = {
+                "partition": self.ctx.fingerprint_of("partition"),
+                "tta_flip": self.ctx.cfg.score.tta_flip,
+            }
+        return fp
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether the policy is fitted on the teacher's predictions of the val split too (``precision``)."""
+        from engine.thresholds.registry import policy_class
+
+        return policy_class(self.cfg.policy).needs_reference
+
+    def _set_reference(self, policy: ThresholdPolicy) -> dict[str, Any]:
+        """Give ``policy`` the teacher's predictions on the campaign's val split; returns what it used."""
+        from engine.errors import ConfigError
+        from engine.stages.evaluate import predict_split
+
+        teacher = self.ctx.teacher
+        if teacher is None or len(teacher.paths) != 1:
+            raise ConfigError(
+                f"{self.label}: threshold.policy={self.cfg.policy} needs a single-checkpoint teacher to predict "
+                "the val split; use another policy with an ensemble teacher"
+            )
+        score = self.ctx.cfg.score
+        pred = predict_split(
+            self.ctx.root,
+            self.ctx.rule,
+            teacher.paths[0],
+            "val",
+            score.batch_size,
+            score.tta_flip,
+            label=f"{self.label} reference",
+        )
+        if not len(pred.keys):
+            raise ConfigError(
+                f"{self.label}: threshold.policy={self.cfg.policy} needs labelled val rows, and the campaign's eval "
+                "sources have none; add an eval source with a val split or use another policy"
+            )
+        policy.set_reference(pred.probs.argmax(1), pred.probs.max(1), pred.y)
+        return {"split": "val", "rows": len(pred.keys), "tta_flip": score.tta_flip}
 
     def run(self) -> RunOutput:
         from engine.config import to_dict
@@ -61,6 +103,7 @@ class ThresholdStage(Stage):
 
         stats = ScoreStats.from_json(fs.read_json(self.layout.score_stats))
         policy = build_policy(self.cfg, self.space)
+        reference = self._set_reference(policy) if self.needs_reference else None
         thr = policy.fit(stats)
         passing = passing_counts(stats, thr)
         names = list(self.space.classes)
@@ -82,6 +125,8 @@ class ThresholdStage(Stage):
             "mean_conf": float(stats.mean_conf),
             "mean_probs": [float(x) for x in stats.mean_probs],
         }
+        if reference is not None:
+            doc["reference"] = reference
         fs.write_json(self.layout.thresholds, doc)
         fs.write_json(join(self.out_dir, "state.json"), state)
         return RunOutput(

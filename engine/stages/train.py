@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from engine.config import model_fingerprint_fields, same_architecture
+from engine.config import fingerprint_fields, model_fingerprint_fields, same_architecture
 from engine.io import fs
 from engine.layout import join, stored_path
 from engine.partition_rule import PartitionRule
@@ -94,7 +94,7 @@ class TrainStage(Stage):
             "upstream": self.upstream,
         }
         if self.train_cfg.online_policy:
-            fp["online_threshold"] = asdict(self.threshold_cfg)
+            fp["online_threshold"] = fingerprint_fields("threshold", self.threshold_cfg)
         return fp
 
     def _pool(self) -> tuple[Any, int]:

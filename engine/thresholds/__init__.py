@@ -1,4 +1,5 @@
-"""Pseudo-label threshold policies (pure numpy): fixed, DTM-R, FlexMatch, FreeMatch, SoftMatch, quantile, top-K."""
+"""Pseudo-label threshold policies (pure numpy): fixed, DTM-R, FlexMatch, FreeMatch, SoftMatch, quantile, top-K,
+precision target."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from engine.thresholds.distribution import QuantilePolicy, TopKPolicy
 from engine.thresholds.dtm import MAPPINGS, DTMRPolicy, FlexMatchPolicy, learning_effect
 from engine.thresholds.fixed import FixedPolicy
 from engine.thresholds.freematch import FreeMatchPolicy, fairness_loss
+from engine.thresholds.precision import PrecisionTargetPolicy
 from engine.thresholds.registry import UnknownPolicy, available_policies, get_policy, policy_class
 from engine.thresholds.softmatch import SoftMatchPolicy
 
@@ -29,6 +31,7 @@ __all__ = [
     "FixedPolicy",
     "FlexMatchPolicy",
     "FreeMatchPolicy",
+    "PrecisionTargetPolicy",
     "QuantilePolicy",
     "SoftMatchPolicy",
     "ThresholdPolicy",

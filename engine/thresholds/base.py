@@ -123,6 +123,8 @@ class ThresholdPolicy:
     supports_online: ClassVar[bool] = True
     update_before_mask: ClassVar[bool] = True
     """True: ``step`` updates the state then weights the batch (FreeMatch, SoftMatch); False: the reverse."""
+    needs_reference: ClassVar[bool] = False
+    """True: ``fit`` also needs the teacher's predictions on a labelled split (:meth:`set_reference`)."""
 
     def __init__(self, *, num_classes: int | None = None, never_label: Sequence[int] = ()) -> None:
         if num_classes is not None and int(num_classes) < 1:
@@ -169,6 +171,10 @@ class ThresholdPolicy:
 
     def _fit(self, stats: ScoreStats) -> None:
         raise NotImplementedError
+
+    def set_reference(self, pred: npt.ArrayLike, conf: npt.ArrayLike, label: npt.ArrayLike) -> None:
+        """The teacher's predicted class, confidence and true label on a labelled split (``needs_reference``)."""
+        raise ConfigError(f"threshold policy {self.name!r} is fitted on the pool alone; it takes no reference split")
 
     def offline_rule(self) -> str:
         """How ``fit`` derives each class's threshold, in one line with this policy's numbers (``thresholds.json``)."""

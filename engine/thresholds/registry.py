@@ -9,7 +9,7 @@ from typing import Any
 
 from engine.errors import ConfigError
 from engine.labels import LabelSpace
-from engine.thresholds import distribution, dtm, fixed, freematch, softmatch  # noqa: F401  (fill the registry)
+from engine.thresholds import distribution, dtm, fixed, freematch, precision, softmatch  # noqa: F401  (fill the registry)
 from engine.thresholds.base import REGISTRY, ThresholdPolicy
 
 
@@ -36,7 +36,7 @@ def get_policy(name: str, params: Mapping[str, Any] | Any = None, /, **overrides
 
     Args:
         name: registered snake-case name (``fixed``, ``dtm_r``, ``flexmatch``, ``freematch``, ``softmatch``,
-            ``quantile``, ``topk``).
+            ``quantile``, ``topk``, ``precision``).
         params: a mapping or a dataclass instance (e.g. ``ThresholdConfig``); only the keys that the policy's
             constructor declares are passed, the others (``policy``, or another policy's knobs) are not used.
         **overrides: take precedence over ``params`` (e.g. ``num_classes=7, num_unlabelled=n_u``).

@@ -147,3 +147,59 @@ def test_every_stage_commits_the_outputs_it_declares(tiny_campaign):
         for path in outputs:
             assert glob.glob(path), f"{stage.label}: declared output {path} is missing"
             assert owners.setdefault(path, stage.label) == stage.label, f"{path} declared by two stages"
+
+
+def test_precision_target_thresholds_come_from_the_teachers_val_predictions(tiny_campaign, tmp_path, monkeypatch):
+    """threshold.policy=precision: round 1's thresholds are, per class, the lowest confidence at which the teacher's
+    val predictions of that class reach the target precision (brute force over every candidate here), the number of
+    val rows is recorded, and an ensemble-free campaign runs through select and train on them."""
+    from engine.config import load_config
+    from engine.imaging import decode_pixels
+    from engine.models.teacher import load_teacher
+    from engine.partition_rule import PartitionRule
+    from engine.stages.evaluate import split_samples
+    from tests.integration.conftest import REPO, TINY_CAMPAIGN_SETS
+    from tests.integration.processes import tiny_sets
+
+    teacher = str(tiny_campaign.root / "campaigns/demo/rounds/r000/train/student.pt")
+    root = tiny_campaign.copy_sources(tmp_path / "store")
+    monkeypatch.chdir(root)
+    fer2013 = tiny_campaign.cfg.sources["fer2013"].path
+    sets = [*tiny_sets(".", fer2013, epochs=1), *TINY_CAMPAIGN_SETS]
+    sets += [
+        "campaign.name=precision",
+        "campaign.rounds=1",
+        f"campaign.teacher_checkpoint={teacher}",
+        "threshold.policy=precision",
+        # the tiny teacher is barely better than chance: a low target, so that classes it predicts get their
+        # lowest confidence (precision is met by the whole class, robust to near-ties) and the others tau
+        "threshold.target_precision=0.05",
+        "threshold.min_support=1",
+        "threshold.tau=0.9",
+        "threshold.tau_min=0.0",
+        "train.soft_labels=false",
+    ]
+    cfg = load_config([REPO / "conf/demo.yaml"], sets)
+    run_campaign(cfg)
+    lay = CampaignLayout(str(root), "precision")
+    doc = fs.read_json(lay.round(1).thresholds)
+
+    rule = PartitionRule.from_json(fs.read_json(lay.rule))
+    val = split_samples(str(root), rule, "val")
+    model = load_teacher([teacher], tta_flip=cfg.score.tta_flip)
+    probs = model.predict([decode_pixels(b) for b in val["image"].to_pylist()]).probs
+    pred, conf, y = probs.argmax(1), probs.max(1).astype(np.float64), val["label"].to_numpy()
+    expected = []
+    for c in range(7):
+        ok = [
+            t
+            for t in np.unique(conf[pred == c])
+            if (conf[pred == c] >= t).sum() >= 1 and (y[(pred == c) & (conf >= t)] == c).mean() >= 0.05
+        ]
+        expected.append(max(0.0, min(ok)) if ok else 0.9)
+    assert doc["reference"] == {"split": "val", "rows": len(y), "tta_flip": cfg.score.tta_flip}
+    assert doc["thresholds"] == pytest.approx(expected, abs=1e-6)
+    assert len(set(doc["thresholds"])) > 1, "the rule should tell the classes apart on this teacher"
+    assert doc["rule"].startswith("precision: T(c) = max(tau_min 0.0")
+    r1 = fs.read_json(lay.round(1).state)
+    assert r1["quality"]["per_class"]["Happiness"]["threshold"] == pytest.approx(expected[4], abs=1e-6)

@@ -181,3 +181,25 @@ def test_a_campaign_checks_its_sources_and_teacher_before_starting_anything(tmp_
         check_inputs(load_config([demo], [f"campaign.teacher_checkpoint={missing}"]))
     with pytest.raises(ConfigError, match=r"^campaign.labelled is empty: name at least one labelled source"):
         check_inputs(load_config([demo], ["campaign.labelled=[]"]))
+
+
+def test_keys_added_later_enter_stage_fingerprints_only_when_set() -> None:
+    """A stage committed before ``threshold.target_precision`` / ``select.weighting`` / ``model.weights`` existed
+    keeps its fingerprint while they sit at their defaults; set, they are fingerprinted."""
+    import dataclasses
+
+    from engine.config import ModelConfig, SelectConfig, ThresholdConfig, fingerprint_fields
+
+    before = {
+        k: v for k, v in dataclasses.asdict(ThresholdConfig()).items() if k not in ("target_precision", "min_support")
+    }
+    assert fingerprint_fields("threshold", ThresholdConfig()) == before
+    assert fingerprint_fields("threshold", ThresholdConfig(min_support=5))["min_support"] == 5
+    assert "target_precision" not in fingerprint_fields("threshold", ThresholdConfig(min_support=5))
+    assert set(dataclasses.asdict(SelectConfig())) - set(fingerprint_fields("select", SelectConfig())) == {
+        "weighting",
+        "min_weight",
+    }
+    weighted = fingerprint_fields("select", SelectConfig(weighting="policy", min_weight=0.1))
+    assert (weighted["weighting"], weighted["min_weight"]) == ("policy", 0.1)
+    assert "weights" not in fingerprint_fields("model", ModelConfig())

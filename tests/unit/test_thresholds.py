@@ -33,7 +33,16 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_registry_names() -> None:
-    assert available_policies() == ("dtm_r", "fixed", "flexmatch", "freematch", "quantile", "softmatch", "topk")
+    assert available_policies() == (
+        "dtm_r",
+        "fixed",
+        "flexmatch",
+        "freematch",
+        "precision",
+        "quantile",
+        "softmatch",
+        "topk",
+    )
 
 
 def test_unknown_policy_names_the_closest() -> None:

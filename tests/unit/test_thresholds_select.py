@@ -78,3 +78,41 @@ def test_hard_policy_row_weights_are_its_mask() -> None:
         p.row_weights(np.array([0, 0, 1, 2]), np.array([0.8, 0.79, 0.99, 0.95])), [1, 0, 0, 1]
     )
     np.testing.assert_array_equal(p.admission(0.5), p.thresholds())
+
+
+def test_precision_target_thresholds_by_hand() -> None:
+    """Val rows (pred, conf, correct?) of five classes, target precision 0.75, at least 2 rows, floor 0.5, tau 0.95.
+
+    Class 0, by confidence: .99 ✓ .95 ✓ .9 ✗ .9 ✓ .8 ✓ .7 ✗ .6 ✗ .5 ✓: precision 1, 1, (tie) 3/4, 4/5, 4/6, 4/7,
+    5/8, so the lowest admissible t is 0.8 (5 rows, 0.8). Class 1 (.9 ✗ .85 ✗ .6 ✓) never reaches 0.75: tau. Class
+    2 (all right, lowest 0.45) sits at the floor 0.5. Class 3 has one row (< min_support): tau. Class 4 (.9 ✓ .9 ✗
+    .9 ✗ .8 ✓): the tie at 0.9 is admitted whole (1/3), so no t qualifies: tau (0.9 if ties were split).
+    """
+    import json
+
+    from engine.stats import ScoreStats
+    from engine.thresholds.base import to_jsonable
+    from engine.thresholds.precision import PrecisionTargetPolicy
+
+    rows = [
+        (0, 0.99, 1), (0, 0.95, 1), (0, 0.9, 0), (0, 0.9, 1), (0, 0.8, 1), (0, 0.7, 0), (0, 0.6, 0), (0, 0.5, 1),
+        (1, 0.9, 0), (1, 0.85, 0), (1, 0.6, 1),
+        (2, 0.7, 1), (2, 0.65, 1), (2, 0.55, 1), (2, 0.45, 1),
+        (3, 0.99, 1),
+        (4, 0.9, 1), (4, 0.9, 0), (4, 0.9, 0), (4, 0.8, 1),
+    ]  # fmt: skip
+    pred = np.array([r[0] for r in rows])
+    label = np.where(np.array([r[2] for r in rows]) == 1, pred, (pred + 1) % 5)
+    p = PrecisionTargetPolicy(target_precision=0.75, min_support=2, tau=0.95, tau_min=0.5, num_classes=5)
+    p.set_reference(pred, np.array([r[1] for r in rows]), label)
+    pool = ScoreStats.from_probs(np.eye(5)[[0, 1, 2, 3, 4]] * 0.9 + 0.02, bins=100)
+    np.testing.assert_allclose(p.fit(pool), [0.8, 0.95, 0.5, 0.95, 0.95])
+    state = json.loads(json.dumps(to_jsonable(p.state_dict()), allow_nan=False))
+    assert state["state"]["val_support"] == [5, 0, 4, 0, 0]
+    assert state["state"]["val_precision"] == [0.8, None, 1.0, None, None]
+    again = PrecisionTargetPolicy(target_precision=0.75, min_support=2, tau=0.95, tau_min=0.5, num_classes=5)
+    again.load_state_dict(state)
+    np.testing.assert_array_equal(again.thresholds(), p.thresholds())
+    assert "precision >= 0.75 over >= 2 rows" in p.offline_rule()
+    with pytest.raises(ConfigError, match="needs the teacher's predictions"):
+        PrecisionTargetPolicy(num_classes=5).fit(pool)

@@ -75,15 +75,26 @@ def test_online_shapes_and_determinism(name: str) -> None:
         assert ((weights >= 0) & (weights <= 1)).all()
 
 
+def _offline(name: str) -> ThresholdPolicy:
+    """The policy ``name``; one fitted on a labelled reference too (``precision``) gets a seeded one."""
+    pol = get_policy(name, PARAMS)
+    if pol.needs_reference:
+        rng = np.random.default_rng(4)
+        probs = rng.dirichlet(np.full(C, 0.3), size=400)
+        label = np.where(rng.random(400) < probs.max(1), probs.argmax(1), rng.integers(0, C, 400))
+        pol.set_reference(probs.argmax(1), probs.max(1), label)
+    return pol
+
+
 @pytest.mark.parametrize("name", available_policies())
 def test_offline_fit_shape_determinism_and_restore(name: str) -> None:
     rng = np.random.default_rng(3)
     stats = ScoreStats.from_probs(rng.dirichlet(np.full(C, 0.3), size=500), bins=100)
-    pol = get_policy(name, PARAMS)
+    pol = _offline(name)
     t = pol.fit(stats)
     assert t.shape == (C,) and t.dtype == np.float64 and t[4] == np.inf
     assert np.isfinite(t[:4]).all() and (t[:4] >= 0).all() and (t[:4] <= 1).all()
-    np.testing.assert_array_equal(t, get_policy(name, PARAMS).fit(stats))
+    np.testing.assert_array_equal(t, _offline(name).fit(stats))
     np.testing.assert_array_equal(pol.thresholds(), t)
     restored = get_policy(name, PARAMS)
     restored.load_state_dict(_json_round_trip(pol.state_dict()))
