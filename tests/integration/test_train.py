@@ -171,7 +171,7 @@ def test_warm_start_loads_teacher_weights_and_rejects_other_nets(tmp_path: Path)
     for key, value in teacher.state_dict().items():
         assert torch.equal(student.state_dict()[key], value)
     other = dataclasses.replace(spec, model=ModelConfig(name="mini_xception"))
-    with pytest.raises(ConfigError, match=r"holds tiny_cnn .* but the student is mini_xception"):
+    with pytest.raises(ConfigError, match=r"holds tiny_cnn .* do not fit the student mini_xception"):
         warm_start(create_model(other.model, len(BASIC7)), other)
 
 
