@@ -10,11 +10,12 @@ import numpy.typing as npt
 
 from engine.errors import ConfigError
 from engine.stats import ScoreStats
-from engine.thresholds.base import ThresholdPolicy, register
+from engine.thresholds.base import register
+from engine.thresholds.distribution import _FittedPolicy
 
 
 @register("precision")
-class PrecisionTargetPolicy(ThresholdPolicy):
+class PrecisionTargetPolicy(_FittedPolicy):
     """Per class, the lowest confidence at which the teacher's labels reach a target precision on val [offline only].
 
     Reference: the teacher's predictions on a labelled split the campaign never trains on (the threshold stage passes
@@ -30,7 +31,6 @@ class PrecisionTargetPolicy(ThresholdPolicy):
     classes it gets right, the opposite of FlexMatch's learning effect.
     """
 
-    supports_online = False
     needs_reference = True
 
     def __init__(
@@ -55,7 +55,6 @@ class PrecisionTargetPolicy(ThresholdPolicy):
         self.tau = float(tau)
         self.tau_min = float(tau_min)
         self._reference: tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.int64]] | None = None
-        self._fitted: npt.NDArray[np.float64] | None = None
         self._support: npt.NDArray[np.int64] | None = None
         self._precision: npt.NDArray[np.float64] | None = None
 
@@ -98,14 +97,9 @@ class PrecisionTargetPolicy(ThresholdPolicy):
             f"rows); tau {self.tau} for a class with no such t"
         )
 
-    def _thresholds(self) -> npt.NDArray[np.float64]:
-        if self._fitted is None:
-            raise ConfigError("policy 'precision' has no thresholds yet; call fit(stats) after set_reference")
-        return self._fitted
-
     def _state(self) -> dict[str, Any]:
         return {
-            "fitted": None if self._fitted is None else self._fitted.copy(),
+            **super()._state(),
             "val_support": None if self._support is None else self._support.copy(),
             "val_precision": None
             if self._precision is None
@@ -114,10 +108,7 @@ class PrecisionTargetPolicy(ThresholdPolicy):
         }
 
     def _load_state(self, state: Mapping[str, Any]) -> None:
-        f = state["fitted"]
-        self._fitted = None if f is None else np.array(f, dtype=np.float64)
-        if self._fitted is not None:
-            self.num_classes = self.num_classes or self._fitted.shape[0]
+        super()._load_state(state)
         s, p = state.get("val_support"), state.get("val_precision")
         self._support = None if s is None else np.array(s, dtype=np.int64)
         self._precision = None if p is None else np.array([np.nan if x is None else x for x in p], dtype=np.float64)
