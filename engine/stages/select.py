@@ -429,23 +429,17 @@ class SelectStage(Stage):
                 for key, p, cf, t in zip(r["b_keys"], r["b_pred"], r["b_conf"], r["b_true"], strict=True)
             ]
         boundary.sort()
-        chosen: dict[str, list[tuple[float, str, int, int, str]]] = {}
-        for j in range(c):
-            for row in [b for b in boundary if b[2] == j][: int(take[j])]:
-                chosen.setdefault(row[4], []).append(row)
-        picked = [row for rows in chosen.values() for row in rows]
+        picked = [row for j in range(c) for row in [b for b in boundary if b[2] == j][: int(take[j])]]
+        p_b = np.array([r[2] for r in picked], np.int64)
+        w_b = row_weights(self.cfg.weight, self.weigher, p_b, np.array([-r[0] for r in picked], np.float32))
+        chosen: dict[str, list[tuple[tuple[float, str, int, int, str], float]]] = {}
+        for row, w in zip(picked, w_b.tolist(), strict=True):
+            chosen.setdefault(row[4], []).append((row, w))
         if picked:
-            extra = _quality_counts(
-                np.array([r[2] for r in picked], np.int64), np.array([r[3] for r in picked], np.int64), c
-            )
+            extra = _quality_counts(p_b, np.array([r[3] for r in picked], np.int64), c)
             for n in counts:
                 counts[n] += extra[n]
-            p_b = np.array([r[2] for r in picked], np.int64)
-            weight_sum += np.bincount(
-                p_b,
-                weights=row_weights(self.cfg.weight, self.weigher, p_b, np.array([-r[0] for r in picked])),
-                minlength=c,
-            )
+            weight_sum += np.bincount(p_b, weights=w_b.astype(np.float64), minlength=c)
         selected, with_truth, correct = counts["selected"], counts["with_truth"], counts["correct"]
         true_sel = correct  # a correct pseudo-label's true class is its predicted class
         with fs.atomic_write(self.layout.selection) as f:
@@ -454,10 +448,11 @@ class SelectStage(Stage):
                 table = fs.read_parquet(r["path"])
                 rows = chosen.get(r["shard"])
                 if rows:
-                    pred_b = np.array([x[2] for x in rows], dtype=np.int64)
-                    conf_b = np.array([-x[0] for x in rows], dtype=np.float32)
-                    w_b = row_weights(self.cfg.weight, self.weigher, pred_b, conf_b)
-                    add = selection_table([x[1] for x in rows], r["shard"], pred_b, conf_b, **{**out, "weight": w_b})
+                    pred_s = np.array([x[2] for x, _ in rows], dtype=np.int64)
+                    conf_s = np.array([-x[0] for x, _ in rows], dtype=np.float32)
+                    w_s = np.array([w for _, w in rows], dtype=np.float32)
+                    keys_s = [x[1] for x, _ in rows]
+                    add = selection_table(keys_s, r["shard"], pred_s, conf_s, **{**out, "weight": w_s})
                     table = pa.concat_tables([table, add]).sort_by("key")
                 writer.write_table(table)
             writer.close()
