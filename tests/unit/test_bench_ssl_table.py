@@ -54,3 +54,26 @@ def test_stop_reason_rounds_long_figures_only():
     b = _bench()
     got = b._stop("round 1: student val macro-F1 0.457695351101523 did not beat the teacher's 0.4639")
     assert got == "round 1: student val macro-F1 0.4577 did not beat the teacher's 0.4639"
+
+
+def test_table_lists_rows_in_row_order_whatever_order_they_ran_in():
+    import argparse
+
+    b = _bench()
+
+    def res(row, seed, f1):
+        rd = {"round": 0, "val_f1": f1, "test_f1": f1, "test_acc": f1, "quality": None, "thresholds": None}
+        return {"row": row, "seed": seed, "campaign": f"{row}_s{seed}", "stopped": None, "rounds": [rd],
+                "final_round": 0, "test_f1": f1, "test_acc": f1, "seconds": 60.0}  # fmt: skip
+
+    results = [res("sup10", 0, 0.4), res("dtmr05", 0, 0.5), res("sup100", 0, 0.6), res("fixed95", 0, 0.45)]
+    args = argparse.Namespace(argv=["--seeds", "0"], preset="cpu", config=str(REPO / "conf/x.yaml"), seeds=[0])
+    text = b.render(args, results, 60.0, {r.key: r.label for r in b.ROWS})
+    head = text.split("| row | seeds |")[1].split("\n\n")[0].splitlines()[2:]  # the headline table's rows
+    assert [line.split(" | ")[0][2:] for line in head] == [
+        "1 supervised 10 %",
+        "2 supervised 100 %",
+        "3 fixed 0.95",
+        "4 DTM-R τmin 0.5",
+    ]
+    assert "| 4 DTM-R τmin 0.5 | 0 | 0.5000 | 0.5000 | +50.0% |" in text
