@@ -535,3 +535,16 @@ def ingest_stage(root: Path | str, source: Any, ingest: Any = None) -> Any:
 
     cfg = Config(storage=StorageConfig(root=str(root)), sources={source.name: source}, ingest=ingest or IngestConfig())
     return IngestStage(StageContext(cfg, source=source.name))
+
+
+def load_script(rel_path: str, name: str) -> Any:
+    """A repository script (``bench/…``, not a package module) imported as module ``name``."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / rel_path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod

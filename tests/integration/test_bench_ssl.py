@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
+
+from tests.fixtures import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("ssl_fer2013", REPO / "bench/ssl_fer2013.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("bench/ssl_fer2013.py", "ssl_fer2013")
 
 
 def test_ssl_benchmark_tiny_writes_table_rounds_and_mlflow(ray_local, fer2013_dir, tmp_path):

@@ -3,19 +3,15 @@ recovered is averaged when rows have different seeds."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
+
+from tests.fixtures import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("ssl_fer2013_table", REPO / "bench/ssl_fer2013.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("bench/ssl_fer2013.py", "ssl_fer2013_table")
 
 
 def test_plan_runs_all_seed_rows_first_then_the_rest_on_the_first_seed():
