@@ -521,9 +521,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         {x["campaign"]: x["seconds"] for x in json.loads(earlier.read_text())} if earlier.exists() else {}
     )
     wanted = args.rows or (list(TINY_ROWS) if args.preset == "tiny" else [r.key for r in ROWS])
-    unknown = sorted(set(wanted) - {r.key for r in ROWS})
+    unknown = sorted({*wanted, *(args.all_seeds or ())} - {r.key for r in ROWS})
     if unknown:
         p.error(f"unknown rows {unknown}; rows: {', '.join(r.key for r in ROWS)}")
+    if stray := sorted(set(args.all_seeds or ()) - set(wanted)):
+        p.error(f"--all-seeds rows {stray} are not in --rows; add them there")
     rows = [next(r for r in ROWS if r.key == k) for k in dict.fromkeys(wanted)]  # run in the order given
 
     from engine.logs import setup_logging

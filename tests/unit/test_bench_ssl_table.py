@@ -73,3 +73,17 @@ def test_table_lists_rows_in_row_order_whatever_order_they_ran_in():
         "4 DTM-R τmin 0.5",
     ]
     assert "| 4 DTM-R τmin 0.5 | 0 | 0.5000 | 0.5000 | +50.0% |" in text
+
+
+def test_unknown_or_stray_rows_are_refused_before_anything_runs(capsys):
+    import pytest
+
+    b = _bench()
+    for argv, says in (
+        (["--rows", "dtmr5"], "unknown rows ['dtmr5']"),
+        (["--rows", "dtmr05", "--all-seeds", "fixed9"], "unknown rows ['fixed9']"),
+        (["--rows", "dtmr05", "--all-seeds", "fixed95"], "--all-seeds rows ['fixed95'] are not in --rows"),
+    ):
+        with pytest.raises(SystemExit):
+            b.main(argv)
+        assert says in capsys.readouterr().err
