@@ -356,7 +356,7 @@ def render(args: argparse.Namespace, results: list[dict[str, Any]], wall: float,
         "Figures are mean ± std over seeds where a row has several.",
         "",
         "| row | seeds | test macro-F1 | test accuracy | gap recovered | final round | epoch kept (val) | stopped "
-        "| minutes |",
+        "| minutes (all seeds) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for key, res in by_row.items():
