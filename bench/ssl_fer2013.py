@@ -304,9 +304,14 @@ def pretrained_teacher(root: str) -> str | None:
     return path
 
 
+def _final(x: dict[str, Any]) -> dict[str, Any]:
+    """The per-round record of a row result's final teacher (``final_round``)."""
+    return next(r for r in x["rounds"] if r["round"] == x["final_round"])
+
+
 def _kept_epochs(res: list[dict[str, Any]]) -> str:
     """The epoch each seed's final teacher was kept at (``train.select_best``), or — when every epoch was kept."""
-    kept = [r.get("best_epoch") for x in res for r in x["rounds"] if r["round"] == x["final_round"]]
+    kept = [_final(x).get("best_epoch") for x in res]
     return ", ".join("—" if k is None else str(k) for k in kept)
 
 
@@ -418,10 +423,7 @@ def _stop(reason: str) -> str:
 
 def _per_class_table(by_row: dict[str, list[dict[str, Any]]], labels: dict[str, str]) -> list[str]:
     """Test F1 per class of each row's final teachers (mean over seeds)."""
-    finals = {
-        key: [next(r for r in x["rounds"] if r["round"] == x["final_round"]) for x in res]
-        for key, res in by_row.items()
-    }
+    finals = {key: [_final(x) for x in res] for key, res in by_row.items()}
     classes = next(
         (list(r["test_f1_per_class"]) for v in finals.values() for r in v if r.get("test_f1_per_class")), []
     )
@@ -588,7 +590,7 @@ def plan(rows: list[Row], seeds: list[int], all_seeds: list[str] | None) -> list
 
 def _val_of_final(x: dict[str, Any]) -> float:
     """Row choice for row 6 uses val, never test."""
-    rd = next(r for r in x["rounds"] if r["round"] == x["final_round"])
+    rd = _final(x)
     return float(rd["val_f1"] or 0.0)
 
 
