@@ -87,6 +87,19 @@ ROWS: tuple[Row, ...] = (
         "offline",
         ("threshold.policy=dtm_r", "threshold.tau=0.95", "threshold.tau_min=0.5", "threshold.warmup=true"),
     ),
+    # The cpu preset caps every class but Disgust at 2 x its labelled count (the cap, not the threshold, decides
+    # what enters): the full setting's cap of 4 x lets twice as many, less confident rows in.
+    Row(
+        "dtmr05_cap4",
+        "4 DTM-R τmin 0.5, cap 4 × labelled",
+        "offline",
+        (
+            "threshold.policy=dtm_r",
+            "threshold.tau=0.95",
+            "threshold.tau_min=0.5",
+            "select.cap_multiple_of_labelled=4.0",
+        ),
+    ),
     Row(
         "dtmr05_soft",
         "4 DTM-R τmin 0.5, soft labels (T 0.5)",
