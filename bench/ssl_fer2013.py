@@ -8,8 +8,8 @@ round-0 teacher (the supervised 10 % student), so they differ only in the rule t
     1b supervised 10 % with the offline rows' optimiser steps (the control)
     2  supervised 100 %             round 0 only, labelled_fraction 1 (the upper bound)
     3  fixed 0.95 / fixed 0.8       offline rounds 1..R
-    4  DTM-R (tau_min 0 and 0.5; with the old warm-up; with soft labels), SoftMatch-weighted, precision target on
-       val, FlexMatch, FreeMatch
+    4  DTM-R (tau_min 0 and 0.5; with the old warm-up; with soft labels; with a 4x pseudo-label cap),
+       SoftMatch-weighted, precision target on val, FlexMatch, FreeMatch
                                     offline rounds 1..R
     5  online DTM-R / online FixMatch 0.95                one training with the per-step unlabelled branch
        (from scratch, round 0); online DTM-R from the teacher (warm start, one round, with offline pseudo-labels)
