@@ -414,14 +414,14 @@ def render(args: argparse.Namespace, results: list[dict[str, Any]], wall: float,
                 continue
             lines += [f"### {labels[key]} (seed {x['seed']}, campaign `{x['campaign']}`)", ""]
             lines += [
-                "| round | val F1 | test F1 | promoted | selected | mask rate | precision | per-class τ | "
-                "per-class precision / recall |",
+                "| round | val F1 | test F1 | promoted | selected | mask rate | precision | "
+                "per-class τ (→ kept from, where capped) | per-class precision / recall |",
                 "|---|---|---|---|---|---|---|---|---|",
             ]
             for rd in x["rounds"]:
                 q = rd["quality"] or {}
                 thr = rd["thresholds"] or {}
-                tau = " ".join(f"{c[:3]} {t:.2f}" if t is not None else f"{c[:3]} —" for c, t in thr.items())
+                tau = " ".join(_tau(c, t, q.get("per_class", {}).get(c, {})) for c, t in thr.items())
                 pr = " ".join(
                     f"{c[:3]} {_f(v.get('precision'))}/{_f(v.get('recall'))}"
                     for c, v in q.get("per_class", {}).items()
@@ -432,6 +432,14 @@ def render(args: argparse.Namespace, results: list[dict[str, Any]], wall: float,
                 )
             lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _tau(name: str, tau: float | None, per_class: dict[str, Any]) -> str:
+    """``Cla τ``, and ``→kept`` when a cap (not the threshold) decided where the class's kept rows end (recorded in
+    quality.json since the select stage's ``kept_from``; older rounds show the threshold only)."""
+    text = f"{name[:3]} {tau:.2f}" if tau is not None else f"{name[:3]} —"
+    kept = per_class.get("kept_from")
+    return text + (f"→{kept:.2f}" if per_class.get("capped") and kept is not None else "")
 
 
 def _gap(f1: float, by_row: dict[str, list[dict[str, Any]]], seeds: list[int]) -> str:

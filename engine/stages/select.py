@@ -14,8 +14,10 @@ Distributed over the score parts in two passes, so the driver never holds the sc
    one confidence bin (width 1/65536) per class. Sparse classes are repeated up to ``floor_per_class`` (column
    ``repeat``, Noisy Student).
 
-``quality.json`` holds per-class precision and recall of the pseudo-labels where hidden labels exist, and the mask
-rate; counts before and after each rule are in ``_SUCCESS.json`` and ``quality.json``.
+``quality.json`` holds per-class precision and recall of the pseudo-labels where hidden labels exist, the mask
+rate, and per class whether a cap dropped rows that passed the threshold (``capped``) and the confidence the kept
+rows reach down to (``kept_from``: above the threshold when a cap keeps only the most confident); counts before and
+after each rule are in ``_SUCCESS.json`` and ``quality.json``.
 
 Optional gates drop rows before the caps, in every pass alike: ``select.max_disagreement`` (score column
 ``disagreement`` of branch / ensemble teachers) and the VA-consistency bounds ``select.min_valence`` /
@@ -270,6 +272,17 @@ def quotas(
     return k, steps
 
 
+def kept_from(cut: int, passing: int, kept: int) -> dict[str, Any]:
+    """What admitted a class's rows in the end: ``capped`` is true when a cap dropped rows that passed its
+    threshold (the cap, not the threshold, then decides: the most confident rows stay); ``kept_from`` is the lower
+    edge of the confidence bin (width 1/65536) of its least confident kept row, floored to 6 decimals, so every kept
+    row's confidence is >= ``kept_from`` and < ``kept_from`` + 1/65536 + 1e-6 for the least confident one; None
+    when nothing is kept."""
+    if kept <= 0:
+        return {"kept_from": None, "capped": passing > 0}
+    return {"kept_from": math.floor(cut / HIST_BINS * 1e6) / 1e6, "capped": kept < passing}
+
+
 def repeats(k: np.ndarray, floor_per_class: int) -> np.ndarray:
     """Per class, how many times each selected row is repeated: ``ceil(floor / k_c)`` when ``0 < k_c < floor``, else 1.
 
@@ -460,6 +473,8 @@ class SelectStage(Stage):
         if not np.array_equal(selected, k):
             raise RuntimeError(f"{self.label}: selected {selected.tolist()} != quotas {k.tolist()}")
         quality = self._quality(pool, true_pool, selected, with_truth, correct, true_sel, steps, excluded)
+        for j, n in enumerate(self.names):
+            quality["per_class"][n].update(kept_from(int(cut[j]), int(passing[j]), int(k[j])))
         quality["weighting"] = {
             "rule": self.cfg.weighting,
             "weight": self.cfg.weight,

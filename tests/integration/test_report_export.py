@@ -94,6 +94,12 @@ def test_report_renders_in_chromium_and_is_logged_to_mlflow(campaign, tmp_path):
             """() => [...document.querySelectorAll('h4')].filter(h => h.textContent.includes('highest confidence'))
                  .map(h => h.nextElementSibling.querySelectorAll('img').length)"""
         )
+        kept = page.evaluate(
+            """() => { const t = [...document.querySelectorAll('table')].find(t => [...t.querySelectorAll('th')]
+                   .some(th => th.textContent === 'kept from'));
+                 const i = [...t.querySelectorAll('th')].findIndex(th => th.textContent === 'kept from');
+                 return [...t.querySelectorAll('tbody tr')].map(r => r.children[i].textContent) }"""
+        )
         scroll_x = page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
         page_height = page.evaluate("() => document.documentElement.scrollHeight")
         page.screenshot(path=str(shot), full_page=True)
@@ -111,6 +117,13 @@ def test_report_renders_in_chromium_and_is_logged_to_mlflow(campaign, tmp_path):
     names = get_label_space("basic7").classes
     assert galleries == [min(k, q["per_class"][n]["selected"]) for n in names if q["per_class"][n]["selected"]]
     assert sum(q["per_class"][n]["selected"] for n in names) == q["selected"] > 0
+    # threshold 0 and caps (10 per class, 1 x labelled): a class is capped when it kept fewer rows than passed
+    expected = [
+        ("—" if v["kept_from"] is None else f"{v['kept_from']:.3f}") + (" (capped)" if v["capped"] else "")
+        for v in (q["per_class"][n] for n in names)
+    ]
+    assert kept == expected and any(v["capped"] for v in q["per_class"].values())
+    assert all(v["capped"] == (v["selected"] < q["steps"]["passed_threshold"][n]) for n, v in q["per_class"].items())
     assert scroll_x
     from PIL import Image
 

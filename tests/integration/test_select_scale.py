@@ -290,6 +290,15 @@ def test_selection_equals_pandas_reference(ray_local, small_pool, name) -> None:
     assert not set(sel["key"]) & _forbidden(small_pool)
     # the rules bite: Surprise is never labelled; the configured caps and floors change the outcome
     steps = quality["steps"]
+    for j, c in enumerate(SPACE.classes):
+        pc = quality["per_class"][c]
+        assert pc["capped"] == (steps["after_ratio_cap"][c] < steps["passed_threshold"][c])
+        if per_class[j]:  # kept rows reach down to the bin of the reference's least confident row of the class
+            low = float(ref.loc[ref["label"] == j, "conf"].min())
+            assert pc["kept_from"] <= low < pc["kept_from"] + 1 / 65536 + 1e-6
+        else:
+            assert pc["kept_from"] is None
+    assert any(quality["per_class"][c]["capped"] for c in SPACE.classes) == (name != "no_caps")
     assert per_class[6] == 0 and len(sel) > 0
     if name == "class_cap_floor":
         assert steps["after_class_caps"] != steps["passed_threshold"] and (sel["repeat"] > 1).any()

@@ -10,7 +10,7 @@ import pytest
 
 from engine.config import SelectConfig
 from engine.errors import ConfigError
-from engine.stages.select import HIST_BINS, cut_bins, quotas, repeats
+from engine.stages.select import HIST_BINS, conf_bin, cut_bins, kept_from, quotas, repeats
 
 
 def test_ratio_cap_is_exact_integer_arithmetic() -> None:
@@ -43,6 +43,27 @@ def test_cut_bins_top_k_per_class() -> None:
     # class 0: 2 rows in the top bin, then 2 of the 5 rows of bin 100; class 1: its whole bin 7; class 2: nothing.
     assert cut.tolist() == [100, 7, HIST_BINS]
     assert take.tolist() == [2, 4, 0]
+
+
+def test_kept_from_says_when_the_cap_not_the_threshold_decides() -> None:
+    """Threshold 0.5 for all; cap 2 per class. Class 0 passes 4 rows and keeps its 2 most confident (0.9, 0.8):
+    capped, kept from the bin of 0.8, floor(0.8 * 65536) / 65536 = 52428 / 65536 = 0.79998779... -> 0.799987.
+    Class 1 passes one row (0.55): not capped, kept from 36044 / 65536 = 0.54998779... -> 0.549987. Class 2 passes
+    nothing; class 3 passes one row that a cap of 0 drops."""
+    conf = [np.array([0.9, 0.8, 0.7, 0.6]), np.array([0.55]), np.array([]), np.array([0.7])]
+    hist = np.zeros((4, HIST_BINS), dtype=np.int64)
+    for j, c in enumerate(conf):
+        np.add.at(hist[j], conf_bin(c.astype(np.float32)), 1)
+    passing = hist.sum(1)
+    k = np.minimum(passing, [2, 2, 2, 0])
+    cut, _ = cut_bins(hist, k)
+    got = [kept_from(int(cut[j]), int(passing[j]), int(k[j])) for j in range(4)]
+    assert got == [
+        {"kept_from": 0.799987, "capped": True},
+        {"kept_from": 0.549987, "capped": False},
+        {"kept_from": None, "capped": False},
+        {"kept_from": None, "capped": True},
+    ]
 
 
 def test_softmatch_row_weights_and_admission_by_hand() -> None:

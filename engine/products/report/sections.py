@@ -108,6 +108,7 @@ def selection_section(lay: RoundLayout, names: list[str]) -> str:
             fmt(v["threshold"]),
             str(v["pool_pred"]),
             str(v["selected"]),
+            _kept_from(v),
             fmt(v.get("precision")),
             fmt(v.get("recall")),
         ]
@@ -123,9 +124,17 @@ def selection_section(lay: RoundLayout, names: list[str]) -> str:
         f"unknown {ex.get('unknown', 0)}.</p>"
         + img_tag(png, "selected per class before and after balancing")
         + html_table(["step", *names], rows)
-        + html_table(["class", "threshold", "pool (pred)", "selected", "precision", "recall"], pc_rows)
+        + html_table(["class", "threshold", "pool (pred)", "selected", "kept from", "precision", "recall"], pc_rows)
         + "</section>"
     )
+
+
+def _kept_from(per_class: dict[str, Any]) -> str:
+    """The confidence a class's kept rows reach down to, marked "capped" when a cap (not the threshold) decided;
+    blank for selections made before quality.json recorded it."""
+    if "kept_from" not in per_class:
+        return ""
+    return fmt(per_class["kept_from"]) + (" (capped)" if per_class.get("capped") else "")
 
 
 def histogram_section(lay: RoundLayout, names: list[str], rc: ReportConfig) -> str:
