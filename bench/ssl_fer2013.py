@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import platform
 import re
@@ -53,6 +54,7 @@ sys.path.insert(0, str(REPO))
 
 from engine.config import Config, load_config  # noqa: E402
 from engine.io import fs  # noqa: E402
+from engine.labels import campaign_space  # noqa: E402
 from engine.layout import CampaignLayout, stored_path  # noqa: E402
 
 
@@ -273,6 +275,7 @@ def run_row(args: argparse.Namespace, row: Row, seed: int, teacher: str | None) 
     state = run_campaign(cfg)
     seconds = time.perf_counter() - t0
     lay = CampaignLayout(cfg.storage.root, cfg.campaign.name)
+    classes = campaign_space(cfg).classes
     rounds = []
     stage_seconds = 0.0
     for r in sorted(state["rounds"], key=int):
@@ -290,7 +293,7 @@ def run_row(args: argparse.Namespace, row: Row, seed: int, teacher: str | None) 
                 "test_acc": m.get("test/accuracy"),
                 "promoted": state["rounds"][r].get("promoted"),
                 "thresholds": doc.get("thresholds"),
-                "quality": doc.get("quality"),
+                "quality": _with_kept_from(doc.get("quality"), lay.round(int(r)).selection, classes),
                 "student": stored_path(cfg.storage.root, doc["student"]["path"]),
                 "best_epoch": doc["stages"].get("train", {}).get("counts", {}).get("best_epoch"),
                 "test_f1_per_class": {
@@ -317,6 +320,27 @@ def run_row(args: argparse.Namespace, row: Row, seed: int, teacher: str | None) 
         "checkpoint": final["student"],
         "seconds": round(seconds, 1),
     }
+
+
+def _with_kept_from(quality: dict[str, Any] | None, selection: str, classes: tuple[str, ...]) -> dict[str, Any] | None:
+    """``quality`` with each class's ``capped`` / ``kept_from`` filled in for rounds selected before the select stage
+    recorded them: ``capped`` from its counts (kept fewer rows than passed the threshold), ``kept_from`` the lowest
+    confidence of its rows in ``selection.parquet`` (label = index in ``classes``; the stage gives that row's
+    1/65536 bin's lower edge instead)."""
+    if not quality or not quality.get("per_class") or all("kept_from" in v for v in quality["per_class"].values()):
+        return quality
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    steps = quality["steps"]
+    table = pq.read_table(selection, columns=["label", "conf"]) if fs.exists(selection) else None
+    for name, v in quality["per_class"].items():
+        j = classes.index(name)
+        rows = table.filter(pc.equal(table["label"], j))["conf"] if table is not None else None
+        low = pc.min(rows).as_py() if rows is not None and len(rows) else None
+        v["kept_from"] = None if low is None else math.floor(low * 1e6) / 1e6
+        v["capped"] = steps["after_ratio_cap"][name] < steps["passed_threshold"][name]
+    return quality
 
 
 def pretrained_teacher(root: str) -> str | None:

@@ -87,3 +87,27 @@ def test_unknown_or_stray_rows_are_refused_before_anything_runs(capsys):
         with pytest.raises(SystemExit):
             b.main(argv)
         assert says in capsys.readouterr().err
+
+
+def test_kept_from_filled_in_for_rounds_selected_before_the_stage_recorded_it(tmp_path):
+    """Classes (B, A, C) in label order; quality.json lists them by name. A: 3 passed, 2 kept (capped), lowest kept
+    confidence 0.75; B: 1 passed, 1 kept at 0.5; C: nothing. A round that has the fields is left as it is."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    b = _bench()
+    sel = tmp_path / "selection.parquet"
+    pq.write_table(pa.table({"label": [1, 1, 0], "conf": pa.array([0.9, 0.75, 0.5], pa.float32())}), sel)
+    quality = {
+        "per_class": {"A": {"selected": 2}, "B": {"selected": 1}, "C": {"selected": 0}},
+        "steps": {"passed_threshold": {"A": 3, "B": 1, "C": 0}, "after_ratio_cap": {"A": 2, "B": 1, "C": 0}},
+    }
+    got = b._with_kept_from(quality, str(sel), ("B", "A", "C"))["per_class"]
+    assert got == {
+        "A": {"selected": 2, "kept_from": 0.75, "capped": True},
+        "B": {"selected": 1, "kept_from": 0.5, "capped": False},
+        "C": {"selected": 0, "kept_from": None, "capped": False},
+    }
+    assert [b._tau(n, 0.5, got[n]) for n in ("A", "B", "C")] == ["A 0.50→0.75", "B 0.50", "C 0.50"]
+    recorded = {"per_class": {"A": {"kept_from": 0.1, "capped": False}}, "steps": {}}
+    assert b._with_kept_from(recorded, str(tmp_path / "absent.parquet"), ("A",)) == recorded
