@@ -463,7 +463,7 @@ def _tau(name: str, tau: float | None, per_class: dict[str, Any]) -> str:
     quality.json since the select stage's ``kept_from``; older rounds show the threshold only)."""
     text = f"{name[:3]} {tau:.2f}" if tau is not None else f"{name[:3]} —"
     kept = per_class.get("kept_from")
-    return text + (f"→{kept:.2f}" if per_class.get("capped") and kept is not None else "")
+    return text + (f"→{kept:.3f}" if per_class.get("capped") and kept is not None else "")
 
 
 def _gap(f1: float, by_row: dict[str, list[dict[str, Any]]], seeds: list[int]) -> str:

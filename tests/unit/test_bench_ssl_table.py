@@ -108,6 +108,6 @@ def test_kept_from_filled_in_for_rounds_selected_before_the_stage_recorded_it(tm
         "B": {"selected": 1, "kept_from": 0.5, "capped": False},
         "C": {"selected": 0, "kept_from": None, "capped": False},
     }
-    assert [b._tau(n, 0.5, got[n]) for n in ("A", "B", "C")] == ["A 0.50→0.75", "B 0.50", "C 0.50"]
+    assert [b._tau(n, 0.5, got[n]) for n in ("A", "B", "C")] == ["A 0.50→0.750", "B 0.50", "C 0.50"]
     recorded = {"per_class": {"A": {"kept_from": 0.1, "capped": False}}, "steps": {}}
     assert b._with_kept_from(recorded, str(tmp_path / "absent.parquet"), ("A",)) == recorded
