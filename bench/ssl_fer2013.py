@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import platform
 import re
@@ -324,22 +323,24 @@ def run_row(args: argparse.Namespace, row: Row, seed: int, teacher: str | None) 
 
 def _with_kept_from(quality: dict[str, Any] | None, selection: str, classes: tuple[str, ...]) -> dict[str, Any] | None:
     """``quality`` with each class's ``capped`` / ``kept_from`` filled in for rounds selected before the select stage
-    recorded them: ``capped`` from its counts (kept fewer rows than passed the threshold), ``kept_from`` the lowest
-    confidence of its rows in ``selection.parquet`` (label = index in ``classes``; the stage gives that row's
-    1/65536 bin's lower edge instead)."""
-    if not quality or not quality.get("per_class") or all("kept_from" in v for v in quality["per_class"].values()):
+    recorded them, by the stage's own rule (engine.stages.select.kept_from) on the round's counts (passed the
+    threshold, kept after the caps) and the confidence bin of its least confident row in ``selection.parquet``
+    (label = index in ``classes``)."""
+    per_class = (quality or {}).get("per_class")
+    if not per_class or all("kept_from" in v for v in per_class.values()) or not fs.exists(selection):
         return quality
-    import pyarrow.compute as pc
+    import numpy as np
     import pyarrow.parquet as pq
 
+    from engine.stages.select import HIST_BINS, conf_bin, kept_from
+
+    mins = pq.read_table(selection, columns=["label", "conf"]).group_by("label").aggregate([("conf", "min")])
+    lowest = dict(zip(mins["label"].to_pylist(), mins["conf_min"].to_pylist(), strict=True))
     steps = quality["steps"]
-    table = pq.read_table(selection, columns=["label", "conf"]) if fs.exists(selection) else None
-    for name, v in quality["per_class"].items():
-        j = classes.index(name)
-        rows = table.filter(pc.equal(table["label"], j))["conf"] if table is not None else None
-        low = pc.min(rows).as_py() if rows is not None and len(rows) else None
-        v["kept_from"] = None if low is None else math.floor(low * 1e6) / 1e6
-        v["capped"] = steps["after_ratio_cap"][name] < steps["passed_threshold"][name]
+    for name, v in per_class.items():
+        low = lowest.get(classes.index(name))
+        cut = HIST_BINS if low is None else int(conf_bin(np.array([low], np.float32))[0])
+        v.update(kept_from(cut, steps["passed_threshold"][name], steps["after_ratio_cap"][name]))
     return quality
 
 

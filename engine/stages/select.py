@@ -473,8 +473,6 @@ class SelectStage(Stage):
         if not np.array_equal(selected, k):
             raise RuntimeError(f"{self.label}: selected {selected.tolist()} != quotas {k.tolist()}")
         quality = self._quality(pool, true_pool, selected, with_truth, correct, true_sel, steps, excluded)
-        for j, n in enumerate(self.names):
-            quality["per_class"][n].update(kept_from(int(cut[j]), int(passing[j]), int(k[j])))
         quality["weighting"] = {
             "rule": self.cfg.weighting,
             "weight": self.cfg.weight,
@@ -484,6 +482,7 @@ class SelectStage(Stage):
             quality["per_class"][n]["mean_weight"] = (
                 round(float(weight_sum[j] / selected[j]), 4) if selected[j] else None
             )
+            quality["per_class"][n].update(kept_from(int(cut[j]), int(passing[j]), int(k[j])))
         fs.write_json(self.layout.quality, quality)
         for empty in np.flatnonzero((selected == 0) & (pool > 0)):
             log.warning("%s: class %s has no selected sample", self.label, self.names[int(empty)])
