@@ -278,6 +278,16 @@ def row_config(args: argparse.Namespace, row: Row, seed: int, teacher: str | Non
     return cfg
 
 
+def row_seconds(wall: float, stage_seconds: float, earlier: float | None) -> float:
+    """A row's machine time from this invocation's wall time for it, the sum of its rounds' recorded stage times and
+    the time an earlier invocation recorded for it (None when none did). A row finished earlier (under 10 s now)
+    keeps its recorded time, else its stages' sum; a row resumed now counts the larger of its wall time (which
+    covers only the part run now) and its stages' sum (which covers every round, and misses Ray's start)."""
+    if wall < 10:
+        return stage_seconds if earlier is None else earlier
+    return max(wall, stage_seconds)
+
+
 def run_row(args: argparse.Namespace, row: Row, seed: int, teacher: str | None) -> dict[str, Any]:
     """Run (or resume / skip) one campaign; returns its per-round results and its final figures."""
     from engine.campaign import run_campaign
@@ -313,8 +323,7 @@ def run_row(args: argparse.Namespace, row: Row, seed: int, teacher: str | None) 
                 },
             }
         )
-    if seconds < 10:  # finished by an earlier invocation: its recorded time, else the sum of its rounds' stages
-        seconds = args.earlier_seconds.get(cfg.campaign.name, stage_seconds)
+    seconds = row_seconds(seconds, stage_seconds, args.earlier_seconds.get(cfg.campaign.name))
     final_round = (state.get("teacher") or {}).get("round", 0)
     if row.kind == "pretrained":  # its round-0 teacher lies outside the model / epoch budget: report the student
         final_round = max(x["round"] for x in rounds)
@@ -418,7 +427,8 @@ def render(args: argparse.Namespace, results: list[dict[str, Any]], wall: float,
         f"  \nMachine: {platform.node() or 'unknown'}, {os.cpu_count()} CPU cores, {_device()}, "
         f"Python {platform.python_version()}.  \nWall time: {wall / 60:.1f} min this invocation, "
         f"{sum(x['seconds'] for x in results) / 60:.1f} min summed over rows (rows finished by an earlier invocation "
-        "are skipped and keep their minutes, or the sum of their stages' times when none was recorded). "
+        "are skipped and keep their minutes, or the sum of their stages' times when none was recorded; a row resumed "
+        "by this invocation counts the larger of its wall time now and its stages' sum). "
         f"Seeds: {args.seeds}. "
         "Labels: original FER2013 labels (`label_source: fer2013`); val = PublicTest, test = PrivateTest, both "
         "deduplicated against Training (and test against val) by the ingest leakage guard; label −1 rows excluded.",

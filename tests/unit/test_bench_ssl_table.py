@@ -111,3 +111,14 @@ def test_kept_from_filled_in_for_rounds_selected_before_the_stage_recorded_it(tm
     assert [b._tau(n, 0.5, got[n]) for n in ("A", "B", "C")] == ["A 0.50→0.750", "B 0.50", "C 0.50"]
     recorded = {"per_class": {"A": {"kept_from": 0.1, "capped": False}}, "steps": {}}
     assert b._with_kept_from(recorded, str(tmp_path / "absent.parquet"), ("A",)) == recorded
+
+
+def test_row_seconds_counts_every_round_of_a_resumed_row():
+    b = _bench()
+    # finished by an earlier invocation: its recorded minutes, else its stages' sum
+    assert b.row_seconds(2.0, 3985.0, 4100.0) == 4100.0
+    assert b.row_seconds(2.0, 3985.0, None) == 3985.0
+    # run from scratch now: the wall time (stages plus Ray's start)
+    assert b.row_seconds(1300.0, 1280.0, None) == 1300.0
+    # resumed for its last round: the wall time covers that round only, the stages' sum all three
+    assert b.row_seconds(1220.0, 3985.0, 1500.0) == 3985.0
