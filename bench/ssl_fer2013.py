@@ -447,11 +447,11 @@ def render(args: argparse.Namespace, results: list[dict[str, Any]], wall: float,
         gap = ""
         if key not in ("sup10", "sup100"):
             gap = _gap(f1[key], by_row, [x["seed"] for x in res])
-        stops = "; ".join(sorted({_stop(x["stopped"]) for x in res if x["stopped"]})) or ""
+        stops = _stops(res)
         lines.append(
             f"| {labels[key]} | {', '.join(str(x['seed']) for x in res)} | {_mean_std([x['test_f1'] for x in res])} | "
             f"{_mean_std([x['test_acc'] for x in res])} | {gap} | "
-            f"{', '.join(str(x['final_round']) for x in res)} | {_kept_epochs(res)} | {stops[:80]} | "
+            f"{', '.join(str(x['final_round']) for x in res)} | {_kept_epochs(res)} | {stops} | "
             f"{sum(x['seconds'] for x in res) / 60:.1f} |"
         )
     lines += _per_class_table(by_row, labels)
@@ -504,8 +504,16 @@ def _gap(f1: float, by_row: dict[str, list[dict[str, Any]]], seeds: list[int]) -
 
 
 def _stop(reason: str) -> str:
-    """A campaign's stop reason with its figures rounded to four digits (they are read, not parsed)."""
-    return re.sub(r"\d+\.\d{5,}", lambda m: f"{float(m.group()):.4f}", str(reason))
+    """A campaign's stop reason with its figures rounded to four digits (they are read, not parsed) and the
+    campaign's "student val macro-F1 X did not beat the teacher's Y" said as "val X ≤ teacher's Y"."""
+    text = re.sub(r"\d+\.\d{5,}", lambda m: f"{float(m.group()):.4f}", str(reason))
+    return re.sub(r"student val macro-F1 (\S+) did not beat the teacher's (\S+)", r"val \1 ≤ teacher's \2", text)
+
+
+def _stops(res: list[dict[str, Any]]) -> str:
+    """The stopped column: each seed's stop reason, prefixed with its seed where the row has several."""
+    many = len(res) > 1
+    return "; ".join((f"s{x['seed']} " if many else "") + _stop(x["stopped"]) for x in res if x["stopped"])
 
 
 def _per_class_table(by_row: dict[str, list[dict[str, Any]]], labels: dict[str, str]) -> list[str]:

@@ -49,7 +49,17 @@ def test_gap_averages_both_ends_over_the_rows_own_seeds():
 def test_stop_reason_rounds_long_figures_only():
     b = _bench()
     got = b._stop("round 1: student val macro-F1 0.457695351101523 did not beat the teacher's 0.4639")
-    assert got == "round 1: student val macro-F1 0.4577 did not beat the teacher's 0.4639"
+    assert got == "round 1: val 0.4577 ≤ teacher's 0.4639"
+    assert b._stop("no pseudo-labels selected in round 2") == "no pseudo-labels selected in round 2"
+
+
+def test_stopped_column_names_each_seeds_reason_in_full():
+    b = _bench()
+    reason = "round {}: student val macro-F1 0.{} did not beat the teacher's 0.5"
+    res = [{"seed": 0, "stopped": reason.format(3, "49999999")}, {"seed": 1, "stopped": None},
+           {"seed": 2, "stopped": reason.format(2, "4")}]  # fmt: skip
+    assert b._stops(res) == "s0 round 3: val 0.5000 ≤ teacher's 0.5; s2 round 2: val 0.4 ≤ teacher's 0.5"
+    assert b._stops(res[2:]) == "round 2: val 0.4 ≤ teacher's 0.5"
 
 
 def test_table_lists_rows_in_row_order_whatever_order_they_ran_in():
