@@ -67,6 +67,14 @@ class Row:
     overrides: tuple[str, ...] = ()
 
 
+RECIPE = (
+    "threshold.policy=dtm_r",
+    "threshold.tau=0.95",
+    "threshold.tau_min=0.5",
+    "student.model.width=24",
+    "student.model.drop_rate=0.5",
+)
+"""The recipe row's overrides (see the comment above it in ROWS)."""
 ROWS: tuple[Row, ...] = (
     Row("sup10", "1 supervised 10 %", "supervised"),
     Row("sup100", "2 supervised 100 %", "supervised", ("campaign.labelled_fraction=null",)),
@@ -159,31 +167,8 @@ ROWS: tuple[Row, ...] = (
     # Noisy Student on top of the best offline rule on val (DTM-R τmin 0.5; soft labels and SoftMatch weights did not
     # raise val on seed 0): the students of rounds >= 1 are wider (width 24, 2.25x the convolutions' work) and
     # noisier (dropout 0.5) than their teacher; strong augmentation of pseudo-labelled rows is on in every row.
-    Row(
-        "recipe",
-        "7 recipe: DTM-R τmin 0.5, wider noisier student (width 24, dropout 0.5)",
-        "offline",
-        (
-            "threshold.policy=dtm_r",
-            "threshold.tau=0.95",
-            "threshold.tau_min=0.5",
-            "student.model.width=24",
-            "student.model.drop_rate=0.5",
-        ),
-    ),
-    Row(
-        "recipe_cap4",
-        "7 recipe, cap 4 × labelled",
-        "offline",
-        (
-            "threshold.policy=dtm_r",
-            "threshold.tau=0.95",
-            "threshold.tau_min=0.5",
-            "student.model.width=24",
-            "student.model.drop_rate=0.5",
-            "select.cap_multiple_of_labelled=4.0",
-        ),
-    ),
+    Row("recipe", "7 recipe: DTM-R τmin 0.5, wider noisier student (width 24, dropout 0.5)", "offline", RECIPE),
+    Row("recipe_cap4", "7 recipe, cap 4 × labelled", "offline", (*RECIPE, "select.cap_multiple_of_labelled=4.0")),
 )
 
 PRESETS: dict[str, tuple[str, ...]] = {
