@@ -25,6 +25,7 @@ REASONS = (
     "not_an_image",
     "truncated",
     "decode_error",
+    "ambiguous_range",
     "bad_box",
     "too_small",
     "no_face",
@@ -83,6 +84,8 @@ def process_image(data: bytes, policy: IngestConfig, box: tuple[int, int, int, i
         reason = "truncated" if "truncat" in str(exc).lower() or "end of" in str(exc).lower() else "decode_error"
         return ImageCheck(reason, f"{type(exc).__name__}: {exc}"[:200])
     upright = upright_8bit(img)  # EXIF orientation and 8-bit grey / RGB, as every later decode sees the image
+    if isinstance(upright, str):
+        return ImageCheck("ambiguous_range", upright)
     changed = upright is not img
     img = upright
     if box is not None:
@@ -192,15 +195,18 @@ def decode_pixels(data: bytes) -> npt.NDArray[np.uint8]:
             f"cannot decode image ({len(data)} bytes): {type(exc).__name__}: {exc}; "
             "re-run ingest, which quarantines undecodable files"
         ) from None
-    return np.asarray(upright_8bit(img), dtype=np.uint8)
+    upright = upright_8bit(img)
+    if isinstance(upright, str):
+        raise SourceFormatError(f"cannot map image to 8 bits: {upright}; re-run ingest, which quarantines it")
+    return np.asarray(upright, dtype=np.uint8)
 
 
-def upright_8bit(img: Image.Image) -> Image.Image:
-    """``img`` turned upright by its EXIF orientation, in mode ``L`` or ``RGB``.
+def upright_8bit(img: Image.Image) -> Image.Image | str:
+    """``img`` turned upright by its EXIF orientation, in mode ``L`` or ``RGB``; or, for a grey image whose value
+    range does not say how to map it to 8 bits, why not (ingest quarantines it as ``ambiguous_range``).
 
-    Grey modes become ``L``: 16/32-bit integer grey (Pillow's ``I``, ``I;16`` ...) is scaled by 1/257 (65535 → 255)
-    and rounded, float grey ``F`` is rounded and clipped, ``1`` / ``LA`` are converted; every other mode (``P``,
-    ``RGBA``, ``CMYK`` ...) becomes ``RGB`` (alpha dropped).
+    Grey modes become ``L`` by :func:`grey_to_8bit` (16-bit and 32-bit integer, float); ``1`` / ``LA`` are
+    converted; every other mode (``P``, ``RGBA``, ``CMYK`` ...) becomes ``RGB`` (alpha dropped).
     """
     if img.getexif().get(0x0112, 1) != 1:  # orientation tag set: rotate the pixels upright
         img = ImageOps.exif_transpose(img)
@@ -208,8 +214,42 @@ def upright_8bit(img: Image.Image) -> Image.Image:
     if mode in ("L", "RGB"):
         return img
     if mode.startswith("I") or mode == "F":
-        values = np.asarray(img, dtype=np.float64)
-        if mode != "F":
-            values = values / 257.0
-        return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+        grey = grey_to_8bit(np.asarray(img), mode)
+        return grey if isinstance(grey, str) else Image.fromarray(grey, mode="L")
     return img.convert("L" if mode in ("1", "LA", "La") else "RGB")
+
+
+def grey_to_8bit(values: npt.NDArray[np.generic], mode: str) -> npt.NDArray[np.uint8] | str:
+    """8-bit grey pixels of a wide grey image (Pillow mode ``I;16*``, ``I`` or ``F``), or why they cannot be made.
+
+    The rule, by bit depth where the mode states it and by the pixels' actual range where it does not:
+
+    - ``I;16*`` (16-bit integer): scaled by 1/257 (65535 → 255) and rounded.
+    - ``I`` (32-bit integer, e.g. a TIFF saved from an int32 array): values within 0..255 are 8-bit values and kept;
+      values within 0..65535 (some above 255) are 16-bit values, scaled by 1/257; a negative value or one above
+      65535 is ambiguous (which bit depth?) and gives a reason instead.
+    - ``F`` (32-bit float, e.g. a TIFF saved by numpy or scikit-image): values within [0, 1] are scaled by 255 (the
+      float image convention); values within [0, 255] (some above 1) are kept; NaN, infinity, a negative value or
+      one above 255 gives a reason instead. A 0..255 float image whose every value is at most 1 (all but black) is
+      read on the [0, 1] scale: the two cannot be told apart.
+
+    Returns:
+        (H, W) uint8, rounded to nearest; or a one-line reason naming the mode and the range found.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if mode.startswith("I;16"):
+        scaled = v / 257.0
+    else:
+        if not np.isfinite(v).all():
+            return f"{mode} grey image holds NaN or infinite values; save it as 8- or 16-bit"
+        lo, hi = (float(v.min()), float(v.max())) if v.size else (0.0, 0.0)
+        found = f"values in [{lo:.6g}, {hi:.6g}]"
+        if mode == "F":
+            if lo < 0 or hi > 255:
+                return f"float grey image with {found}, neither [0, 1] nor [0, 255]; rescale it to one of them"
+            scaled = v * 255.0 if hi <= 1.0 else v
+        else:
+            if lo < 0 or hi > 65535:
+                return f"32-bit integer grey image with {found}, neither 8- nor 16-bit values; save it as 8 or 16 bits"
+            scaled = v / 257.0 if hi > 255 else v
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
