@@ -20,6 +20,9 @@ T = TypeVar("T")
 
 SPLITS = ("train", "val", "test", "unlabelled")
 
+MAX_SOURCE_NAME_CHARS = 48
+"""Longest source name: it prefixes every row key of the source (engine.sources.base.make_key)."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class StorageConfig:
@@ -64,6 +67,10 @@ class SourceConfig:
     """Keep at most this many rows per split, in listing order (tests and demos); None keeps all."""
 
     def __post_init__(self) -> None:
+        if len(self.name) > MAX_SOURCE_NAME_CHARS:  # the name starts every row key, which is at most 95 characters
+            raise ConfigError(
+                f"source name {self.name!r} has {len(self.name)} characters; give it at most {MAX_SOURCE_NAME_CHARS}"
+            )
         _check_choice("sources.*.split", self.split, SPLITS)
         _check_choice("sources.*.label_source", self.label_source, ("fer2013", "ferplus"))
         if self.limit is not None and self.limit <= 0:

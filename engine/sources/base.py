@@ -81,15 +81,23 @@ class SourceRow:
 # ---------------------------------------------------------------- keys and locators
 
 
+MAX_KEY_CHARS = 95
+"""Longest row key: shard members are ``<key>.json`` and ``<key>.<ext>`` in USTAR tars, whose member names hold at
+most 100 bytes (keys are ASCII)."""
+
+
 def make_key(source: str, *parts: str | int) -> str:
-    """Deterministic row key ``<source>_<part>_<part>...``.
+    """Deterministic row key ``<source>_<part>_<part>...``, at most :data:`MAX_KEY_CHARS` long.
 
     A part is kept verbatim when it matches ``[A-Za-z0-9-]+``. Otherwise every run of characters outside
     ``[A-Za-z0-9-]`` (underscores and dots included) becomes ``-``, and ``_<8 hex>`` (sha1 of the original
     parts joined by ``/``) is appended to the key. Keys are therefore unique whenever the adapter's parts
     are: clean keys split back into their parts unambiguously (``_`` only separates parts), and rewritten
     parts are told apart by the hash (two rewritten ids share a key only on a 32-bit sha1 prefix collision
-    of ids that also sanitise identically). The source name is sanitised without a hash (it is constant).
+    of ids that also sanitise identically). The source name is sanitised without a hash (it is constant). A key
+    longer than :data:`MAX_KEY_CHARS` (a 255-byte file name, a deep path) is cut to its first 86 characters and the
+    same ``_<8 hex>`` hash of the original parts is appended, so it stays unique; the full path stays in the
+    manifest's ``orig_path``.
 
     Args:
         source: the source name (``SourceConfig.name``).
@@ -102,9 +110,12 @@ def make_key(source: str, *parts: str | int) -> str:
         t if _KEY_PART.fullmatch(t) else _NOT_KEY_CHARS.sub("-", t.replace("_", "-")).strip("-") or "x" for t in texts
     ]
     key = "_".join([_NOT_KEY_CHARS.sub("-", source) or "source", *clean])
+    # surrogateescape: a file name that is not UTF-8 (os.fsdecode gives lone surrogates) hashes by its bytes
+    digest = hashlib.sha1("/".join(texts).encode("utf-8", "surrogateescape")).hexdigest()[:8]
     if clean != texts:
-        # surrogateescape: a file name that is not UTF-8 (os.fsdecode gives lone surrogates) hashes by its bytes
-        key += "_" + hashlib.sha1("/".join(texts).encode("utf-8", "surrogateescape")).hexdigest()[:8]
+        key += "_" + digest
+    if len(key) > MAX_KEY_CHARS:
+        key = key[: MAX_KEY_CHARS - len(digest) - 1] + "_" + digest
     return key
 
 

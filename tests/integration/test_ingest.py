@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -13,6 +14,7 @@ import pytest
 from PIL import Image
 
 from engine.config import IngestConfig, SourceConfig
+from engine.imaging import decode_pixels
 from engine.layout import SourceLayout
 from engine.stages import ingest as ingest_mod
 from tests.fixtures import ingest_stage, make_bad_inputs
@@ -126,13 +128,29 @@ def test_bad_inputs_are_quarantined_with_reasons(ray_local, tmp_path):
         f.write(face(3))
     (tmp_path / "secret.png").write_bytes(face(4))
     (tmp_path / "in" / "link.png").symlink_to(tmp_path / "secret.png")  # leads outside the source: never read
+    long_name = "f" * 251 + ".png"  # 255 bytes, legal on ext4: once a USTAR error that stopped the whole source
+    (tmp_path / "in" / long_name).write_bytes(face(5))
+    deep = Path("/".join(f"level{i:02d}" for i in range(40))) / "face.png"
+    (tmp_path / "in" / deep).parent.mkdir(parents=True)
+    (tmp_path / "in" / deep).write_bytes(face(6))
+    grey = np.asarray(Image.open(io.BytesIO(face(7))))
+    Image.fromarray((grey / 255.0).astype(np.float32)).save(tmp_path / "in" / "float01.tif")  # once stored black
+    Image.fromarray(np.full((48, 48), -1.0, np.float32)).save(tmp_path / "in" / "negative.tif")
     src = SourceConfig(name="mixed", format="flat_folder", path=str(tmp_path / "in"), split="unlabelled")
     res = ingest_stage(str(tmp_path / "root"), src, IngestConfig()).execute()
-    assert res.counts["inputs"] == len(bad) + 2 + 4
-    assert res.counts["kept"] == 4
+    assert res.counts["inputs"] == len(bad) + 2 + 4 + 4
+    assert res.counts["kept"] == 4 + 3
     manifest = pq.read_table(tmp_path / "root/sources/mixed/manifest").to_pylist()
     latin = [r for r in manifest if r["orig_path"] == "caf\\xe9.png"]
     assert len(latin) == 1 and latin[0]["key"].startswith("mixed_caf_png_")
+    by_path = {r["orig_path"]: r["key"] for r in manifest}
+    assert len(by_path[long_name]) == len(by_path[deep.as_posix()]) == 95  # the full path stays in orig_path
+    stored = {}
+    for tar in sorted((tmp_path / "root/sources/mixed/shards").glob("*.tar")):
+        with tarfile.open(tar) as tf:
+            stored |= {m.name: tf.extractfile(m).read() for m in tf if m.name.endswith(".png")}
+    assert np.array_equal(decode_pixels(stored[by_path["float01.tif"] + ".png"]), grey)  # the face, not black
+    assert stored[by_path[long_name] + ".png"] == face(5)
     q = pq.read_table(tmp_path / "root/sources/mixed/quarantine.parquet").to_pylist()
     reasons = {r["orig_path"]: r["reason"] for r in q}
     assert reasons == {
@@ -143,6 +161,7 @@ def test_bad_inputs_are_quarantined_with_reasons(ray_local, tmp_path):
         "bomb.png": "too_large",
         "fifo.png": "not_a_file",
         "link.png": "outside_root",
+        "negative.tif": "ambiguous_range",
     }
     assert all(r["detail"] for r in q)
 
@@ -156,7 +175,6 @@ def test_two_concurrent_ingests_of_one_new_root_one_writes_the_other_is_refused_
     import socket
     import subprocess
     import sys
-    from pathlib import Path
 
     from engine.io.checksums import verify_root
     from tests.integration.processes import tiny_overrides

@@ -52,6 +52,25 @@ def test_make_key_keeps_clean_parts_and_hashes_rewritten_ones() -> None:
     assert path_key("src", "happy/img001.jpg") != path_key("src", "happy/img001.png")
 
 
+def test_keys_are_bounded_whatever_the_file_name_and_fit_a_ustar_member() -> None:
+    import hashlib
+
+    from engine.io.tars import tar_bytes
+    from engine.sources.base import MAX_KEY_CHARS
+
+    name = "a" * 251 + ".png"  # 255 bytes: the longest name ext4 allows
+    deep = "/".join(f"level{i:02d}" for i in range(40)) + "/face.png"
+    digest = hashlib.sha1(("a" * 251 + "/png").encode()).hexdigest()[:8]
+    assert path_key("src", name) == "src_" + "a" * 82 + "_" + digest  # cut to 86 characters + the parts' hash
+    assert len(path_key("src", deep)) == MAX_KEY_CHARS
+    assert path_key("src", name.replace("a.png", "b.png")) != path_key("src", name)  # the hash tells them apart
+    assert path_key("src", deep.replace("face", "other")) != path_key("src", deep)
+    assert make_key("src", "x" * 91) == "src_" + "x" * 91  # 95 characters: kept as it is (keys from before stay)
+    for key in (path_key("src", name), path_key("src", deep), path_key("src", "caf\udce9_" + "b" * 240 + ".jpg")):
+        assert len(key) <= MAX_KEY_CHARS
+        tar_bytes([(f"{key}.json", b"{}"), (f"{key}.png", b"x")])  # USTAR: raises when a member name is too long
+
+
 def test_read_bytes_plain_file_and_tar_range(tmp_path: Path) -> None:
     plain = fx.write_file(tmp_path / "a.bin", b"hello")
     assert read_bytes(str(plain)) == b"hello"
