@@ -3,8 +3,9 @@
 
 Commands: ingest, campaign, round, evaluate, report, export, import-fer-teacher, verify, status. Every command that
 reads a config takes ``--config`` (repeatable) and ``--set a.b=c`` (repeatable); every one takes ``--verbose``. An
-EngineError ends the command with one ``error: …`` line and exit code 2; Ctrl-C with one ``interrupted: …`` line and
-130; anything else is a bug: its traceback, then one ``bug: …`` line asking for a report, and exit code 1.
+EngineError, or an OSError of the storage (full, read-only, not allowed), ends the command with one ``error: …``
+line and exit code 2; Ctrl-C with one ``interrupted: …`` line and 130; anything else is a bug: its traceback, then
+one ``bug: …`` line asking for a report, and exit code 1.
 """
 
 from __future__ import annotations
@@ -60,11 +61,19 @@ def load(args: argparse.Namespace) -> Config:
     return load_config(args.config, args.overrides)
 
 
+def start_ray(cfg: Config) -> None:
+    """Check that the storage root can be created and written (one line when not), then start or join Ray."""
+    from engine.io.fs import check_storage_root
+    from engine.runtime import init_ray
+
+    check_storage_root(cfg.storage.root)
+    init_ray()
+
+
 # -- the commands -----------------------------------------------------------------------------------------------------
 
 
 def _ingest(args: argparse.Namespace) -> None:
-    from engine.runtime import init_ray
     from engine.summary import print_ingest_summary
 
     cfg = load(args)
@@ -80,7 +89,7 @@ def _ingest(args: argparse.Namespace) -> None:
     # Every source committed with this config: execute() only checks the files' sha256 and reports, so Ray is not
     # started (it is the whole cost of a no-op run); a rebuild of corrupt files (on_existing=overwrite) needs it.
     if cfg.storage.on_existing == "overwrite" or not all(st.committed() for st in stages.values()):
-        init_ray()
+        start_ray(cfg)
     for name, stage in stages.items():
         print_ingest_summary(name, stage.execute())
 
@@ -93,7 +102,6 @@ def run_campaign_job(args: argparse.Namespace, max_rounds: int | None) -> None:
     """Say "nothing to do" without starting Ray or MLflow when the campaign is complete with this config, else run up
     to ``max_rounds`` new rounds and print the summary."""
     from engine.campaign import check_inputs, completed, run_campaign
-    from engine.runtime import init_ray
     from engine.summary import print_campaign_summary, print_nothing_to_do
 
     cfg = load(args)
@@ -102,7 +110,7 @@ def run_campaign_job(args: argparse.Namespace, max_rounds: int | None) -> None:
     if done is not None:  # only campaign.json was read
         print_nothing_to_do(cfg, done)
         return
-    init_ray()
+    start_ray(cfg)
     print_campaign_summary(cfg, run_campaign(cfg, max_rounds=max_rounds))
 
 
@@ -123,10 +131,8 @@ def _round_args(p: argparse.ArgumentParser) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from engine.runtime import init_ray
-
     cfg = load(args)
-    init_ray()
+    start_ray(cfg)
     from engine.products.evaluation import evaluate_checkpoint
 
     m = evaluate_checkpoint(cfg, args.checkpoint, args.source, split=args.split)
@@ -331,7 +337,18 @@ def _main(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> None:
     except KeyboardInterrupt:
         print(f"interrupted: {INTERRUPTED}", file=sys.stderr)
         sys.exit(130)
-    except Exception:  # a bug, not bad input: the traceback, then what to do with it
+    except Exception as exc:  # a bug, not bad input: the traceback, then what to do with it
+        from engine.io.fs import storage_oserror
+
+        disk = storage_oserror(exc)
+        if disk is not None:  # the storage is at fault (full, read-only, not allowed), not the engine
+            print(
+                f"error: {disk.strerror}{f': {disk.filename}' if disk.filename else ' (while writing)'}; free space "
+                "or fix the permissions of the storage root (or choose another storage.root), then run the same "
+                f"command again: {INTERRUPTED.split('; ', 1)[0]}",
+                file=sys.stderr,
+            )
+            sys.exit(2)
         traceback.print_exc()
         print(f"bug: {BUG_REPORT}", file=sys.stderr)
         sys.exit(1)

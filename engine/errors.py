@@ -41,3 +41,7 @@ class WriterLocked(EngineError):
 
 class CorruptFile(EngineError):
     """A committed file is not what its stage wrote (size or sha256 differs from its ``_SUCCESS.json``)."""
+
+
+class StorageError(EngineError, OSError):
+    """The storage root cannot be created, is not writable, or is full."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import uuid
@@ -13,6 +14,8 @@ from typing import IO, Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from engine.errors import StorageError
 
 
 @lru_cache(maxsize=32)
@@ -49,6 +52,71 @@ def makedirs(path: str) -> None:
     """Create a directory and its parents (no-op where directories are implicit, e.g. S3)."""
     fs, p = resolve(path)
     fs.create_dir(p, recursive=True)
+
+
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR})
+"""``OSError`` numbers that mean the storage, not the engine, is at fault (full, read-only, not allowed, a file in
+the way): jobs report them in one line (engine.cli) instead of a traceback."""
+
+MIN_FREE_BYTES = 16 << 20
+"""A local storage root with less free space than this is reported full before any stage starts."""
+
+_ANOTHER_ROOT = "or choose another folder with --set storage.root=PATH"
+
+
+def check_storage_root(root: str) -> None:
+    """Create a local storage root if missing and prove that it takes a file, before any stage (or Ray) starts.
+
+    Object-store roots (``s3://`` ...) are left to their first write: creating nothing there is no proof.
+
+    Raises:
+        StorageError: one line naming the root, what is wrong (cannot be created, not writable, full) and what to do.
+    """
+    if not is_local(root):
+        return
+    path = resolve(root)[1]
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        where = f" at {exc.filename}" if exc.filename and exc.filename != path else ""
+        raise StorageError(
+            f"storage root {root} cannot be created ({exc.strerror}{where}); create it yourself, {_ANOTHER_ROOT}"
+        ) from None
+    probe = os.path.join(path, f".write-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        what = "is full" if full else "is not writable"
+        todo = "free space on it" if full else "make it writable (a read-only mount? its permissions?)"
+        raise StorageError(f"storage root {root} {what} ({exc.strerror}); {todo}, {_ANOTHER_ROOT}") from None
+    finally:
+        with contextlib.suppress(OSError):  # never created (read-only), or already gone
+            os.remove(probe)
+    st = os.statvfs(path)
+    free = st.f_bavail * st.f_frsize
+    if free < MIN_FREE_BYTES:
+        raise StorageError(
+            f"storage root {root} is full ({free / 2**20:.1f} MiB free on its filesystem, under "
+            f"{MIN_FREE_BYTES >> 20} MiB); free space on it, {_ANOTHER_ROOT}"
+        )
+
+
+def storage_oserror(exc: BaseException) -> OSError | None:
+    """The storage ``OSError`` (:data:`STORAGE_ERRNOS`) behind ``exc``, following causes and Ray's wrapped task
+    errors; None when the failure is something else."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno in STORAGE_ERRNOS:
+            return cur
+        cause = getattr(cur, "cause", None)  # ray.exceptions.RayTaskError keeps the task's exception here
+        cur = cause if isinstance(cause, BaseException) else (cur.__cause__ or cur.__context__)
+    return None
 
 
 def listdir(path: str, suffix: str = "") -> list[str]:
