@@ -57,8 +57,13 @@ def add_common(p: argparse.ArgumentParser, *, config: bool = True, set_help: str
 
 
 def load(args: argparse.Namespace) -> Config:
-    """The Config of parsed ``--config`` and ``--set`` arguments."""
-    return load_config(args.config, args.overrides)
+    """The Config of parsed ``--config`` and ``--set`` arguments, checked against the registries and between keys
+    (:func:`engine.checks.check_config`) before anything runs."""
+    from engine.checks import check_config
+
+    cfg = load_config(args.config, args.overrides)
+    check_config(cfg)
+    return cfg
 
 
 def start_ray(cfg: Config) -> None:

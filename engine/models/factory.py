@@ -141,21 +141,37 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _create_timm(cfg: ModelConfig, num_classes: int) -> nn.Module:
+def check_model_name(cfg: ModelConfig, key: str = "model") -> None:
+    """Raise unless ``cfg.name`` names a net the factory can build (an engine net, or a timm architecture: timm is
+    imported only for a name that is not an engine net) with the weights options it allows; no net is built.
+
+    Raises:
+        ConfigError: an unknown name (with the closest ones), or weights / pretrained asked of an engine net.
+        MissingExtra: a timm name while timm is not installed.
+    """
+    if cfg.name in ENGINE_MODELS:
+        _check_engine_pretrained(cfg)
+        return
     try:
         import timm
     except ImportError:
         raise MissingExtra(
-            f"model.name={cfg.name!r} is not an engine net ({', '.join(ENGINE_MODELS)}) so it needs timm: "
+            f"{key}.name={cfg.name!r} is not an engine net ({', '.join(ENGINE_MODELS)}) so it needs timm: "
             "pip install timm"
         ) from None
     if not timm.is_model(cfg.name):
         close = difflib.get_close_matches(cfg.name, [*ENGINE_MODELS, *timm.list_models()], n=3)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise ConfigError(
-            f"unknown model.name {cfg.name!r}{hint} Engine nets: {', '.join(ENGINE_MODELS)}; any timm architecture "
+            f"unknown {key}.name {cfg.name!r}{hint} Engine nets: {', '.join(ENGINE_MODELS)}; any timm architecture "
             "also works (list them with python -c \"import timm; print(timm.list_models('*resnet*'))\")"
         )
+
+
+def _create_timm(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    check_model_name(cfg)
+    import timm
+
     kwargs: dict[str, Any] = {
         "pretrained": cfg.pretrained or cfg.weights is not None,
         "in_chans": cfg.in_chans,
