@@ -6,8 +6,10 @@ the stop reason); ids are stored before a round's work starts, so a re-run logs 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from engine.config import Config, flatten
@@ -77,8 +79,38 @@ def completed(cfg: Config) -> dict[str, Any] | None:
     return None
 
 
+_DRIVING: set[str] = set()
+"""Campaign directories whose driver lock this process holds (:func:`campaign_lock` is re-entrant)."""
+
+
+@contextlib.contextmanager
+def campaign_lock(cfg: Config) -> Iterator[None]:
+    """Hold the campaign's driver lock (``<root>/campaigns/<name>.lock``) for the ``with`` body: one driver per
+    campaign. A second driver gets a :class:`engine.errors.WriterLocked` naming the holder (pid, host, start)
+    before it writes anything, MLflow included. Re-entrant within the process that holds it (the campaign job
+    takes it before Ray starts, then calls :func:`run_campaign`, which takes it too)."""
+    from engine.io.lock import writer_lock
+
+    out_dir = CampaignLayout(cfg.storage.root, cfg.campaign.name).dir
+    if out_dir in _DRIVING:
+        yield
+        return
+    with writer_lock(out_dir, f"campaign {cfg.campaign.name}"):
+        _DRIVING.add(out_dir)
+        try:
+            yield
+        finally:
+            _DRIVING.discard(out_dir)
+
+
 def run_campaign(cfg: Config, *, max_rounds: int | None = None) -> dict[str, Any]:
-    """Run rounds 0..``campaign.rounds`` (or only up to ``max_rounds`` new ones); returns ``campaign.json``."""
+    """Run rounds 0..``campaign.rounds`` (or only up to ``max_rounds`` new ones) under the campaign's driver lock
+    (:func:`campaign_lock`); returns ``campaign.json``."""
+    with campaign_lock(cfg):
+        return _run_campaign(cfg, max_rounds=max_rounds)
+
+
+def _run_campaign(cfg: Config, *, max_rounds: int | None) -> dict[str, Any]:
     from engine.fingerprint import fingerprint
 
     lay = CampaignLayout(cfg.storage.root, cfg.campaign.name)

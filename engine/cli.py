@@ -66,12 +66,14 @@ def load(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def start_ray(cfg: Config) -> None:
-    """Check that the storage root can be created and written (one line when not), then start or join Ray."""
+def start_ray(cfg: Config, *, checked: bool = False) -> None:
+    """Check that the storage root can be created and written (one line when not; skipped when ``checked``), then
+    start or join Ray."""
     from engine.io.fs import check_storage_root
     from engine.runtime import init_ray
 
-    check_storage_root(cfg.storage.root)
+    if not checked:
+        check_storage_root(cfg.storage.root)
     init_ray()
 
 
@@ -104,9 +106,11 @@ def _ingest_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_campaign_job(args: argparse.Namespace, max_rounds: int | None) -> None:
-    """Say "nothing to do" without starting Ray or MLflow when the campaign is complete with this config, else run up
-    to ``max_rounds`` new rounds and print the summary."""
-    from engine.campaign import check_inputs, completed, run_campaign
+    """Say "nothing to do" without starting Ray or MLflow when the campaign is complete with this config, else take
+    the campaign's driver lock (a second driver is refused here, before Ray starts and before it writes anything),
+    run up to ``max_rounds`` new rounds and print the summary."""
+    from engine.campaign import campaign_lock, check_inputs, completed, run_campaign
+    from engine.io.fs import check_storage_root
     from engine.summary import print_campaign_summary, print_nothing_to_do
 
     cfg = load(args)
@@ -115,8 +119,10 @@ def run_campaign_job(args: argparse.Namespace, max_rounds: int | None) -> None:
     if done is not None:  # only campaign.json was read
         print_nothing_to_do(cfg, done)
         return
-    start_ray(cfg)
-    print_campaign_summary(cfg, run_campaign(cfg, max_rounds=max_rounds))
+    check_storage_root(cfg.storage.root)
+    with campaign_lock(cfg):
+        start_ray(cfg, checked=True)
+        print_campaign_summary(cfg, run_campaign(cfg, max_rounds=max_rounds))
 
 
 def _campaign(args: argparse.Namespace) -> None:

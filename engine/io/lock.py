@@ -62,6 +62,21 @@ def writer_lock(out_dir: str, label: str) -> Iterator[None]:
         os.close(fd)  # releases the flock
 
 
+@contextlib.contextmanager
+def waiting_lock(path: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the local file ``<path>.lock`` for the ``with`` body, waiting for another
+    holder to finish instead of refusing (short critical sections that any number of processes may need in turn,
+    e.g. creating and migrating a sqlite store)."""
+    lock = lock_path(path)
+    os.makedirs(os.path.dirname(lock) or ".", exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _try_lock(fd: int, attempts: int = 10, wait_s: float = 0.05) -> bool:
     """Take the exclusive lock, retrying briefly: a status probe (:func:`is_held`) holds a shared lock for an
     instant, which must not refuse a writer."""

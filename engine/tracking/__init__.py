@@ -22,6 +22,7 @@ from typing import Any
 
 from engine.errors import MissingExtra
 from engine.io import fs
+from engine.io.lock import waiting_lock
 
 log = logging.getLogger(__name__)
 
@@ -117,16 +118,22 @@ class Tracker:
         except ImportError as exc:  # pragma: no cover - mlflow is a core dependency
             raise MissingExtra("engine.tracking needs mlflow: pip install 'mlflow>=2.15,<4'") from exc
         _quiet_migrations()
-        if uri.startswith("sqlite:///"):
-            db_path = uri[len("sqlite:///") :]
-            parent = os.path.dirname(db_path)
-            if parent:
-                os.makedirs(parent, exist_ok=True)
-            relocate_embedded_store(db_path, experiment, artifact_root)
         self.uri = uri
         self.experiment_name = experiment
-        self._client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-        self.experiment_id = self._ensure_experiment(experiment, artifact_root)
+        if not uri.startswith("sqlite:///"):
+            self._client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            self.experiment_id = self._ensure_experiment(experiment, artifact_root)
+            return
+        db_path = uri[len("sqlite:///") :]
+        parent = os.path.dirname(db_path)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        # One process at a time creates, migrates or relocates the embedded store: two drivers creating it together
+        # fail in alembic's migration ("expected to match one row"). Later processes wait a moment here.
+        with waiting_lock(db_path):
+            relocate_embedded_store(db_path, experiment, artifact_root)
+            self._client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            self.experiment_id = self._ensure_experiment(experiment, artifact_root)
 
     # -- runs -------------------------------------------------------------------------------------------------------
 

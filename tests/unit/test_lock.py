@@ -97,3 +97,58 @@ def test_an_object_store_lease_refuses_a_second_writer_while_its_holder_beats_an
     with lease_lock(out, "select r001", ttl_s=1.0, settle_s=0.0):
         assert (tmp_path / "select.lease").exists()
     assert "taking over" in caplog.text and not (tmp_path / "select.lease").exists()  # released on exit
+
+
+HOLD_CAMPAIGN = """import sys, time
+from engine.campaign import campaign_lock
+from engine.config import load_config
+with campaign_lock(load_config(["conf/demo.yaml"], [f"storage.root={sys.argv[1]}"])):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_one_driver_per_campaign_the_second_is_refused_naming_the_first(tmp_path: Path) -> None:
+    from engine.campaign import campaign_lock
+    from engine.config import load_config
+    from engine.layout import CampaignLayout
+
+    cfg = load_config([REPO / "conf/demo.yaml"], [f"storage.root={tmp_path}"])
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_CAMPAIGN, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with pytest.raises(WriterLocked) as err, campaign_lock(cfg):
+            raise AssertionError("a second driver got the lock")
+        camp = CampaignLayout(str(tmp_path), "demo").dir
+        assert str(err.value).startswith(
+            f"campaign demo: {camp} is being written by pid {holder.pid} on {socket.gethostname()} (since "
+        )
+        assert sorted(p.name for p in (tmp_path / "campaigns").iterdir()) == ["demo.lock"]  # nothing written
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with campaign_lock(cfg), campaign_lock(cfg):  # free once its holder died; re-entrant in the holding process
+        pass
+
+
+HOLD_WAIT = """import sys, time
+from pathlib import Path
+from engine.io.lock import waiting_lock
+with waiting_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(1.0)
+    Path(sys.argv[1] + ".done").write_text("done")  # the last thing it does while holding the lock
+"""
+
+
+def test_a_waiting_lock_waits_for_its_holder_instead_of_refusing(tmp_path: Path) -> None:
+    from engine.io.lock import waiting_lock
+
+    db = str(tmp_path / "mlflow.db")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_WAIT, db], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    with waiting_lock(db):
+        assert Path(db + ".done").exists()  # granted only once the holder let go
+    holder.wait()
