@@ -1,17 +1,18 @@
 """The command line: ``fer-engine <command>`` (installed by pyproject) and the thin ``jobs/*.py`` files that
 ``ray job submit`` runs share one table of commands, so both take the same options and print the same lines.
 
-Commands: ingest, campaign, round, evaluate, report, export, import-fer-teacher, verify, status. Every command that
-reads a config takes ``--config`` (repeatable) and ``--set a.b=c`` (repeatable); every one takes ``--verbose``. An
-EngineError, or an OSError of the storage (full, read-only, not allowed), ends the command with one ``error: …``
-line and exit code 2; Ctrl-C with one ``interrupted: …`` line and 130; anything else is a bug: its traceback, then
-one ``bug: …`` line asking for a report, and exit code 1.
+Commands: ingest, campaign, round, evaluate, report, export, import-fer-teacher, verify, status, list, config. Every
+command that reads a config takes ``--config`` (repeatable) and ``--set a.b=c`` (repeatable); every one takes
+``--verbose``. An EngineError, or an OSError of the storage (full, read-only, not allowed), ends the command with one
+``error: …`` line and exit code 2; Ctrl-C with one ``interrupted: …`` line and 130; anything else is a bug: its
+traceback, then one ``bug: …`` line asking for a report, and exit code 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -134,11 +135,13 @@ def _campaign_args(p: argparse.ArgumentParser) -> None:
 
 
 def _round(args: argparse.Namespace) -> None:
-    run_campaign_job(args, max_rounds=None if args.all else 2)
+    run_campaign_job(args, max_rounds=None if args.all else 1)
 
 
 def _round_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--all", action="store_true", help="run every remaining round of the campaign")
+    p.add_argument(
+        "--all", action="store_true", help="run every remaining round of the campaign (as the campaign command)"
+    )
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -266,6 +269,73 @@ def _verify(args: argparse.Namespace) -> None:
     sys.exit(1)
 
 
+LISTS = ("models", "policies", "formats", "label-spaces")
+"""What ``fer-engine list`` lists."""
+
+
+def registry_listing(what: str) -> list[tuple[str, str]]:
+    """``(name, one-line description)`` of each registered model, threshold policy, source format or label space."""
+    if what == "models":
+        from engine.models import nets
+        from engine.models.factory import ENGINE_MODELS
+
+        classes = {"tiny_cnn": nets.TinyCNN, "small_cnn": nets.SmallCNN, "vgg_fer": nets.VGGFER}
+        classes |= {"resnet_fer": nets.ResNetFER, "mini_xception": nets.MiniXception}
+        out = [(n, _first_paragraph(classes[n].__doc__)) for n in ENGINE_MODELS]
+        return [*out, ("<timm name>", "any timm architecture, e.g. resnet18 (list them with timm.list_models())")]
+    if what == "policies":
+        from engine.thresholds.registry import available_policies, policy_class
+
+        return [(n, _first_paragraph(policy_class(n).__doc__)) for n in available_policies()]
+    if what == "formats":
+        import sys as _sys
+
+        from engine.sources.base import _ADAPTERS, adapter_names
+
+        return [(n, _first_paragraph(_sys.modules[_ADAPTERS[n].__module__].__doc__)) for n in adapter_names()]
+    from engine.labels import LABEL_SPACES
+
+    return [(n, ", ".join(s.classes)) for n, s in sorted(LABEL_SPACES.items())]
+
+
+def _first_paragraph(doc: str | None) -> str:
+    import inspect
+
+    return " ".join(inspect.cleandoc(doc or "").split("\n\n")[0].split())
+
+
+def _list(args: argparse.Namespace) -> None:
+    rows = registry_listing(args.what)
+    width = max(len(n) for n, _ in rows)
+    for name, doc in rows:
+        print(f"{name:<{width}}  {doc}")
+
+
+def _list_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("what", choices=LISTS, help="which registry to list")
+
+
+def _config(args: argparse.Namespace) -> None:
+    from engine.config import config_origins, flatten
+
+    cfg = load(args)
+    origins = config_origins(args.config, args.overrides)
+    flat = flatten(cfg)
+    width = max(len(k) for k in flat)
+    for key, value in flat.items():
+        shown = json.dumps(list(value) if isinstance(value, tuple) else value)
+        print(f"{key + ':':<{width + 1}} {shown:<24} # {origins.get(key, 'default')}")
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--show",
+        action="store_true",
+        required=True,
+        help="print every key of the resolved config with where its value came from (default, a file, --set)",
+    )
+
+
 @dataclass(frozen=True)
 class Command:
     """One subcommand of ``fer-engine`` and its ``jobs/`` file."""
@@ -281,7 +351,12 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "ingest": Command("ingest sources into WebDataset shards with a manifest", _ingest, _ingest_args),
     "campaign": Command("run a whole campaign: ingest, partition, rounds 0..N", _campaign, _campaign_args),
-    "round": Command("run the next round of a campaign (round 0 first when it has not run)", _round, _round_args),
+    "round": Command(
+        "run one round of a campaign: the next one not done (round 0, the first teacher, when none has run); --all "
+        "runs every remaining round",
+        _round,
+        _round_args,
+    ),
     "evaluate": Command("evaluate a checkpoint on an ingested labelled source", _evaluate, _evaluate_args),
     "report": Command(
         "rebuild a finished round's report.html (and log it to its MLflow run)",
@@ -311,6 +386,18 @@ COMMANDS: dict[str, Command] = {
         _root_args,
         config=False,
     ),
+    "list": Command(
+        "list the registered models, threshold policies, source formats or label spaces",
+        _list,
+        _list_args,
+        config=False,
+        set_help=argparse.SUPPRESS,
+    ),
+    "config": Command(
+        "print the resolved config (defaults, --config files, --set) and where each value came from",
+        _config,
+        _config_args,
+    ),
 }
 
 
@@ -319,6 +406,17 @@ def _add_command(p: argparse.ArgumentParser, name: str) -> None:
     add_common(p, config=cmd.config, set_help=cmd.set_help)
     cmd.add_args(p)
     p.set_defaults(_run=cmd.run)
+
+
+def build_parser(name: str) -> argparse.ArgumentParser:
+    """The parser of ``fer-engine <name>`` alone, formatted at 100 columns (the CLI reference prints its help)."""
+    p = argparse.ArgumentParser(
+        prog=f"fer-engine {name}",
+        description=COMMANDS[name].help,
+        formatter_class=lambda prog: argparse.HelpFormatter(prog, width=100),
+    )
+    _add_command(p, name)
+    return p
 
 
 def entry(argv: Sequence[str] | None = None) -> None:
@@ -348,6 +446,9 @@ def _main(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> None:
     except KeyboardInterrupt:
         print(f"interrupted: {INTERRUPTED}", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:  # the reader went away (`fer-engine config --show | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
     except Exception as exc:  # a bug, not bad input: the traceback, then what to do with it
         from engine.io.fs import storage_oserror
 
@@ -363,3 +464,7 @@ def _main(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> None:
         traceback.print_exc()
         print(f"bug: {BUG_REPORT}", file=sys.stderr)
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    entry()

@@ -348,12 +348,15 @@ class TrainConfig:
     """Student training on Ray Train."""
 
     epochs: int = 10
+    """Passes over the training set (labelled + the round's pseudo-labelled rows)."""
     batch_size: int = 128
     """Labelled (and pseudo-labelled) samples per step."""
     lr: float = 0.03
+    """Base learning rate (the peak of ``onecycle``)."""
     optimizer: str = "sgd"
     """sgd (Nesterov, momentum 0.9) or adamw."""
     weight_decay: float = 5e-4
+    """L2 weight decay of the optimiser."""
     lambda_u: float = 1.0
     """Weight of the pseudo-labelled (and online unlabelled) loss."""
     balanced_sampling: bool = False
@@ -363,16 +366,20 @@ class TrainConfig:
     mu: int = 1
     """Unlabelled:labelled batch ratio of the online branch."""
     num_workers: int = 1
+    """Ray Train workers (data-parallel, DDP); each reserves one CPU (and one GPU with ``use_gpu``)."""
     in_process: bool = False
     """Train in the driver process (Ray Train's local mode, ``ScalingConfig(num_workers=0)``): no controller and
     worker actors, so none of their start-up (about 15 s per training on a 2-core machine, more than a small
     student's epochs); one worker only (``num_workers`` = 1); the engine keeps the last epoch's checkpoint in the
     run directory and a re-run resumes from it; no retry within a call (``max_failures`` unused)."""
     use_gpu: bool = False
+    """Give each Ray Train worker a GPU."""
     mixed_precision: bool = True
     """bf16/fp16 autocast when training on GPU (ignored on CPU)."""
     max_failures: int = 1
+    """Ray Train restarts of a failed run (a lost worker or node) from its last epoch checkpoint."""
     seed: int = 0
+    """Seed of the initial weights, sampling order and augmentation draws (per epoch and worker)."""
     warm_start: bool = False
     """Initialise the student from the teacher's weights."""
     fine_weight: float = 1.0
@@ -456,7 +463,9 @@ class EvalConfig:
     """Evaluation of a checkpoint on the campaign's val and test splits."""
 
     splits: tuple[str, ...] = ("val", "test")
+    """Splits evaluated after each round."""
     batch_size: int = 512
+    """Images per forward pass."""
     tta_flip: bool = False
     """Average the probabilities of the image and its horizontal flip (as ``score.tta_flip``)."""
 
@@ -473,6 +482,7 @@ class TrackingConfig:
     uri: str | None = None
     """Tracking URI; None means a sqlite store under the storage root."""
     experiment: str = "fer-pseudolabel"
+    """MLflow experiment of the campaign runs (created on first use)."""
     log_models: bool = True
     """Log each round's student as an MLflow model (engine.tracking.pyfunc_model), registered under the campaign's
     name; the registry alias ``champion`` follows the campaign's teacher."""
@@ -528,6 +538,7 @@ class CampaignConfig:
     """Which data plays which role, and how many rounds."""
 
     name: str = "default"
+    """Campaign name: its folder under ``<root>/campaigns/``, its MLflow run and registered model name."""
     labelled: tuple[str, ...] = ()
     """Sources whose train split is labelled."""
     unlabelled: tuple[str, ...] = ()
@@ -537,11 +548,15 @@ class CampaignConfig:
     labelled_fraction: float | None = None
     """Keep a seeded, class-stratified fraction of the labelled train split as labelled; the rest joins the pool."""
     max_labelled: int | None = None
+    """At most this many labelled rows (seeded, by key hash; demos and tests)."""
     max_unlabelled: int | None = None
+    """At most this many pool rows (seeded, by key hash; demos and tests)."""
     max_eval: int | None = None
-    """Caps (seeded, by key hash) for demos and tests."""
+    """At most this many val and test rows each (seeded, by key hash; demos and tests)."""
     rounds: int = 1
+    """Pseudo-label rounds after round 0 (the first teacher): the campaign runs rounds 0..rounds."""
     seed: int = 0
+    """Seed of the labelled fraction, the caps, the pool / eval membership and curation's folds."""
     teacher_checkpoint: str | None = None
     """Round-0 teacher checkpoint instead of training one on the labelled set."""
     stop_when_no_gain: bool = True
@@ -688,6 +703,24 @@ def load_config(paths: Sequence[str | Path] = (), overrides: Sequence[str] = ())
     if "://" not in root and os.path.exists(root) and not os.path.isdir(root):
         raise ConfigError(f"storage.root {root} is a file, not a folder; give a folder (it is created if missing)")
     return cfg
+
+
+def config_origins(paths: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> dict[str, str]:
+    """``flattened key → where its value came from``: the last ``--config`` file that sets it, or ``--set``.
+
+    Keys that neither sets keep their dataclass defaults and are absent. Call after :func:`load_config` has accepted
+    the same arguments (this re-reads them without checking).
+    """
+    out: dict[str, str] = {}
+    for path in paths:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        out |= dict.fromkeys(flatten(data), str(path))
+    for item in overrides:
+        key, _, raw = item.partition("=")
+        value = yaml.safe_load(raw) if raw.strip() else None
+        keys = flatten(value, f"{key.strip()}.") if isinstance(value, dict) else {key.strip(): value}
+        out |= dict.fromkeys(keys, "--set")
+    return out
 
 
 def _absolute_local_paths(cfg: Config) -> Config:

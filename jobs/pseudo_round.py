@@ -1,6 +1,7 @@
-"""Run the next round of a campaign (ingesting its sources first if needed), e.g. on a cluster:
+"""Run one round of a campaign: the next one not done (ingesting its sources first if needed), e.g. on a cluster:
 ``ray job submit --working-dir . -- python jobs/pseudo_round.py --config conf/demo.yaml --set storage.root=s3://…``.
-Round 0 (the first teacher) runs first when it has not run yet (the same as ``fer-engine round``)."""
+The first call runs round 0 (the first teacher), each later call the next round; ``--all`` runs every remaining
+round (the same as ``fer-engine round``)."""
 
 from __future__ import annotations
 

@@ -81,6 +81,7 @@ def test_job_submit_runs_round_0_and_1(tiny_campaign: Any, fer2013_dir: Path, tm
                 "--",
                 "python",
                 "jobs/pseudo_round.py",
+                "--all",
                 "--config",
                 "conf/demo.yaml",
                 *tiny_overrides(root, fer2013_dir, epochs=1),

@@ -46,7 +46,7 @@ def test_sigkill_mid_training_then_rerun_resumes_same_round_and_run(
     tiny_campaign: Any, fer2013_dir: Path, tmp_path: Path
 ) -> None:
     root = tiny_campaign.copy_sources(tmp_path / "store")  # ingest committed: the driver starts at the partition
-    cmd = [sys.executable, "jobs/pseudo_round.py", "--config", "conf/demo.yaml"]
+    cmd = [sys.executable, "jobs/pseudo_round.py", "--all", "--config", "conf/demo.yaml"]
     cmd += tiny_overrides(root, fer2013_dir, epochs=EPOCHS)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["RAY_AUTH_MODE"] = "disabled"

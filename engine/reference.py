@@ -1,0 +1,253 @@
+"""The generated references of the documentation: every configuration key (from the config dataclasses, their
+attribute docstrings and the checks in their ``__post_init__``) and every command (from the argument parsers).
+
+``python -m engine.reference`` rewrites ``docs/reference/config.md`` and ``docs/reference/cli.md``; a test fails
+when a committed page differs from a fresh generation, so the references cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import itertools
+import json
+import sys
+import typing
+from pathlib import Path
+from typing import Any
+
+from engine import config as config_mod
+
+CONFIG_PAGE = "docs/reference/config.md"
+CLI_PAGE = "docs/reference/cli.md"
+
+_HELPERS = {"_check_range", "_check_choice", "_check_positive"}
+
+REGISTERED: dict[str, str] = {
+    "sources.<name>.format": "formats",
+    "sources.<name>.label_space": "label_spaces",
+    "model.name": "models",
+    "threshold.policy": "policies",
+    "train.online_policy": "policies",
+}
+"""Keys whose valid values are a registry's names (listed in the page, checked at load by engine.checks)."""
+
+
+def registry_names() -> dict[str, list[str]]:
+    """The names each registry holds now: source formats, label spaces, engine nets, threshold policies."""
+    from engine.labels import LABEL_SPACES
+    from engine.models.factory import ENGINE_MODELS
+    from engine.sources import adapter_names
+    from engine.thresholds.registry import available_policies
+
+    return {
+        "formats": list(adapter_names()),
+        "label_spaces": sorted(LABEL_SPACES),
+        "models": [*ENGINE_MODELS, "any timm architecture (timm.list_models())"],
+        "policies": list(available_policies()),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyDoc:
+    """One configuration key as the reference shows it."""
+
+    key: str
+    type: str
+    default: str
+    checks: tuple[str, ...]
+    doc: str
+
+
+def _attribute_docs(cls: type) -> dict[str, str]:
+    """``field → docstring``: the string literal right after each annotated field of ``cls``'s class body."""
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    out: dict[str, str] = {}
+    for node, nxt in itertools.pairwise(body):
+        field = node.target.id if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) else None
+        if (
+            field
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            out[field] = inspect.cleandoc(nxt.value.value)
+    return out
+
+
+def _literal(node: ast.expr) -> str:
+    """A check's bound or choices as the reader should see them (names of module constants resolved)."""
+    if isinstance(node, ast.Name) and hasattr(config_mod, node.id):
+        value = getattr(config_mod, node.id)
+        return ", ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+    if isinstance(node, ast.Tuple):
+        return ", ".join(_literal(e) for e in node.elts)
+    if isinstance(node, ast.Constant):
+        return str(node.value)
+    text = ast.unparse(node)
+    return {"1 << 62": "2^62", "float('inf')": "∞", "float(self.epochs)": "epochs"}.get(text, text)
+
+
+def _field_of(node: ast.expr) -> str | None:
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
+        return node.attr
+    return None
+
+
+def _message_text(node: ast.expr) -> str:
+    """The text of a raised ConfigError's message, placeholders shown as ``…``."""
+    if isinstance(node, ast.Constant):
+        return str(node.value)
+    if isinstance(node, ast.JoinedStr):
+        return "".join(str(v.value) if isinstance(v, ast.Constant) else "…" for v in node.values)
+    return ""
+
+
+def _checks(cls: type, names: list[str]) -> dict[str, list[str]]:
+    """``field → the checks __post_init__ makes of it``: range and choice helpers, and the rule of each other
+    ConfigError it raises (its message, from "must")."""
+    out: dict[str, list[str]] = {n: [] for n in names}
+    post = getattr(cls, "__post_init__", None)
+    if post is None:
+        return out
+    tree = ast.parse(inspect.cleandoc("\n" + inspect.getsource(post)))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _HELPERS:
+            target = _field_of(node.args[1])
+            if target is None or target not in out:
+                continue
+            if node.func.id == "_check_positive":
+                out[target].append("> 0")
+            elif node.func.id == "_check_choice":
+                out[target].append(f"one of: {_literal(node.args[2])}")
+            else:
+                hi_open = any(k.arg == "hi_open" for k in node.keywords)
+                out[target].append(f"in [{_literal(node.args[2])}, {_literal(node.args[3])}{')' if hi_open else ']'}")
+        elif isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and node.exc.args:
+            text = _message_text(node.exc.args[0])
+            rule = text[text.find("must") :].split(", got")[0].split("; got")[0] if "must" in text else ""
+            for name in names:
+                if rule and f".{name} " in text.split(" must")[0] + " ":
+                    out[name].append(rule)
+    return out
+
+
+def _type_name(tp: Any) -> str:
+    text = str(tp) if not isinstance(tp, type) else tp.__name__
+    return text.replace("typing.", "").replace("NoneType", "None")
+
+
+def _default(f: dataclasses.Field[Any]) -> str:
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+    else:
+        return "(required)"
+    return json.dumps(list(value) if isinstance(value, tuple) else value)
+
+
+def section_keys(prefix: str, cls: type) -> list[KeyDoc]:
+    """Every key of the config section ``cls`` under ``prefix`` (``threshold``, ``sources.<name>`` ...)."""
+    hints = typing.get_type_hints(cls)
+    fields = [f for f in dataclasses.fields(cls) if not (cls is config_mod.SourceConfig and f.name == "name")]
+    docs = _attribute_docs(cls)
+    checks = _checks(cls, [f.name for f in fields])
+    out = []
+    for f in fields:
+        key = f"{prefix}.{f.name}"
+        extra = [f"a registered name: see {REGISTERED[key].replace('_', ' ')} below"] if key in REGISTERED else []
+        out.append(
+            KeyDoc(key, _type_name(hints[f.name]), _default(f), tuple(checks[f.name] + extra), docs.get(f.name, ""))
+        )
+    return out
+
+
+def all_keys() -> list[tuple[str, str, list[KeyDoc]]]:
+    """``(section, its docstring, its keys)`` for every section of :class:`engine.config.Config`."""
+    hints = typing.get_type_hints(config_mod.Config)
+    out = []
+    for f in dataclasses.fields(config_mod.Config):
+        tp = hints[f.name]
+        if typing.get_origin(tp) is dict:
+            cls, prefix = typing.get_args(tp)[1], f"{f.name}.<name>"
+        else:
+            cls, prefix = tp, f.name
+        out.append((prefix, inspect.cleandoc(cls.__doc__ or ""), section_keys(prefix, cls)))
+    return out
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def config_reference() -> str:
+    """The Markdown of ``docs/reference/config.md``."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "<!-- Generated by `python -m engine.reference` from engine/config.py; do not edit by hand. -->",
+        "",
+        "Every key of the configuration, by section: its type, its default, the checks made when the config loads",
+        "(ranges and choices; names backed by a registry are checked against it, with the nearest valid name in the",
+        "error) and its meaning. YAML files state only what differs from these defaults; `--set section.key=value`",
+        "overrides any key; `fer-engine config --show` prints the resolved config and where each value came from.",
+        "",
+    ]
+    for prefix, doc, keys in all_keys():
+        lines += [
+            f"## `{prefix}`",
+            "",
+            _cell(doc),
+            "",
+            "| key | type | default | checked | meaning |",
+            "|---|---|---|---|---|",
+        ]
+        for k in keys:
+            checks = "; ".join(k.checks)
+            lines.append(
+                f"| `{k.key}` | `{_cell(k.type)}` | `{_cell(k.default)}` | {_cell(checks)} | {_cell(k.doc)} |"
+            )
+        lines.append("")
+    lines += ["## Registered names", ""]
+    for name, values in registry_names().items():
+        lines.append(f"- **{name.replace('_', ' ')}**: {', '.join(f'`{v}`' if ' ' not in v else v for v in values)}")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def cli_reference() -> str:
+    """The Markdown of ``docs/reference/cli.md``: each command's ``--help``, as argparse prints it at 100 columns."""
+    from engine.cli import COMMANDS, build_parser
+
+    lines = [
+        "# Command-line reference",
+        "",
+        "<!-- Generated by `python -m engine.reference` from engine/cli.py; do not edit by hand. -->",
+        "",
+        "`fer-engine <command>` and `python jobs/<command>.py` take the same options (the job files are what",
+        "`ray job submit` runs; `jobs/pseudo_round.py` is the `round` command).",
+        "",
+    ]
+    for name in COMMANDS:
+        sub = build_parser(name)
+        lines += [f"## `{name}`", "", "```text", sub.format_help().rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+def write(root: Path) -> list[Path]:
+    """Rewrite both pages under ``root`` (the repository); returns their paths."""
+    out = []
+    for rel, text in ((CONFIG_PAGE, config_reference()), (CLI_PAGE, cli_reference())):
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        out.append(path)
+    return out
+
+
+if __name__ == "__main__":
+    for p in write(Path(sys.argv[1] if len(sys.argv) > 1 else ".")):
+        print(f"wrote {p}")
