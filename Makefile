@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SHARED ?= ../shared
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: install demo test test-unit lint typecheck bench bench-ingest bench-score bench-train bench-thresholds bench-ssl clean
+.PHONY: install demo test test-unit lint typecheck docs bench bench-ingest bench-score bench-train bench-thresholds bench-ssl clean
 
 install: $(STAMP)
 
@@ -23,6 +23,10 @@ test: install
 
 test-unit: install
 	$(BIN)/python -m pytest -q -m "not integration" tests
+
+# The documentation site (MkDocs Material): `make docs`, then open site/index.html. Strict: a broken link fails it.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 lint: install
 	$(BIN)/ruff check engine jobs tests bench
@@ -51,4 +55,4 @@ bench-ssl: install
 	$(BIN)/python bench/ssl_fer2013.py --preset cpu
 
 clean:
-	rm -rf runs .pytest_cache .ruff_cache .mypy_cache
+	rm -rf runs site .pytest_cache .ruff_cache .mypy_cache

@@ -89,10 +89,14 @@ def check_storage_root(root: str) -> None:
             f.flush()
             os.fsync(f.fileno())
     except OSError as exc:
-        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-        what = "is full" if full else "is not writable"
-        todo = "free space on it" if full else "make it writable (a read-only mount? its permissions?)"
-        raise StorageError(f"storage root {root} {what} ({exc.strerror}); {todo}, {_ANOTHER_ROOT}") from None
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StorageError(
+                f"storage root {root} is full ({exc.strerror}); free space on it, {_ANOTHER_ROOT}"
+            ) from None
+        raise StorageError(
+            f"storage root {root} is not writable ({exc.strerror}); make it writable (a read-only mount? its "
+            f"permissions?), {_ANOTHER_ROOT}"
+        ) from None
     finally:
         with contextlib.suppress(OSError):  # never created (read-only), or already gone
             os.remove(probe)

@@ -11,15 +11,26 @@ from pathlib import Path
 
 from engine import config as config_mod
 from engine.cli import COMMANDS, registry_listing
-from engine.reference import CLI_PAGE, CONFIG_PAGE, cli_reference, config_reference
+from engine.reference import cli_reference, config_reference, errors_reference, pages, raised_errors
 
 REPO = Path(__file__).resolve().parents[2]
 FIX = "run `python -m engine.reference` and commit docs/reference/"
 
 
 def test_committed_references_equal_a_fresh_generation() -> None:
-    assert (REPO / CONFIG_PAGE).read_text() == config_reference(), FIX
-    assert (REPO / CLI_PAGE).read_text() == cli_reference(), FIX
+    for rel, text in pages().items():
+        assert (REPO / rel).read_text() == text, f"{rel} is stale: {FIX}"
+
+
+def test_the_troubleshooting_page_lists_the_engine_errors() -> None:
+    errors = raised_errors(REPO / "engine")
+    page = errors_reference()
+    assert f"{len(errors)} messages." in page
+    assert (
+        "| threshold.tau_min=… is above threshold.tau=…; … keeps every threshold between them: set tau_min <= tau | "
+        "`engine/checks.py` |" in page
+    )
+    assert ("StorageError", "engine/io/fs.py", "storage root … is full (…); free space on it, …") in errors
 
 
 def _dataclass_keys(prefix: str, cls: type) -> set[str]:
