@@ -142,7 +142,7 @@ class IngestStage(Stage):
         cols = ["key", "orig_path", "part", "row", "split", "status", "sha256", "phash"]
         parts = max(2, min(64, n_parts))
         with task_shuffle():
-            ds = ray.data.read_parquet(paths, columns=cols).filter(expr=_col("status") == "ok")
+            ds = ray.data.read_parquet(paths).select_columns(cols).filter(expr=_col("status") == "ok")
             exact = ds.groupby("sha256", num_partitions=parts).map_groups(_exact_group, batch_format="pyarrow")
             near = ds.groupby("phash", num_partitions=parts).map_groups(_near_group, batch_format="pyarrow")
             return _merge_decisions(exact.take_all(), near.take_all() if self.cfg.phash_leakage else [])

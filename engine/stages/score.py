@@ -218,7 +218,7 @@ class ScoreStage(Stage):
             [s.tar for s in shards],
             decoder=None,
             override_num_blocks=len(shards),
-            ray_remote_args={"num_cpus": READ_CPUS},
+            num_cpus=READ_CPUS,
         )
         scored_ds = ds.map_batches(
             PoolScorer,
