@@ -1,7 +1,7 @@
 """ABAW2021 sequence ensemble: does a GRU / transformer over a video's frames beat the per-frame CNN it sits on?
 
 Builds an Aff-Wild2-format source whose videos are segments of real FER2013 faces sharing one expression
-(``tests.fixtures.write_affwild2_segments``: train videos from FER2013Train faces, validation videos from FER2013Valid
+(``bench.fer_layouts.write_affwild2_segments``: train videos from FER2013Train faces, validation videos from FER2013Valid
 faces, every face used once), then runs the recipe ``conf/recipes/abaw_ensemble.yaml`` as an engine campaign (local
 Ray, MLflow under the root): the CNN is trained on the labelled frames, the GRU and transformer members are fitted on
 its frozen features, the ensemble scores the pool, and round 1 retrains. Prints and writes the validation macro-F1,
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> str:
     from engine.campaign import run_campaign
     from engine.logs import setup_logging
     from engine.runtime import init_ray
-    from tests.fixtures import write_affwild2_segments
+    from bench.fer_layouts import write_affwild2_segments
 
     root = Path(args.root).resolve()
     data = root / "fixture"
