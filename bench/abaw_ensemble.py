@@ -1,11 +1,12 @@
 """ABAW2021 sequence ensemble: does a GRU / transformer over a video's frames beat the per-frame CNN it sits on?
 
 Builds an Aff-Wild2-format source whose videos are segments of real FER2013 faces sharing one expression
-(``bench.fer_layouts.write_affwild2_segments``: train videos from FER2013Train faces, validation videos from FER2013Valid
-faces, every face used once), then runs the recipe ``conf/recipes/abaw_ensemble.yaml`` as an engine campaign (local
-Ray, MLflow under the root): the CNN is trained on the labelled frames, the GRU and transformer members are fitted on
-its frozen features, the ensemble scores the pool, and round 1 retrains. Prints and writes the validation macro-F1,
-accuracy and ABAW2021 score (0.67 F1 + 0.33 acc) of every member and of the ensemble, per round.
+(``bench.fer_layouts.write_affwild2_segments``: train videos from FER2013Train faces, validation videos from
+FER2013Valid faces, every face used once), then runs the recipe ``conf/recipes/abaw_ensemble.yaml`` as an engine
+campaign (local Ray, MLflow under the root): the CNN is trained on the labelled frames, the GRU and transformer
+members are fitted on its frozen features, the ensemble scores the pool, and round 1 retrains. Prints and writes
+the validation macro-F1, accuracy and ABAW2021 score (0.67 F1 + 0.33 acc) of every member and of the ensemble,
+per round.
 
 The videos are a stand-in (neighbouring frames are different faces of one expression, no motion), so the figures
 show that the sequence members use the window context, not how they would do on Aff-Wild2.
@@ -41,10 +42,10 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    from bench.fer_layouts import write_affwild2_segments
     from engine.campaign import run_campaign
     from engine.logs import setup_logging
     from engine.runtime import init_ray
-    from bench.fer_layouts import write_affwild2_segments
 
     root = Path(args.root).resolve()
     data = root / "fixture"

@@ -10,7 +10,7 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.config import Config, flatten
 from engine.errors import ConfigError
@@ -19,14 +19,16 @@ from engine.layout import CampaignLayout
 from engine.round import run_round
 from engine.stages.base import StageContext, TeacherRef
 
+if TYPE_CHECKING:
+    from engine.tracking import Tracker
+
 log = logging.getLogger(__name__)
 
 
-def _tracker(cfg: Config) -> Any:
-    from engine.tracking import Tracker, default_artifact_root, default_uri
+def _tracker(cfg: Config) -> Tracker:
+    from engine.tracking import tracker_for
 
-    uri = cfg.tracking.uri or default_uri(cfg.storage.root)
-    return Tracker(uri, cfg.tracking.experiment, default_artifact_root(cfg.storage.root))
+    return tracker_for(cfg.storage.root, cfg.tracking.uri, cfg.tracking.experiment)
 
 
 def prepare(cfg: Config) -> StageContext:
@@ -177,9 +179,11 @@ def _run_campaign(cfg: Config, *, max_rounds: int | None) -> dict[str, Any]:
         fs.write_json(lay.state, state)
         new += 1
     if new:
+        from engine.tracking import CAMPAIGN_BEST_VAL
+
         tracker.log_metrics(
             state["mlflow_run_id"],
-            {"campaign/best_val_macro_f1": (state["teacher"] or {}).get("val_macro_f1")},
+            {CAMPAIGN_BEST_VAL: (state["teacher"] or {}).get("val_macro_f1")},
             step=max((int(k) for k in state["rounds"]), default=0),
         )
     if state["stopped"] or all(

@@ -437,12 +437,9 @@ def state_dict_mismatch(source: Mapping[str, torch.Tensor], target: Mapping[str,
 def log_epoch_to_mlflow(tracking: Mapping[str, str], record: Mapping[str, Any], label_space: LabelSpace) -> None:
     """Log one epoch record to the MLflow run ``tracking["run_id"]`` at step ``epoch`` (keys ``train/<metric>``,
     per-class thresholds as ``train/tau/<class>``; missing and infinite values are skipped)."""
-    from engine.tracking import log_run_metrics
+    from engine.tracking import epoch_metrics, log_run_metrics
 
-    names = ("train_loss", "loss_s", "loss_u", "lr", "images_per_s", "mask_rate", "val_macro_f1", "val_accuracy")
-    values = {f"train/{k}": record.get(k) for k in names}
-    for name, tau in zip(label_space.classes, record.get("thresholds") or [], strict=False):
-        values[f"train/tau/{name}"] = tau
+    values = epoch_metrics(record, label_space.classes)
     log_run_metrics(tracking["tracking_uri"], tracking["run_id"], values, int(record["epoch"]))
 
 

@@ -309,12 +309,13 @@ def backfill_mlflow(tracking: Mapping[str, str], history: Sequence[Mapping[str, 
 
     The training controller logs each epoch right after registering its checkpoint (train/callbacks.py), so a process
     killed between the two leaves a checkpointed epoch without metrics; after a resume this fills the gap, so the run
-    holds every epoch exactly once (step = epoch). Presence is judged by ``train/lr``, which every record has.
+    holds every epoch exactly once (step = epoch). Presence is judged by ``train/lr`` (``EPOCH_PRESENCE_KEY``), which
+    every record has.
     """
-    from engine.tracking import run_metric_steps
+    from engine.tracking import EPOCH_PRESENCE_KEY, run_metric_steps
     from engine.train.loop import log_epoch_to_mlflow
 
-    logged = run_metric_steps(tracking["tracking_uri"], tracking["run_id"], "train/lr")
+    logged = run_metric_steps(tracking["tracking_uri"], tracking["run_id"], EPOCH_PRESENCE_KEY)
     missing = [r for r in history if int(r["epoch"]) not in logged]
     for record in missing:
         log_epoch_to_mlflow(tracking, record, spec.label_space)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.config import Config
 from engine.errors import ConfigError
@@ -24,6 +24,9 @@ from engine.products.report.sections import (
 )
 from engine.stored import RoundRef
 
+if TYPE_CHECKING:
+    from engine.tracking import Tracker
+
 log = logging.getLogger(__name__)
 
 
@@ -35,7 +38,7 @@ def finish_round(
     lay: RoundLayout,
     doc: dict[str, Any],
     *,
-    tracker: Any = None,
+    tracker: Tracker | None = None,
     run_id: str | None = None,
 ) -> None:
     """``report.html`` of a round whose stages have committed, logged to its MLflow run.
@@ -65,12 +68,10 @@ def rebuild_report(round_dir: str, overrides: Sequence[str] = (), *, label_issue
         run_label_issues(ref)
     path = write_report(ref, doc=doc)
     if doc.get("mlflow_run_id"):
-        from engine.tracking import Tracker, default_artifact_root, default_uri
+        from engine.tracking import tracker_for
 
-        uri = ref.cfg.tracking.uri or default_uri(ref.root)
-        Tracker(uri, ref.cfg.tracking.experiment, default_artifact_root(ref.root)).log_artifact(
-            doc["mlflow_run_id"], path
-        )
+        tracker = tracker_for(ref.root, ref.cfg.tracking.uri, ref.cfg.tracking.experiment)
+        tracker.log_artifact(doc["mlflow_run_id"], path)
     return path
 
 
