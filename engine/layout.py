@@ -1,4 +1,4 @@
-"""Every path of the storage layout, in one place (see DESIGN.md "Storage layout")."""
+"""Every path of the storage layout, in one place (docs/concepts.md, "Storage layout")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The parquet schemas of every committed file (DESIGN.md "Schemas"), and the one function that builds a score part.
+"""The parquet schemas of every committed file (docs/concepts.md, "Storage layout"), and the one function that builds
+a score part.
 
 Sources list rows as ``LISTING_SCHEMA``; ingest commits ``MANIFEST_SCHEMA`` parts and a ``QUARANTINE_SCHEMA`` table;
 score parts follow :func:`score_schema`; the selection is ``SELECTION_SCHEMA``; training streams
@@ -66,8 +67,8 @@ QUARANTINE_SCHEMA = pa.schema(
 
 
 def score_schema(num_classes: int, branches: int = 0, *, va: bool = False, features: int = 0) -> pa.Schema:
-    """Schema of a score part (DESIGN.md "Schemas"): ``branch_probs`` and ``disagreement`` with branches, ``valence``
-    and ``arousal`` with a VA head, ``features`` (raw parts of sequence teachers only)."""
+    """Schema of a score part (docs/concepts.md, "Storage layout"): ``branch_probs`` and ``disagreement`` with
+    branches, ``valence`` and ``arousal`` with a VA head, ``features`` (raw parts of sequence teachers only)."""
     fields = [
         ("key", pa.string()),
         ("shard", pa.string()),

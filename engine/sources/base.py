@@ -312,7 +312,7 @@ class SourceAdapter:
             path: the file or folder the layout needs.
             what: its name in the message.
             hint: what to do (where to download the dataset, what to point ``sources.<name>.path`` at); the default
-                points at the layout in formats.md.
+                points at the layout in docs/reference/formats.md.
         """
         if not path.exists():
             raise SourceFormatError(
@@ -320,7 +320,7 @@ class SourceAdapter:
                 + (
                     hint
                     or self.download_hint.format(name=self.name)
-                    or "check sources.<name>.path and the layout in shared/reference/formats.md"
+                    or "check sources.<name>.path and the layout in docs/reference/formats.md"
                 )
             )
         return path

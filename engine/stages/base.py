@@ -199,7 +199,7 @@ class Stage(ABC):
         return None
 
     def execute(self) -> StageResult:
-        """Skip if committed with this fingerprint, else (re)run and commit; see DESIGN.md "The stage contract".
+        """Skip if committed with this fingerprint, else (re)run and commit (docs/concepts.md, "The stage contract").
 
         The whole decision runs under the stage's writer lock (engine.io.lock): a second process on the same output
         is refused with the holder's host and pid, before it reads or writes anything there.

@@ -22,6 +22,15 @@ def test_committed_references_equal_a_fresh_generation() -> None:
         assert (REPO / rel).read_text() == text, f"{rel} is stale: {FIX}"
 
 
+def test_the_formats_page_has_a_section_per_registered_format() -> None:
+    from engine.reference import formats_reference
+    from engine.sources import adapter_names
+
+    page = formats_reference()
+    assert [ln[4:-1] for ln in page.splitlines() if ln.startswith("## `")] == list(adapter_names())
+    assert "    format: image_folder\n" in page and "`ambiguous_range`" in page
+
+
 def test_the_troubleshooting_page_lists_the_engine_errors() -> None:
     errors = raised_errors(REPO / "engine")
     page = errors_reference()
