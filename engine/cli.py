@@ -48,7 +48,7 @@ def add_common(p: argparse.ArgumentParser, *, config: bool = True, set_help: str
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help=set_help or "override one config value, e.g. --set storage.root=/data/runs",
+        help=set_help or "override one config value, e.g. --set storage.root=runs/mine",
     )
     p.add_argument(
         "--verbose",
@@ -67,14 +67,12 @@ def load(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def start_ray(cfg: Config, *, checked: bool = False) -> None:
-    """Check that the storage root can be created and written (one line when not; skipped when ``checked``), then
-    start or join Ray."""
+def start_ray(cfg: Config) -> None:
+    """Check that the storage root can be created and written (one line when not), then start or join Ray."""
     from engine.io.fs import check_storage_root
     from engine.runtime import init_ray
 
-    if not checked:
-        check_storage_root(cfg.storage.root)
+    check_storage_root(cfg.storage.root)
     init_ray()
 
 
@@ -112,6 +110,7 @@ def run_campaign_job(args: argparse.Namespace, max_rounds: int | None) -> None:
     run up to ``max_rounds`` new rounds and print the summary."""
     from engine.campaign import campaign_lock, check_inputs, completed, run_campaign
     from engine.io.fs import check_storage_root
+    from engine.runtime import init_ray
     from engine.summary import print_campaign_summary, print_nothing_to_do
 
     cfg = load(args)
@@ -120,9 +119,9 @@ def run_campaign_job(args: argparse.Namespace, max_rounds: int | None) -> None:
     if done is not None:  # only campaign.json was read
         print_nothing_to_do(cfg, done)
         return
-    check_storage_root(cfg.storage.root)
+    check_storage_root(cfg.storage.root)  # the lock file lives under the root
     with campaign_lock(cfg):
-        start_ray(cfg, checked=True)
+        init_ray()
         print_campaign_summary(cfg, run_campaign(cfg, max_rounds=max_rounds))
 
 
@@ -276,23 +275,18 @@ LISTS = ("models", "policies", "formats", "label-spaces")
 def registry_listing(what: str) -> list[tuple[str, str]]:
     """``(name, one-line description)`` of each registered model, threshold policy, source format or label space."""
     if what == "models":
-        from engine.models import nets
-        from engine.models.factory import ENGINE_MODELS
+        from engine.models.factory import engine_builders
 
-        classes = {"tiny_cnn": nets.TinyCNN, "small_cnn": nets.SmallCNN, "vgg_fer": nets.VGGFER}
-        classes |= {"resnet_fer": nets.ResNetFER, "mini_xception": nets.MiniXception}
-        out = [(n, _first_paragraph(classes[n].__doc__)) for n in ENGINE_MODELS]
+        out = [(n, _first_paragraph(net.__doc__)) for n, net in engine_builders().items()]
         return [*out, ("<timm name>", "any timm architecture, e.g. resnet18 (list them with timm.list_models())")]
     if what == "policies":
         from engine.thresholds.registry import available_policies, policy_class
 
         return [(n, _first_paragraph(policy_class(n).__doc__)) for n in available_policies()]
     if what == "formats":
-        import sys as _sys
+        from engine.sources.base import adapter_docs, adapter_names
 
-        from engine.sources.base import _ADAPTERS, adapter_names
-
-        return [(n, _first_paragraph(_sys.modules[_ADAPTERS[n].__module__].__doc__)) for n in adapter_names()]
+        return [(n, _first_paragraph(adapter_docs(n)[0])) for n in adapter_names()]
     from engine.labels import LABEL_SPACES
 
     return [(n, ", ".join(s.classes)) for n, s in sorted(LABEL_SPACES.items())]

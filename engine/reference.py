@@ -300,10 +300,8 @@ def errors_reference(engine_dir: Path | None = None) -> str:
 def formats_reference() -> str:
     """The Markdown of ``docs/reference/formats.md``: one section per registered source format (its adapter's
     documentation of the layout on disk, a minimal config, what ``path`` points at)."""
-    import sys
-
     from engine.imaging import REASONS
-    from engine.sources.base import _ADAPTERS, adapter_names
+    from engine.sources.base import adapter_docs, adapter_names
 
     lines = [
         "# Source formats",
@@ -319,14 +317,13 @@ def formats_reference() -> str:
         "",
     ]
     for name in adapter_names():
-        cls = _ADAPTERS[name]
-        module = sys.modules[cls.__module__]
-        layout = inspect.cleandoc(cls.__doc__ or "")
-        hint = " ".join((cls.download_hint or "").format(name="<name>").split())
+        module_doc, class_doc, download_hint = adapter_docs(name)
+        layout = inspect.cleandoc(class_doc)
+        hint = " ".join(download_hint.format(name="<name>").split())
         lines += [
             f"## `{name}`",
             "",
-            " ".join(inspect.cleandoc(module.__doc__ or "").split()),
+            " ".join(inspect.cleandoc(module_doc).split()),
             "",
             layout,
             "",
@@ -334,7 +331,7 @@ def formats_reference() -> str:
             "sources:",
             "  my_source:",
             f"    format: {name}",
-            "    path: /data/...",
+            "    path: datasets/...",
             "```",
             "",
         ]

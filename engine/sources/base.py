@@ -365,6 +365,15 @@ def adapter_names() -> tuple[str, ...]:
     return tuple(sorted(_ADAPTERS))
 
 
+def adapter_docs(name: str) -> tuple[str, str, str]:
+    """``(module docstring, class docstring, download hint)`` of the adapter registered as ``name``: what the
+    format's documentation (``fer-engine list formats``, docs/reference/formats.md) says of it."""
+    import sys
+
+    cls = _ADAPTERS[name]
+    return sys.modules[cls.__module__].__doc__ or "", cls.__doc__ or "", cls.download_hint
+
+
 def get_adapter(cfg: SourceConfig) -> SourceAdapter:
     """The adapter for ``cfg.format``, built on ``cfg``.
 
