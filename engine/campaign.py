@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from engine.config import Config, flatten
-from engine.errors import ConfigError
+from engine.errors import ConfigError, ReviewWaiting
 from engine.io import fs
-from engine.layout import CampaignLayout
+from engine.layout import CampaignLayout, stored_path
 from engine.round import run_round
 from engine.stages.base import StageContext, TeacherRef
 
@@ -167,7 +167,15 @@ def _run_campaign(cfg: Config, *, max_rounds: int | None) -> dict[str, Any]:
         round_ctx = dataclasses.replace(
             campaign_ctx, round=r, teacher=teacher, tracking={"tracking_uri": tracker.uri, "run_id": run_id}
         )
-        doc = run_round(round_ctx, tracker=tracker)
+        try:
+            doc = run_round(round_ctx, tracker=tracker)
+        except ReviewWaiting as wait:  # people's turn: the round goes on when their answers are imported
+            state["rounds"][str(r)]["status"] = "waiting_review"
+            state["waiting_review"] = {"round": r, "dir": stored_path(cfg.storage.root, wait.review_dir)}
+            fs.write_json(lay.state, state)
+            log.warning("%s", wait)
+            return dict(state)
+        state.pop("waiting_review", None)
         tracker.set_terminated(run_id, "FINISHED")
         _promote(state, doc, cfg)
         if doc.get("mlflow_model") and state["rounds"][str(r)]["promoted"]:

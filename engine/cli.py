@@ -1,11 +1,11 @@
 """The command line: ``fer-engine <command>`` (installed by pyproject) and the thin ``jobs/*.py`` files that
 ``ray job submit`` runs share one table of commands, so both take the same options and print the same lines.
 
-Commands: ingest, campaign, round, evaluate, report, export, import-fer-teacher, verify, status, list, config. Every
-command that reads a config takes ``--config`` (repeatable) and ``--set a.b=c`` (repeatable); every one takes
-``--verbose``. An EngineError, or an OSError of the storage (full, read-only, not allowed), ends the command with one
-``error: …`` line and exit code 2; Ctrl-C with one ``interrupted: …`` line and 130; anything else is a bug: its
-traceback, then one ``bug: …`` line asking for a report, and exit code 1.
+Commands: ingest, campaign, round, review, evaluate, report, export, import-fer-teacher, verify, status, list,
+config. Every command that reads a config takes ``--config`` (repeatable) and ``--set a.b=c`` (repeatable); every
+one takes ``--verbose``. An EngineError, or an OSError of the storage (full, read-only, not allowed), ends the
+command with one ``error: …`` line and exit code 2; Ctrl-C with one ``interrupted: …`` line and 130; anything else
+is a bug: its traceback, then one ``bug: …`` line asking for a report, and exit code 1.
 """
 
 from __future__ import annotations
@@ -141,6 +141,80 @@ def _round_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--all", action="store_true", help="run every remaining round of the campaign (as the campaign command)"
     )
+
+
+def _review(args: argparse.Namespace) -> None:
+    """``review export``: the next round runs up to its review batch and waits; ``review import``: commit people's
+    answers (no Ray); ``review discard``: drop a batch nobody answered (engine/review, docs/review.md)."""
+    from engine.campaign import campaign_lock
+    from engine.io.fs import check_storage_root
+
+    overrides = list(args.overrides)
+    overrides += [f"review.rule={args.rule}"] if args.rule else []
+    overrides += [f"review.size={args.size}"] if args.size is not None else []
+    args.overrides = overrides
+    cfg = load(args)
+    if args.action == "export":
+        if cfg.review.size <= 0:
+            raise ConfigError("review export needs a batch size: --size 500 (or review.size in the config)")
+        _next_review_round(cfg)
+        run_campaign_job(args, max_rounds=1)
+        return
+    check_storage_root(cfg.storage.root)
+    with campaign_lock(cfg):
+        if args.action == "import":
+            from engine.review.answers import import_answers
+
+            if not args.file:
+                raise ConfigError("review import needs the Label Studio JSON export: fer-engine review import FILE")
+            c = import_answers(cfg, args.file, replace=args.replace)
+            agreement = "–" if c["agreement"] is None else f"{c['agreement']:.1%}"
+            print(
+                f"batch {c['batch']}: answers of {c['faces']} faces imported into {c['dir']}: {c['labelled']} "
+                f"labelled ({c['relabelled']} labelled faces changed), agreement with the teacher {agreement}; "
+                f"answers {c['per_answer']}. Run the campaign to go on with round r{c['round']:03d}"
+            )
+        else:
+            from engine.review.answers import discard_batch
+
+            print(discard_batch(cfg, args.round))
+
+
+def _next_review_round(cfg: Config) -> int:
+    """The round a new batch goes to: the campaign's first round not done (≥ 1); one line when it cannot have one."""
+    from engine.io import fs
+    from engine.layout import SUCCESS, CampaignLayout, join
+
+    lay = CampaignLayout(cfg.storage.root, cfg.campaign.name)
+    state = fs.read_json_or_none(lay.state) or {"rounds": {}}
+    r = next(i for i in range(len(state["rounds"]) + 2) if state["rounds"].get(str(i), {}).get("status") != "done")
+    if r == 0:
+        raise ConfigError(
+            f"campaign {cfg.campaign.name} has no teacher yet: round r000 trains it on the labelled set; run "
+            "`fer-engine round` first, then export a review batch"
+        )
+    if r > cfg.campaign.rounds:
+        raise ConfigError(
+            f"campaign {cfg.campaign.name} has done its {cfg.campaign.rounds} round(s); raise campaign.rounds to "
+            "export a batch for another one"
+        )
+    marker = fs.read_json_or_none(join(lay.round(r).review_dir, SUCCESS))
+    if marker is not None:
+        raise ConfigError(
+            f"round r{r:03d} already has review batch {marker['extra']['batch']} ({marker['counts']['faces']} faces) "
+            f"in {lay.round(r).review_dir}; import its answers, or drop it with "
+            f"`fer-engine review discard --round {r}`"
+        )
+    return r
+
+
+def _review_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=("export", "import", "discard"), help="what to do with a review batch")
+    p.add_argument("file", nargs="?", help="import: the Label Studio JSON export of the batch's project")
+    p.add_argument("--rule", default=None, help="export: how faces are chosen (review.rule); default from the config")
+    p.add_argument("--size", type=int, default=None, help="export: faces in the batch (review.size)")
+    p.add_argument("--replace", action="store_true", help="import: replace answers imported before for this batch")
+    p.add_argument("--round", type=int, default=None, help="discard: the round whose unanswered batch is dropped")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -350,6 +424,12 @@ COMMANDS: dict[str, Command] = {
         "runs every remaining round",
         _round,
         _round_args,
+    ),
+    "review": Command(
+        "ask people about the faces the next round needs most: export a batch as a Label Studio project, import "
+        "their answers, or discard a batch",
+        _review,
+        _review_args,
     ),
     "evaluate": Command("evaluate a checkpoint on an ingested labelled source", _evaluate, _evaluate_args),
     "report": Command(

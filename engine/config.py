@@ -533,6 +533,36 @@ class CurationConfig:
         )
 
 
+REVIEW_RULES = ("margin", "entropy", "disagreement", "near_threshold", "label_issues", "random")
+"""How a review batch ranks faces (engine/review/rules.py); ``label_issues`` re-checks the labelled set, the others
+rank the pool."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReviewConfig:
+    """Review batches: before its selection, a round asks people to label the faces it needs most (docs/review.md).
+    With ``size`` > 0 a campaign stops at each round ≥ 1 after threshold, with a batch waiting for people, and goes on
+    once their answers are imported (``fer-engine review import``)."""
+
+    size: int = 0
+    """Faces per batch (B); 0: campaigns ask for none (``fer-engine review export`` still makes one on demand)."""
+    rule: str = "margin"
+    """margin (smallest top-1 − top-2), entropy, disagreement (branches or members), near_threshold (just under the
+    class threshold), label_issues (labelled rows curation flags), random (the baseline)."""
+    per_class_quota: bool = True
+    """Share the batch equally among the teacher's predicted classes (a class with too few faces gives its share to
+    the others), so rare classes get their part."""
+    min_phash_distance: int = 0
+    """Diversity: no two faces of a batch within this pHash Hamming distance (0: off; 6 drops near-duplicates)."""
+    seed: int = 0
+    """Seed of the ``random`` rule (a seeded hash of each key, so a batch is the same on every machine)."""
+
+    def __post_init__(self) -> None:
+        _check_range("review.size", self.size, 0, 1_000_000)
+        _check_choice("review.rule", self.rule, REVIEW_RULES)
+        _check_range("review.min_phash_distance", self.min_phash_distance, 0, 64)
+
+
 @dataclass(frozen=True, kw_only=True)
 class CampaignConfig:
     """Which data plays which role, and how many rounds."""
@@ -612,6 +642,7 @@ class Config:
     campaign: CampaignConfig = field(default_factory=CampaignConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     curation: CurationConfig = field(default_factory=CurationConfig)
+    review: ReviewConfig = field(default_factory=ReviewConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
 
     def for_round(self, index: int) -> Config:

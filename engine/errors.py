@@ -45,3 +45,16 @@ class CorruptFile(EngineError):
 
 class StorageError(EngineError, OSError):
     """The storage root cannot be created, is not writable, or is full."""
+
+
+class ReviewWaiting(EngineError):
+    """A round has a review batch whose answers are not imported yet: it stops before its selection (not a failure:
+    the campaign job reports it in one line and exits 0)."""
+
+    def __init__(self, round_index: int, review_dir: str, faces: int) -> None:
+        super().__init__(
+            f"round r{round_index:03d} waits for people: {faces} faces in {review_dir} (a Label Studio project: "
+            "docs/review.md); import their answers with `fer-engine review import EXPORT.json`, then run the campaign "
+            "again"
+        )
+        self.round, self.review_dir, self.faces = round_index, review_dir, faces

@@ -52,19 +52,25 @@ def round_name(index: int) -> str:
     return f"r{index:03d}"
 
 
-ROUND_STAGES = ("score", "threshold", "select", "train", "evaluate", "curation")
+ROUND_STAGES = ("score", "threshold", "review", "reviewed", "select", "train", "evaluate", "curation")
 """Every stage a round can have, in the order they run."""
 
 
-def round_stage_names(index: int, *, teacher_checkpoint: bool, label_issues: bool) -> tuple[str, ...]:
-    """The stages round ``index`` runs: score → threshold → select (rounds > 0), train (unless round 0 starts from a
-    given teacher checkpoint), evaluate, curation (with ``curation.label_issues``)."""
+def round_stage_names(
+    index: int, *, teacher_checkpoint: bool, label_issues: bool, review: bool = False, reviewed: bool = False
+) -> tuple[str, ...]:
+    """The stages round ``index`` runs: score → threshold (rounds > 0) → review (a batch for people, rounds > 0 with
+    ``review``) → reviewed (the labelled set with people's answers, when ``reviewed``: answers are committed for this
+    round or an earlier one) → select (rounds > 0), train (unless round 0 starts from a given teacher checkpoint),
+    evaluate, curation (with ``curation.label_issues``)."""
     return tuple(
         s
         for s in ROUND_STAGES
-        if (index > 0 or s not in ("score", "threshold", "select"))
+        if (index > 0 or s not in ("score", "threshold", "select", "review"))
         and (s != "train" or index > 0 or not teacher_checkpoint)
         and (s != "curation" or label_issues)
+        and (s != "review" or review)
+        and (s != "reviewed" or reviewed)
     )
 
 
@@ -245,6 +251,39 @@ class RoundLayout:
     def curation_dir(self) -> str:
         return join(self.dir, "curation")
 
+    @property
+    def review_dir(self) -> str:
+        """The review batch people are asked to label (a ready Label Studio project, docs/review.md)."""
+        return join(self.dir, "review")
+
+    @property
+    def review_batch(self) -> str:
+        """The faces of the review batch, one row each, with the rule's score (``REVIEW_BATCH_SCHEMA``)."""
+        return join(self.review_dir, "batch.parquet")
+
+    @property
+    def answers_dir(self) -> str:
+        """People's answers to the round's review batch, as imported (``fer-engine review import``)."""
+        return join(self.dir, "answers")
+
+    @property
+    def answers(self) -> str:
+        return join(self.answers_dir, "answers.parquet")
+
+    @property
+    def reviewed_dir(self) -> str:
+        """The round's labelled set: the partition's, with every imported answer up to this round applied."""
+        return join(self.dir, "reviewed")
+
+    @property
+    def reviewed_labelled(self) -> str:
+        return join(self.reviewed_dir, "labelled.parquet")
+
+    @property
+    def reviewed_removed(self) -> str:
+        """Keys people said are not a face: out of the labelled set and of the pool's selection."""
+        return join(self.reviewed_dir, "removed.parquet")
+
     def stage_dir(self, stage: str) -> str:
         """The output directory of the round stage named ``stage`` (one of :data:`ROUND_STAGES`)."""
         dirs = {
@@ -254,6 +293,8 @@ class RoundLayout:
             "train": self.train_dir,
             "evaluate": self.eval_dir,
             "curation": self.curation_dir,
+            "review": self.review_dir,
+            "reviewed": self.reviewed_dir,
         }
         return dirs[stage]
 

@@ -1,5 +1,6 @@
-"""One round: its stages (score → threshold → select → train → evaluate → curation), each skipped when committed,
-then its MLflow record (engine.tracking.rounds), ``report.html`` and ``round.json`` last."""
+"""One round: its stages (score → threshold → [review → reviewed] → select → train → evaluate → curation), each
+skipped when committed, then its MLflow record (engine.tracking.rounds), ``report.html`` and ``round.json`` last. A
+round whose review batch waits for people stops before its selection (:class:`engine.errors.ReviewWaiting`)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from engine.config import Config
+from engine.errors import ReviewWaiting
 from engine.io import fs
-from engine.layout import SUCCESS, join, root_path, round_name, round_stage_names, stored_path
+from engine.layout import SUCCESS, CampaignLayout, join, root_path, round_name, round_stage_names, stored_path
 from engine.products.report import finish_round
+from engine.review.answers import waiting
 from engine.stages.base import Stage, StageContext, StageResult
 
 if TYPE_CHECKING:
@@ -20,18 +23,23 @@ log = logging.getLogger(__name__)
 
 def round_stages(cfg: Config, index: int) -> list[type[Stage]]:
     """The stages of round ``index``, in order (engine.layout.round_stage_names says which)."""
+    from engine.review.answers import answers_committed
     from engine.stages.curation import LabelIssuesStage
     from engine.stages.evaluate import EvaluateStage
+    from engine.stages.review import ReviewedStage, ReviewStage
     from engine.stages.score import ScoreStage
     from engine.stages.select import SelectStage
     from engine.stages.threshold import ThresholdStage
     from engine.stages.train import TrainStage
 
-    classes: dict[str, type[Stage]] = {
-        s.name: s for s in (ScoreStage, ThresholdStage, SelectStage, TrainStage, EvaluateStage, LabelIssuesStage)
-    }
+    every = (ScoreStage, ThresholdStage, ReviewStage, ReviewedStage, SelectStage, TrainStage, EvaluateStage)
+    classes: dict[str, type[Stage]] = {s.name: s for s in (*every, LabelIssuesStage)}
     names = round_stage_names(
-        index, teacher_checkpoint=bool(cfg.campaign.teacher_checkpoint), label_issues=cfg.curation.label_issues
+        index,
+        teacher_checkpoint=bool(cfg.campaign.teacher_checkpoint),
+        label_issues=cfg.curation.label_issues,
+        review=cfg.review.size > 0,
+        reviewed=bool(answers_committed(CampaignLayout(cfg.storage.root, cfg.campaign.name), index)),
     )
     return [classes[n] for n in names]
 
@@ -49,6 +57,9 @@ def run_round(ctx: StageContext, *, tracker: Tracker | None = None) -> dict[str,
         return dict(done)
     results: dict[str, StageResult] = {}
     for stage in round_stages(cfg, index):
+        if stage.name in ("reviewed", "select") and waiting(lay):
+            faces = int(fs.read_json(join(lay.review_dir, SUCCESS))["counts"]["faces"])
+            raise ReviewWaiting(index, lay.review_dir, faces)
         results[stage.name] = stage(ctx).execute()
         ctx = ctx.with_result(stage.name, results[stage.name])
     doc = round_document(ctx, results)

@@ -219,6 +219,65 @@ def hf_sample_schema(names: list[str]) -> pa.Schema:
     return pa.schema(fields, metadata={b"huggingface": meta})
 
 
+REVIEW_BATCH_SCHEMA = pa.schema(
+    [
+        ("rank", pa.int32()),
+        ("key", pa.string()),
+        ("shard", pa.string()),
+        ("source", pa.string()),
+        ("image", pa.string()),
+        ("rule", pa.string()),
+        ("score", pa.float64()),
+        ("teacher_label", pa.int16()),
+        ("teacher_conf", pa.float32()),
+        ("given_label", pa.int16()),
+    ]
+)
+"""A review batch (``<round>/review/batch.parquet``), in the order faces were chosen: ``image`` relative to the
+export folder, ``score`` the rule's value, ``teacher_label`` the guess shown to people (-1: none), ``given_label`` the
+label a labelled face has now (-1: a pool face)."""
+
+ANSWERS_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("shard", pa.string()),
+        ("source", pa.string()),
+        ("label", pa.int16()),
+        ("answer", pa.string()),
+        ("given_label", pa.int16()),
+        ("teacher_label", pa.int16()),
+        ("votes", pa.string()),
+        ("annotators", pa.list_(pa.string())),
+        ("submitted", pa.int16()),
+        ("cancelled", pa.int16()),
+        ("first_at", pa.string()),
+        ("last_at", pa.string()),
+        ("lead_time_s", pa.float32()),
+        ("round", pa.int16()),
+        ("rule", pa.string()),
+        ("score", pa.float64()),
+        ("batch", pa.string()),
+    ]
+)
+"""People's answers to one batch (``<round>/answers/answers.parquet``), one row per face of the batch: ``label`` the
+class people gave (-1: none: see ``answer``), ``votes`` a JSON object choice → count, ``annotators`` their ids."""
+
+REVIEWED_LABELLED_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("shard", pa.string()),
+        ("source", pa.string()),
+        ("label", pa.int16()),
+        ("origin", pa.string()),
+        ("old_label", pa.int16()),
+        ("review_round", pa.int16()),
+    ]
+)
+"""A round's labelled set with people's answers (``<round>/reviewed/labelled.parquet``): ``origin`` ``labelled`` (the
+partition's) or ``reviewed`` (a pool face people labelled); ``old_label`` the label before people changed it (-1:
+unchanged or new); ``review_round`` the round whose batch gave the label (-1: none)."""
+
+
 LABEL_ISSUES_SCHEMA = pa.schema(
     [
         ("key", pa.string()),

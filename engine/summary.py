@@ -72,6 +72,13 @@ def print_campaign_summary(cfg: Any, state: dict[str, Any]) -> None:
         out.append(f"  promoted   {state['rounds'][r].get('promoted')}")
     if state.get("stopped"):
         out.append(f"stopped: {state['stopped']}")
+    wait = state.get("waiting_review")
+    if wait:
+        out.append(
+            f"waiting for people: round r{wait['round']:03d}'s review batch is in {wait['dir']} (under the storage "
+            "root); import their answers with `fer-engine review import EXPORT.json`, then run the campaign again"
+        )
+        ran_any = True
     out += [f"warning: {w}" for w in campaign_warnings(cfg, state)]
     if not ran_any:
         out.append("nothing to do: every stage was already committed")

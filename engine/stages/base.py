@@ -114,6 +114,14 @@ class StageContext:
 
         return load_rule(self.root, self.cfg.campaign.name)
 
+    @property
+    def labelled_path(self) -> str:
+        """The labelled set select and train read: the round's ``reviewed`` set (the partition's with people's answers
+        applied, engine/stages/review.py) when that stage is upstream, else the partition's."""
+        if "reviewed" in self.upstream:
+            return self.round_layout.reviewed_labelled
+        return self.rule.labelled_keys_path
+
     def fingerprint_of(self, name: str) -> str:
         """The fingerprint of the committed upstream stage ``name``."""
         if name not in self.upstream:

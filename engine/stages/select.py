@@ -356,10 +356,13 @@ class SelectStage(Stage):
             "threshold": self.ctx.fingerprint_of("threshold"),
             "partition": self.ctx.fingerprint_of("partition"),
         }
+        if "reviewed" in self.ctx.upstream:  # people's answers (only then: earlier campaigns keep their fingerprints)
+            upstream["reviewed"] = self.ctx.fingerprint_of("reviewed")
         return {"select": fingerprint_fields("select", self.cfg), "upstream": upstream}
 
     def _read_inputs(self) -> None:
         """The committed inputs: per-class thresholds, the labelled set (keys and class counts), the score parts."""
+        from engine.review.answers import removed_keys
         from engine.stages.score import list_shards
         from engine.thresholds.base import thresholds_from_json
 
@@ -370,8 +373,9 @@ class SelectStage(Stage):
         self.weigher = self._weigher()
         if self.weigher is not None:  # rows enter where the policy's weight reaches min_weight
             self.thresholds = self.weigher.admission(self.cfg.min_weight)
-        lab = fs.read_parquet(rule.labelled_keys_path, columns=["key", "label"])
-        self.labelled_keys = frozenset(lab["key"].to_pylist())
+        lab = fs.read_parquet(self.ctx.labelled_path, columns=["key", "label"])
+        # Guarded like the labelled set: faces people said are not a face (a round with answers applied).
+        self.labelled_keys = frozenset(lab["key"].to_pylist()) | removed_keys(self.layout)
         self.labelled_counts = np.bincount(lab["label"].to_numpy(), minlength=len(self.names)).astype(np.int64)
         self.items = [
             {"shard": s.name, "part": self.layout.score_part(s.name), "manifest": s.manifest}

@@ -66,7 +66,7 @@ class TrainStage(Stage):
 
     @property
     def labelled_path(self) -> str:
-        return self.ctx.rule.labelled_keys_path
+        return self.ctx.labelled_path
 
     @property
     def selection_path(self) -> str | None:
@@ -76,11 +76,12 @@ class TrainStage(Stage):
 
     @property
     def upstream(self) -> dict[str, str]:
-        """The upstream digests the student depends on: the selection (rounds > 0), the partition, and the teacher
-        when the student starts from its weights."""
+        """The upstream digests the student depends on: the selection (rounds > 0), the partition, people's answers
+        (``reviewed``) when a batch was answered, and the teacher when the student starts from its weights."""
         up = {"partition": self.ctx.fingerprint_of("partition")}
-        if "select" in self.ctx.upstream:
-            up["select"] = self.ctx.fingerprint_of("select")
+        for name in ("reviewed", "select"):  # reviewed: people's answers (absent from earlier campaigns' prints)
+            if name in self.ctx.upstream:
+                up[name] = self.ctx.fingerprint_of(name)
         teacher = self.ctx.teacher
         return {**up, "teacher": teacher.fingerprint if (teacher and self.init_checkpoint) else ""}
 
