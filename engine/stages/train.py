@@ -146,6 +146,7 @@ class TrainStage(Stage):
         )
         counts = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         counts["warm_started"] = int(self.init_checkpoint is not None)
+        counts["labelled_rows"] = fs.read_parquet(self.labelled_path, columns=["key"]).num_rows
         if self.model_cfg.temporal:  # ABAW2021 sequence members, on the frozen CNN's features of the labelled rows
             from engine.train.temporal import fit_temporal
 
