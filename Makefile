@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SHARED ?= ../shared
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: install demo test test-unit lint typecheck docs bench bench-ingest bench-score bench-train bench-thresholds bench-ssl clean
+.PHONY: install demo test test-unit lint typecheck docs labelstudio bench bench-ingest bench-score bench-train bench-thresholds bench-ssl clean
 
 install: $(STAMP)
 
@@ -23,6 +23,15 @@ test: install
 
 test-unit: install
 	$(BIN)/python -m pytest -q -m "not integration" tests
+
+# Label Studio for review batches (docs/review.md) and its live test: its own virtual environment, since its pins
+# (Django and friends) clash with the engine's. sentry-sdk<3: with 3.0 the server dies at start.
+LS_VENV ?= .venv-labelstudio
+labelstudio: $(LS_VENV)/bin/label-studio
+
+$(LS_VENV)/bin/label-studio:
+	test -x $(LS_VENV)/bin/python || $(PY) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install -q label-studio==1.23.2 "sentry-sdk<3"
 
 # The documentation site (MkDocs Material): `make docs`, then open site/index.html. Strict: a broken link fails it.
 docs: install
@@ -55,4 +64,4 @@ bench-ssl: install
 	$(BIN)/python bench/ssl_fer2013.py --preset cpu
 
 clean:
-	rm -rf runs site .pytest_cache .ruff_cache .mypy_cache
+	rm -rf runs site $(LS_VENV) .pytest_cache .ruff_cache .mypy_cache
