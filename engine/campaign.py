@@ -204,8 +204,8 @@ def _run_campaign(cfg: Config, *, max_rounds: int | None) -> dict[str, Any]:
 def round_params(cfg: Config, index: int) -> dict[str, Any]:
     """The params of round ``index``'s MLflow run: what shapes its student (``model.*``, ``train.*``, with the
     ``student.*`` keys applied from round 1) and, from round 1, how its pseudo-labels were chosen (``threshold.*``:
-    the policy and its parameters; ``select.*``: the cap and balance rules)."""
-    sections = ("model", "train") + (("threshold", "select") if index > 0 else ())
+    the policy and its parameters; ``select.*``: the cap and balance rules) and people's review (``review.*``)."""
+    sections = ("model", "train") + (("threshold", "select", "review") if index > 0 else ())
     flat = flatten(cfg.for_round(index))
     return {"round": index, **{k: v for k, v in flat.items() if k.split(".", 1)[0] in sections}}
 

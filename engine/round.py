@@ -106,6 +106,17 @@ def round_document(ctx: StageContext, results: dict[str, StageResult]) -> dict[s
     if index:
         doc["thresholds"] = fs.read_json(lay.thresholds)["thresholds_by_class"]
         doc["quality"] = fs.read_json(lay.quality)
+    review = fs.read_json_or_none(join(lay.review_dir, SUCCESS))
+    if review is not None:  # a batch people answered (a round never finishes while one waits)
+        answers = fs.read_json(join(lay.answers_dir, SUCCESS))
+        doc["review"] = {
+            "batch": review["extra"]["batch"],
+            "rule": review["extra"]["rule"],
+            "faces": review["counts"]["faces"],
+            "per_class": review["extra"]["per_class"],
+            "answers": answers["counts"],
+            "imported_at": answers["imported_at"],
+        }
     return doc
 
 
@@ -124,6 +135,11 @@ def _track(
     ]
     if "select" in results:
         datasets.append(DatasetRef(lay.selection, f"{name}/selection", results["select"].fingerprint, "pseudo_labels"))
+    if "review" in doc:  # the faces people were asked about, and their answers
+        answered = fs.read_json(join(lay.answers_dir, SUCCESS))["fingerprint"]
+        batch = doc["review"]["batch"]
+        datasets.append(DatasetRef(lay.review_batch, f"{name}/review/{batch}", batch, "review_batch"))
+        datasets.append(DatasetRef(lay.answers, f"{name}/answers/{batch}", answered, "review_answers"))
     artifacts = [lay.thresholds, lay.quality, lay.metrics, lay.confusion_png("val"), lay.confusion_png("test")]
     log_round(tracker, run_id, doc, artifacts=artifacts, datasets=datasets)
     if ctx.cfg.tracking.log_models:

@@ -60,6 +60,9 @@ class CampaignStatus:
     stopped: str | None
     mlflow_run_id: str | None
     tracking_uri: str | None
+    reviews: list[dict[str, Any]] = field(default_factory=list)
+    """Per review batch: ``round``, ``batch``, ``faces``, ``rule``, ``per_class`` (teacher's guesses), ``dir``, and
+    ``answers`` (the import's counts; None while the batch waits for people)."""
 
 
 @dataclass(frozen=True)
@@ -101,12 +104,14 @@ def _campaign(root: str, name: str) -> CampaignStatus:
     rounds = []
     for r in indices:
         entry = entries.get(str(r), {})
+        rl = lay.round(r)
         names = round_stage_names(
             r,
             teacher_checkpoint=bool(flat.get("campaign.teacher_checkpoint")),
             label_issues=bool(flat.get("curation.label_issues")),
+            review=bool(flat.get("review.size")) or fs.exists(rl.review_dir),
+            reviewed=fs.exists(rl.reviewed_dir),
         )
-        rl = lay.round(r)
         rounds.append(
             RoundStatus(
                 index=r,
@@ -119,6 +124,24 @@ def _campaign(root: str, name: str) -> CampaignStatus:
             )
         )
     teacher = state.get("teacher") or {}
+    reviews = []
+    for r in indices:
+        rl = lay.round(r)
+        marker = fs.read_json_or_none(join(rl.review_dir, SUCCESS))
+        if marker is None:
+            continue
+        answered = fs.read_json_or_none(join(rl.answers_dir, SUCCESS))
+        reviews.append(
+            {
+                "round": r,
+                "batch": marker["extra"]["batch"],
+                "faces": marker["counts"]["faces"],
+                "rule": marker["extra"]["rule"],
+                "per_class": marker["extra"]["per_class"],
+                "dir": rl.review_dir,
+                "answers": None if answered is None else answered["counts"],
+            }
+        )
     return CampaignStatus(
         name=name,
         partition=stage_state(lay.partition_dir),
@@ -127,6 +150,7 @@ def _campaign(root: str, name: str) -> CampaignStatus:
         stopped=state.get("stopped"),
         mlflow_run_id=state.get("mlflow_run_id"),
         tracking_uri=state.get("tracking_uri") or (default_uri(root) if state.get("mlflow_run_id") else None),
+        reviews=reviews,
     )
 
 
@@ -180,6 +204,18 @@ def format_status(st: StorageStatus) -> str:
                 ]
             )
         lines += _table(rows)
+        for rv in camp.reviews:
+            guesses = ", ".join(f"{k} {v}" for k, v in rv["per_class"].items() if v)
+            head = f"review {round_name(rv['round'])}: batch {rv['batch']}, {rv['faces']} faces by {rv['rule']}"
+            a = rv["answers"]
+            if a is None:
+                lines.append(f"{head}: WAITING FOR PEOPLE in {rv['dir']} (teacher's guesses: {guesses})")
+            else:
+                agree = "-" if a["agreement"] is None else f"{a['agreement']:.1%}"
+                lines.append(
+                    f"{head}: answered, {a['labelled']} labelled ({a['relabelled']} labels changed), people agreed "
+                    f"with the teacher on {agree}"
+                )
     lines += ["", "stages: " + "  ".join(f"{m} {s}" for s, m in _MARK.items())]
     return "\n".join(lines)
 

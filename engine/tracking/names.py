@@ -42,7 +42,8 @@ def round_metrics(doc: Mapping[str, Any]) -> dict[str, float]:
     """A finished round's metrics from its ``round.json`` document: the evaluation (``val/macro_f1`` ...), from round 1
     the per-class thresholds (``threshold/tau/<class>``), the selection (``select/selected[/<class>]``,
     ``select/mask_rate``, ``select/precision[/<class>]`` where the pool's labels are known) and the kept epoch
-    (``train/best_epoch``, ``train/best_val_macro_f1``)."""
+    (``train/best_epoch``, ``train/best_val_macro_f1``) and, for a round people reviewed, its batch (``review/faces``,
+    ``review/asked/<class>``, ``review/labelled[/<class>]``, ``review/agreement``)."""
     metrics = {k: float(v) for k, v in doc["metrics"].items()}
     if "thresholds" in doc:
         for c, t in doc["thresholds"].items():
@@ -57,6 +58,17 @@ def round_metrics(doc: Mapping[str, Any]) -> dict[str, float]:
             metrics[f"select/selected/{c}"] = float(v["selected"])
             if v.get("precision") is not None:
                 metrics[f"select/precision/{c}"] = float(v["precision"])
+    review = doc.get("review")
+    if review:  # the batch people were asked about, and what they answered
+        a = review["answers"]
+        metrics["review/faces"] = float(review["faces"])
+        metrics["review/labelled"] = float(a["labelled"])
+        if a.get("agreement") is not None:
+            metrics["review/agreement"] = float(a["agreement"])
+        for c, n in review["per_class"].items():
+            metrics[f"review/asked/{c}"] = float(n)
+        for c, n in a["per_class"].items():
+            metrics[f"review/labelled/{c}"] = float(n)
     train_counts = doc["stages"].get("train", {}).get("counts", {})
     for k in ("best_epoch", "best_val_macro_f1"):
         if train_counts.get(k) is not None:

@@ -96,6 +96,11 @@ def test_a_campaign_trains_on_reviewed_faces(tiny_campaign, tmp_path, monkeypatc
     on_disk = Path(r1.review_dir, first.image).read_bytes()
     assert on_disk == read_images(shard_tar(str(root), first.shard), {first.key})[first.key]
     assert len(Path(r1.review_dir, "batch.csv").read_text().splitlines()) == B + 1
+    from engine.products.status import format_status, storage_status
+
+    status = format_status(storage_status(str(root)))
+    bid = fs.read_json(join(r1.review_dir, SUCCESS))["extra"]["batch"]
+    assert f"review r001: batch {bid}, {B} faces by margin: WAITING FOR PEOPLE in {r1.review_dir}" in status
 
     # People: 8 true labels, 2 "not a face", 1 "unsure", 1 unanswered; imported through the CLI.
     def answer(i: int, true: str) -> str | None:
@@ -141,6 +146,25 @@ def test_a_campaign_trains_on_reviewed_faces(tiny_campaign, tmp_path, monkeypatc
     assert doc1["stages"]["train"]["counts"]["labelled_rows"] == len(labelled0) + 8
     train_marker = fs.read_json(join(r1.train_dir, SUCCESS))
     assert train_marker["inputs"]["upstream"]["reviewed"] == doc1["stages"]["reviewed"]["fingerprint"]
+    agree = int(sum(manifest.label.loc[added].to_numpy() == batch.teacher_label[:8].to_numpy()))
+    assert doc1["review"]["answers"]["labelled"] == 8 and doc1["review"]["answers"]["agree_with_teacher"] == agree
+    report = Path(r1.report).read_text()
+    assert f"Batch <code>{bid}</code>: {B} faces chosen by <code>margin</code>" in report
+    assert "8 of 12 faces labelled" in report
+    status = format_status(storage_status(str(root)))
+    assert f"review r001: batch {bid}, {B} faces by margin: answered, 8 labelled (0 labels changed)" in status
+
+    from mlflow import MlflowClient
+
+    from engine.tracking import default_uri
+
+    client = MlflowClient(tracking_uri=default_uri(str(root)))
+    run = client.get_run(state["rounds"]["1"]["mlflow_run_id"])
+    assert run.data.metrics["review/labelled"] == 8 and run.data.metrics["review/faces"] == B
+    assert run.data.params["review.rule"] == "margin"
+    inputs = {d.dataset.name: d.dataset.digest for d in run.inputs.dataset_inputs}
+    assert inputs[f"people/review/{bid}"] == bid
+    assert inputs[f"people/answers/{bid}"] == fs.read_json(join(r1.answers_dir, SUCCESS))["fingerprint"][:36]
 
     # Round 2 asks about other faces (never twice), then trains on both batches' answers.
     r2 = lay.round(2)

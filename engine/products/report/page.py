@@ -13,6 +13,7 @@ from engine.io import fs
 from engine.layout import RoundLayout
 from engine.products.report.galleries import ImageRequests, fetch_thumbnails, gallery_section
 from engine.products.report.markup import PAGE, STYLE, fill_thumbnails
+from engine.products.report.review import review_section
 from engine.products.report.sections import (
     dedup_section,
     eval_section,
@@ -98,6 +99,7 @@ def write_report(ref: RoundRef, *, doc: dict[str, Any] | None = None) -> str:
             "<section><h2>Pseudo-labels</h2><p>Round 0 trains the first teacher on the labelled set alone: "
             "no scoring, thresholds or selection.</p></section>"
         )
+    parts.append(review_section(ref, names, rc, images))
     parts.append(eval_section(ref, doc, names))
     parts.append(label_issue_section(ref, names, rc, images))
     parts.append(dedup_section(ref, rc, images))

@@ -24,7 +24,7 @@ from engine.stored import RoundRef
 log = logging.getLogger(__name__)
 
 
-_STAGE_ORDER = {"score": 0, "threshold": 1, "select": 2, "train": 3, "evaluate": 4}
+_STAGE_ORDER = {"score": 0, "threshold": 1, "review": 2, "reviewed": 3, "select": 4, "train": 5, "evaluate": 6}
 """Pipeline order of the stages table (round.json stores them sorted by name; the report must not depend on it)."""
 
 
