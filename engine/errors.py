@@ -47,6 +47,11 @@ class StorageError(EngineError, OSError):
     """The storage root cannot be created, is not writable, or is full."""
 
 
+class ReviewImportError(EngineError):
+    """People's answers the engine cannot take: an export of another project, a task it never sent, a choice the
+    labeling config lacks, a batch imported twice (engine/review)."""
+
+
 class ReviewWaiting(EngineError):
     """A round has a review batch whose answers are not imported yet: it stops before its selection (not a failure:
     the campaign job reports it in one line and exits 0)."""

@@ -32,6 +32,7 @@ ERROR_GROUPS: dict[str, tuple[str, ...]] = {
     "Input data": ("SourceFormatError", "SourceRecordError"),
     "Storage, locks and committed files": ("StorageError", "WriterLocked", "CorruptFile"),
     "Optional dependencies": ("MissingExtra",),
+    "Review batches (people in the loop)": ("ReviewImportError",),
     "Other engine errors": ("EngineError",),
 }
 """The troubleshooting page's groups: the engine's exception classes (engine.errors) a job turns into one line."""

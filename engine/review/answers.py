@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from engine.config import Config
+from engine.errors import ReviewImportError
 from engine.fingerprint import fingerprint
 from engine.io import fs
 from engine.io.checksums import digest_dir
@@ -36,7 +37,7 @@ def import_answers(cfg: Config, export_path: str, *, replace: bool = False) -> d
     text = fs.read_bytes(export_path).decode("utf-8", errors="replace")
     tasks = ls.read_export(text, export_path)
     if not tasks:
-        raise ls.ReviewImportError(f"{export_path} holds no task; export the project after people have labelled it")
+        raise ReviewImportError(f"{export_path} holds no task; export the project after people have labelled it")
     ids = sorted({str(t["data"].get("batch")) for t in tasks})
     campaign = CampaignLayout(cfg.storage.root, cfg.campaign.name)
     lay = project_of(campaign, ids[0])
@@ -49,7 +50,7 @@ def import_answers(cfg: Config, export_path: str, *, replace: bool = False) -> d
     done = fs.read_json_or_none(join(lay.answers_dir, SUCCESS))
     if done is not None and not replace:
         same = "the same answers" if done["fingerprint"] == fp else "other answers"
-        raise ls.ReviewImportError(
+        raise ReviewImportError(
             f"batch {bid} ({round_name(lay.index)}) was already imported on {done['imported_at']} from "
             f"{done['export']} ({same}); nothing was changed. To replace its answers, add --replace"
         )
@@ -132,7 +133,8 @@ def answer_counts(table: pa.Table, names: list[str]) -> dict[str, Any]:
 
 def answers_state(lay: RoundLayout) -> dict[str, Any] | None:
     """The committed answers' marker of a round (batch, counts, when and from which file), None when not imported."""
-    return fs.read_json_or_none(join(lay.answers_dir, SUCCESS))
+    marker: dict[str, Any] | None = fs.read_json_or_none(join(lay.answers_dir, SUCCESS))
+    return marker
 
 
 def answers_committed(campaign: CampaignLayout, upto: int) -> dict[int, str]:
@@ -180,7 +182,7 @@ def project_of(campaign: CampaignLayout, batch: str) -> RoundLayout:
             ids.append(marker.get("extra", {}).get("batch"))
             if ids[-1] == batch:
                 return lay
-    raise ls.ReviewImportError(
+    raise ReviewImportError(
         f"no review batch of campaign {campaign.campaign} has id {batch} (its batches: "
         f"{', '.join(map(str, ids)) or 'none'}): this export is of another project or another campaign; check "
         "--config and the file"
@@ -190,14 +192,14 @@ def project_of(campaign: CampaignLayout, batch: str) -> RoundLayout:
 def discard_batch(cfg: Config, index: int | None) -> str:
     """Drop round ``index``'s review batch when nobody's answers were imported for it; returns what was done."""
     if index is None:
-        raise ls.ReviewImportError("review discard needs the round: --round N")
+        raise ReviewImportError("review discard needs the round: --round N")
     lay = CampaignLayout(cfg.storage.root, cfg.campaign.name).round(index)
     if fs.exists(join(lay.answers_dir, SUCCESS)):
-        raise ls.ReviewImportError(
+        raise ReviewImportError(
             f"round {round_name(index)}'s batch has imported answers; they are part of the campaign's labelled set "
             "now. Start a new campaign (campaign.name) to go without them"
         )
     if not fs.exists(lay.review_dir):
-        raise ls.ReviewImportError(f"round {round_name(index)} has no review batch ({lay.review_dir} is absent)")
+        raise ReviewImportError(f"round {round_name(index)} has no review batch ({lay.review_dir} is absent)")
     fs.remove(lay.review_dir)
     return f"discarded round {round_name(index)}'s review batch; a campaign run goes on without asking people"

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.errors import EngineError
+from engine.errors import ReviewImportError
 
 FROM_NAME = "emotion"
 TO_NAME = "image"
@@ -27,10 +27,6 @@ UNANSWERED = "unanswered"
 SKIPPED = "skipped"
 """Answers that give no label (besides :data:`UNSURE`): a tie between choices, a task nobody submitted, a task only
 cancelled (skipped) annotations."""
-
-
-class ReviewImportError(EngineError):
-    """An export the engine cannot take: another project, tasks it never sent, unknown choices, a second import."""
 
 
 def label_config(class_names: Sequence[str]) -> str:

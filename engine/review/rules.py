@@ -61,7 +61,7 @@ def rank(
     n = len(keys)
     everyone = np.ones(n, dtype=bool)
 
-    def need(name: str, value: npt.NDArray[np.floating] | None) -> npt.NDArray[np.float64]:
+    def need(name: str, value: npt.NDArray[np.floating] | npt.NDArray[np.integer] | None) -> npt.NDArray[np.float64]:
         if value is None:
             hint = (
                 "a teacher with members or branches (an ensemble, ESR)"

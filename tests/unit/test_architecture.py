@@ -124,6 +124,8 @@ def _offenders(graph: dict[str, set[str]], importer: str, imported: str) -> list
         ("engine.data", "engine.stages", "transforms know nothing of stages"),
         ("engine.sources", "engine.stages", "format adapters only list rows"),
         ("engine.schemas", "engine.stages", "schemas sit below every stage"),
+        ("engine.review", "engine.stages", "review rules, formats and answers sit below the stages that use them"),
+        ("engine.review", "engine.round", "importing answers never runs a round"),
         ("engine.layout", "engine", "the layout names paths and imports nothing of the engine"),
         ("engine.stages", "engine.round", "stages do not know the round that runs them"),
         ("engine.stages", "engine.campaign", "stages do not know the campaign that runs them"),

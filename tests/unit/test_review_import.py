@@ -12,6 +12,7 @@ import pyarrow as pa
 import pytest
 
 from engine.config import load_config
+from engine.errors import ReviewImportError
 from engine.io import fs
 from engine.layout import SUCCESS, CampaignLayout, join
 from engine.review import labelstudio as ls
@@ -92,7 +93,7 @@ def test_annotator_ids_and_times_are_kept() -> None:
     ],
 )
 def test_bad_exports_are_refused_in_one_line(tasks: list[dict], keys: set[str], match: str) -> None:
-    with pytest.raises(ls.ReviewImportError, match=match) as exc:
+    with pytest.raises(ReviewImportError, match=match) as exc:
         ls.answers(tasks, batch=BATCH, keys=keys, class_names=NAMES)
     assert "\n" not in str(exc.value)
 
@@ -196,7 +197,7 @@ def test_second_import_is_refused_and_changes_nothing(batch_root: tuple[Any, Cam
     import_answers(cfg, first)
     before = fs.read_bytes(lay.round(1).answers)
     other = write_export(tmp_path / "b.json", [task("pool1", ann("Anger"))])
-    with pytest.raises(ls.ReviewImportError, match=r"already imported .* from a.json \(other answers\).*--replace"):
+    with pytest.raises(ReviewImportError, match=r"already imported .* from a.json \(other answers\).*--replace"):
         import_answers(cfg, other)
     assert fs.read_bytes(lay.round(1).answers) == before
     import_answers(cfg, other, replace=True)
@@ -206,13 +207,13 @@ def test_second_import_is_refused_and_changes_nothing(batch_root: tuple[Any, Cam
 def test_refused_export_writes_nothing(batch_root: tuple[Any, CampaignLayout], tmp_path: Path) -> None:
     cfg, lay = batch_root
     bad = write_export(tmp_path / "bad.json", [task("pool1", ann("Fear")), task("pool2", ann("Joy"))])
-    with pytest.raises(ls.ReviewImportError, match="'Joy', which is not a choice"):
+    with pytest.raises(ReviewImportError, match="'Joy', which is not a choice"):
         import_answers(cfg, bad)
     assert not fs.exists(lay.round(1).answers_dir)
     other = write_export(tmp_path / "o.json", [task("pool1", ann("Fear"), batch="c-r002-aaaaaaaaaaaa")])
-    with pytest.raises(ls.ReviewImportError, match="no review batch of campaign c has id c-r002-aaaaaaaaaaaa"):
+    with pytest.raises(ReviewImportError, match="no review batch of campaign c has id c-r002-aaaaaaaaaaaa"):
         import_answers(cfg, other)
     (tmp_path / "x.json").write_text("{not json")
-    with pytest.raises(ls.ReviewImportError, match="is not JSON"):
+    with pytest.raises(ReviewImportError, match="is not JSON"):
         import_answers(cfg, str(tmp_path / "x.json"))
     assert not fs.exists(lay.round(1).answers_dir)
