@@ -9,11 +9,13 @@ temporary folder. Verified commands: ../shared/reference/label-studio.md."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -57,7 +59,8 @@ class LabelStudio:
 
 @pytest.fixture
 def review_batch(tiny_campaign, tmp_path, monkeypatch):
-    """A tiny campaign stopped at round 1 with a batch of B faces for people (no training: a given teacher)."""
+    """A tiny campaign (a given teacher: no training) whose round 1 stops with a batch of B faces for people, made by
+    ``fer-engine review export`` as a user would (refused before round 0 has run, and once the batch exists)."""
     from engine.config import load_config
     from tests.integration.conftest import TINY_CAMPAIGN_SETS
     from tests.integration.processes import tiny_sets
@@ -70,12 +73,19 @@ def review_batch(tiny_campaign, tmp_path, monkeypatch):
         "campaign.name=ls",
         f"campaign.teacher_checkpoint={teacher}",
         "curation.label_issues=false",
-        f"review.size={B}",
-        "review.rule=entropy",
     ]
     cfg = load_config([REPO / "conf/demo.yaml"], sets)
-    state = run_campaign(cfg)
-    assert state["rounds"]["1"]["status"] == "waiting_review"
+    cli = [sys.executable, "-m", "engine.cli", "review", "export", "--config", str(REPO / "conf/demo.yaml")]
+    cli += [a for s in sets for a in ("--set", s)]
+    early = subprocess.run([*cli, "--size", str(B)], capture_output=True, text=True, check=False)
+    assert early.returncode == 2 and early.stderr.count("\n") == 1, early.stderr  # no teacher before round 0 ran
+    assert "has no teacher yet: round r000 trains it" in early.stderr
+    run_campaign(dataclasses.replace(cfg, campaign=dataclasses.replace(cfg.campaign, rounds=0)))  # round 0 only
+    done = subprocess.run([*cli, "--size", str(B), "--rule", "entropy"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "waiting for people: round r001's review batch is in campaigns/ls/rounds/r001/review" in done.stdout
+    again = subprocess.run([*cli, "--size", str(B)], capture_output=True, text=True, check=False)
+    assert again.returncode == 2 and "round r001 already has review batch" in again.stderr
     return cfg, CampaignLayout(str(root), "ls").round(1)
 
 
