@@ -64,6 +64,14 @@ class TinyCampaign:
         shutil.copytree(self.root / "sources", dest / "sources")
         return dest
 
+    def given_teacher_sets(self, name: str, extra: list[str]) -> list[str]:
+        """``--set`` overrides of conf/demo.yaml for a new tiny campaign ``name`` (storage root ``.``: run it from a
+        :meth:`copy_sources` folder) whose round-0 teacher is this campaign's round-0 student (no training), 1 epoch,
+        then ``extra``."""
+        teacher = str(self.root / "campaigns/demo/rounds/r000/train/student.pt")
+        sets = [*tiny_sets(".", self.cfg.sources["fer2013"].path, epochs=1), *TINY_CAMPAIGN_SETS]
+        return [*sets, f"campaign.name={name}", f"campaign.teacher_checkpoint={teacher}", *extra]
+
 
 @pytest.fixture(scope="session")
 def tiny_campaign(ray_local, fer2013_dir, tmp_path_factory) -> TinyCampaign:

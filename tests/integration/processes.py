@@ -12,9 +12,11 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -118,6 +120,24 @@ def _signal(proc: Proc, sig: int) -> None:
     if alive([proc]):  # never signal a recycled pid
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(proc[0], sig)
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[Any], log: Path, timeout: float) -> None:
+    """Poll ``url`` until it answers 200; an AssertionError with the end of ``log`` when ``proc`` dies first or
+    ``timeout`` seconds pass (a server a test started: MLflow, Label Studio)."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"{url} never answered: " + log.read_text(errors="replace")[-3000:])
+        time.sleep(0.5)
 
 
 def tiny_sets(root: Path | str, fer2013_dir: Path, epochs: int) -> list[str]:

@@ -13,10 +13,8 @@ import dataclasses
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -27,18 +25,13 @@ import pytest
 from engine.campaign import run_campaign
 from engine.io import fs
 from engine.layout import SUCCESS, CampaignLayout, join
+from tests.integration.processes import free_port, wait_healthy
 from tests.integration.test_report_export import CHROMIUM, CHROMIUM_ARGS
 
 REPO = Path(__file__).resolve().parents[2]
 LABEL_STUDIO = Path(os.environ.get("LABEL_STUDIO_BIN", REPO / ".venv-labelstudio/bin/label-studio"))
 EMAIL, PASSWORD = "reviewer@example.com", "engine-review-1"
 B = 5
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class LabelStudio:
@@ -62,18 +55,10 @@ def review_batch(tiny_campaign, tmp_path, monkeypatch):
     """A tiny campaign (a given teacher: no training) whose round 1 stops with a batch of B faces for people, made by
     ``fer-engine review export`` as a user would (refused before round 0 has run, and once the batch exists)."""
     from engine.config import load_config
-    from tests.integration.conftest import TINY_CAMPAIGN_SETS
-    from tests.integration.processes import tiny_sets
 
-    teacher = str(tiny_campaign.root / "campaigns/demo/rounds/r000/train/student.pt")
     root = tiny_campaign.copy_sources(tmp_path / "store")
     monkeypatch.chdir(root)
-    sets = [*tiny_sets(".", tiny_campaign.cfg.sources["fer2013"].path, epochs=1), *TINY_CAMPAIGN_SETS]
-    sets += [
-        "campaign.name=ls",
-        f"campaign.teacher_checkpoint={teacher}",
-        "curation.label_issues=false",
-    ]
+    sets = tiny_campaign.given_teacher_sets("ls", ["curation.label_issues=false"])
     cfg = load_config([REPO / "conf/demo.yaml"], sets)
     cli = [sys.executable, "-m", "engine.cli", "review", "export", "--config", str(REPO / "conf/demo.yaml")]
     cli += [a for s in sets for a in ("--set", s)]
@@ -94,7 +79,7 @@ def label_studio(review_batch, tmp_path):
     if not LABEL_STUDIO.exists():
         pytest.skip(f"{LABEL_STUDIO} is absent: make labelstudio (its own virtual environment)")
     _, lay = review_batch
-    port, token = _free_port(), secrets.token_hex(20)
+    port, token = free_port(), secrets.token_hex(20)
     env = {
         **os.environ,
         "LABEL_STUDIO_BASE_DATA_DIR": str(tmp_path / "ls-data"),
@@ -112,18 +97,7 @@ def label_studio(review_batch, tmp_path):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                pytest.fail("Label Studio did not start: " + (tmp_path / "label-studio.log").read_text()[-3000:])
-            time.sleep(1)
+        wait_healthy(url + "/health", proc, tmp_path / "label-studio.log", 180)
         yield LabelStudio(url, token)
     finally:
         proc.terminate()

@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,7 @@ import pytest
 
 from engine.io import fs
 from engine.layout import CampaignLayout, root_path
-from tests.integration.processes import free_port
+from tests.integration.processes import free_port, wait_healthy
 from tests.integration.test_report_export import CHROMIUM, CHROMIUM_ARGS
 
 
@@ -122,16 +120,8 @@ def test_mlflow_ui_shows_nested_rounds_datasets_and_the_registered_model(store, 
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise AssertionError((tmp_path / "server.log").read_text()[-2000:]) from None
-                time.sleep(0.5)
+        log.flush()
+        wait_healthy(base + "/health", server, tmp_path / "server.log", 90)
         exp = campaign.state["mlflow_experiment_id"]
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

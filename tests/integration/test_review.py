@@ -50,24 +50,21 @@ NAMES = ["Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surpris
 
 def test_a_campaign_trains_on_reviewed_faces(tiny_campaign, tmp_path, monkeypatch):
     from engine.config import load_config
-    from tests.integration.conftest import REPO, TINY_CAMPAIGN_SETS
-    from tests.integration.processes import tiny_sets
+    from tests.integration.conftest import REPO
 
-    teacher = str(tiny_campaign.root / "campaigns/demo/rounds/r000/train/student.pt")
     root = tiny_campaign.copy_sources(tmp_path / "store")
     monkeypatch.chdir(root)
-    fer2013 = tiny_campaign.cfg.sources["fer2013"].path
-    sets = [*tiny_sets(".", fer2013, epochs=1), *TINY_CAMPAIGN_SETS]
-    sets += [
-        "campaign.name=people",
-        "campaign.rounds=2",
-        f"campaign.teacher_checkpoint={teacher}",
-        "curation.label_issues=false",
-        "train.soft_labels=false",
-        "train.in_process=true",
-        f"review.size={B}",
-        "review.rule=margin",
-    ]
+    sets = tiny_campaign.given_teacher_sets(
+        "people",
+        [
+            "campaign.rounds=2",
+            "curation.label_issues=false",
+            "train.soft_labels=false",
+            "train.in_process=true",
+            f"review.size={B}",
+            "review.rule=margin",
+        ],
+    )
     cfg = load_config([REPO / "conf/demo.yaml"], sets)
     lay = CampaignLayout(str(root), "people")
     manifest = pq.read_table(root / "sources/fer2013/manifest").to_pandas().set_index("key")
@@ -180,3 +177,78 @@ def test_a_campaign_trains_on_reviewed_faces(tiny_campaign, tmp_path, monkeypatc
     lab2 = pq.read_table(r2.reviewed_labelled).to_pandas()
     assert set(lab2.key) == set(labelled0.key) | set(added) | set(batch2.key)
     assert fs.read_json(r2.state)["stages"]["train"]["counts"]["labelled_rows"] == len(labelled0) + 8 + B
+
+
+def test_people_recheck_flagged_labels_and_change_them(tiny_campaign, tmp_path, monkeypatch):
+    """review.rule=label_issues on a copy of the shared campaign: round 2 asks about the labelled faces round 1's
+    curation flagged, lowest label quality first; people's answers change two labels (the old ones kept) and take one
+    face out, and round 2 trains on that."""
+    import shutil
+
+    from engine.config import load_config
+    from tests.integration.conftest import REPO, TINY_CAMPAIGN_SETS
+    from tests.integration.processes import tiny_sets
+
+    root = tmp_path / "store"
+    shutil.copytree(tiny_campaign.root, root)
+    monkeypatch.chdir(root)
+    sets = [*tiny_sets(".", tiny_campaign.cfg.sources["fer2013"].path, epochs=2), *TINY_CAMPAIGN_SETS]
+    sets += ["campaign.rounds=2", "review.size=4", "review.rule=label_issues", "review.per_class_quota=false"]
+    sets += ["train.in_process=true"]
+    cfg = load_config([REPO / "conf/demo.yaml"], sets)
+    state = run_campaign(cfg)
+    assert state["rounds"]["2"]["status"] == "waiting_review"
+    lay = CampaignLayout(str(root), "demo")
+    r2 = lay.round(2)
+    flagged = pq.read_table(join(lay.round(1).curation_dir, "label_issues.parquet")).to_pandas()
+    manifest = pq.read_table(root / "sources/fer2013/manifest", columns=["key", "leak_with"]).to_pandas()
+    twins = set(manifest.key[manifest.leak_with.notna()])
+    worst = flagged[~flagged.key.isin(twins)].sort_values(["quality", "key"]).head(4)
+    batch = pq.read_table(r2.review_batch).to_pandas()
+    assert batch.key.tolist() == worst.key.tolist()  # lowest label quality first, no face with a val/test twin
+    flags = flagged.set_index("key")
+    assert (batch.given_label.to_numpy() == flags.given_label.loc[batch.key].to_numpy()).all()
+    assert (batch.teacher_label.to_numpy() == flags.suggested_label.loc[batch.key].to_numpy()).all()
+    assert (batch.score.to_numpy() == flags.quality.loc[batch.key].astype(float).to_numpy()).all()
+
+    # people: the first two get the suggested label, the third is not a face, the fourth keeps its label
+    tasks = json.loads(Path(r2.review_dir, "tasks.json").read_text())
+    answers = [NAMES[batch.teacher_label[0]], NAMES[batch.teacher_label[1]], "not a face", NAMES[batch.given_label[3]]]
+    export = [
+        {
+            "id": i,
+            "data": t["data"],
+            "annotations": [
+                {
+                    "completed_by": 3,
+                    "was_cancelled": False,
+                    "result": [
+                        {"from_name": "emotion", "to_name": "image", "type": "choices", "value": {"choices": [a]}}
+                    ],
+                }
+            ],
+        }
+        for i, (t, a) in enumerate(zip(tasks, answers, strict=True))
+    ]
+    (tmp_path / "e.json").write_text(json.dumps(export))
+    from engine.review.answers import import_answers
+
+    counts = import_answers(cfg, str(tmp_path / "e.json"))
+    changed = int((batch.teacher_label[:2] != batch.given_label[:2]).sum())
+    assert counts["relabelled"] == changed
+    state = run_campaign(cfg)
+    assert state["rounds"]["2"]["status"] == "done"
+    lab = pq.read_table(r2.reviewed_labelled).to_pandas().set_index("key")
+    labelled0 = pq.read_table(lay.labelled).to_pandas().set_index("key")
+    assert len(lab) == len(labelled0) - 1 and batch.key[2] not in lab.index
+    for i in (0, 1):
+        k = batch.key[i]
+        assert lab.label[k] == batch.teacher_label[i]
+        assert lab.old_label[k] == (labelled0.label[k] if batch.teacher_label[i] != labelled0.label[k] else -1)
+    assert lab.label[batch.key[3]] == labelled0.label[batch.key[3]] and lab.old_label[batch.key[3]] == -1
+    doc = fs.read_json(r2.state)
+    assert doc["stages"]["reviewed"]["counts"]["removed"] == 1
+    assert doc["stages"]["reviewed"]["counts"]["relabelled"] == changed
+    assert doc["stages"]["train"]["counts"]["labelled_rows"] == len(labelled0) - 1
+    if changed:
+        assert "Labels people changed (old → new)" in Path(r2.report).read_text()

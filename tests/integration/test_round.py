@@ -158,18 +158,14 @@ def test_precision_target_thresholds_come_from_the_teachers_val_predictions(tiny
     from engine.models.teacher import load_teacher
     from engine.partition_rule import PartitionRule
     from engine.stages.evaluate import split_samples
-    from tests.integration.conftest import REPO, TINY_CAMPAIGN_SETS
-    from tests.integration.processes import tiny_sets
+    from tests.integration.conftest import REPO
 
     teacher = str(tiny_campaign.root / "campaigns/demo/rounds/r000/train/student.pt")
     root = tiny_campaign.copy_sources(tmp_path / "store")
     monkeypatch.chdir(root)
-    fer2013 = tiny_campaign.cfg.sources["fer2013"].path
-    sets = [*tiny_sets(".", fer2013, epochs=1), *TINY_CAMPAIGN_SETS]
+    sets = tiny_campaign.given_teacher_sets("precision", [])
     sets += [
-        "campaign.name=precision",
         "campaign.rounds=1",
-        f"campaign.teacher_checkpoint={teacher}",
         "threshold.policy=precision",
         # the tiny teacher is barely better than chance: a low target, so that classes it predicts get their
         # lowest confidence (precision is met by the whole class, robust to near-ties) and the others tau
