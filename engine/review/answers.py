@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import time
 from collections import Counter
 from typing import Any
 
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 def import_answers(cfg: Config, export_path: str, *, replace: bool = False) -> dict[str, Any]:
     """Commit the answers of the Label Studio export ``export_path`` to the batch whose id its tasks carry; returns
     the counts (faces, labelled, per answer, agreement with the teacher)."""
+    t0 = time.perf_counter()
     text = fs.read_bytes(export_path).decode("utf-8", errors="replace")
     tasks = ls.read_export(text, export_path)
     if not tasks:
@@ -68,6 +70,7 @@ def import_answers(cfg: Config, export_path: str, *, replace: bool = False) -> d
             "export": export_path.rsplit("/", 1)[-1],
             "imported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "counts": counts,
+            "seconds": round(time.perf_counter() - t0, 3),
             "files": digest_dir(lay.answers_dir),
         },
     )
