@@ -61,6 +61,7 @@ def test_a_campaign_trains_on_reviewed_faces(tiny_campaign, tmp_path, monkeypatc
             "curation.label_issues=false",
             "train.soft_labels=false",
             "train.in_process=true",
+            "tracking.log_models=false",  # the students as MLflow models are tested in test_mlflow
             f"review.size={B}",
             "review.rule=margin",
         ],
@@ -194,7 +195,7 @@ def test_people_recheck_flagged_labels_and_change_them(tiny_campaign, tmp_path, 
     monkeypatch.chdir(root)
     sets = [*tiny_sets(".", tiny_campaign.cfg.sources["fer2013"].path, epochs=2), *TINY_CAMPAIGN_SETS]
     sets += ["campaign.rounds=2", "review.size=4", "review.rule=label_issues", "review.per_class_quota=false"]
-    sets += ["train.in_process=true"]
+    sets += ["train.in_process=true", "tracking.log_models=false"]
     cfg = load_config([REPO / "conf/demo.yaml"], sets)
     state = run_campaign(cfg)
     assert state["rounds"]["2"]["status"] == "waiting_review"
