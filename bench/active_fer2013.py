@@ -213,13 +213,16 @@ def by_row(results: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 
 def render(args: argparse.Namespace, results: list[dict[str, Any]], teachers: dict[int, dict[str, Any]]) -> str:
     rows = by_row(results)
-    random_curve = mean_curve(rows["random"]) if "random" in rows else None
     sup10 = statistics.mean(t["test_f1"] for t in teachers.values()) if teachers else None
     lines = [
         "# People in the loop: review rules on FER2013 with 10 % labels",
         "",
-        f"`python bench/active_fer2013.py {' '.join(args.argv)}` (dated {time.strftime('%Y-%m-%d')}); machine: "
-        f"{platform.machine()}, {_cpus()} CPU cores, no GPU, Python {platform.python_version()}.",
+        "Made by (each invocation adds or resumes rows; finished campaigns are skipped):",
+        "",
+        *(f"    python bench/active_fer2013.py {' '.join(a)}" for a in args.invocations),
+        "",
+        f"Dated {time.strftime('%Y-%m-%d')}; machine: {platform.machine()}, {_cpus()} CPU cores, no GPU, Python "
+        f"{platform.python_version()}.",
         "",
         f"Setting: conf/fer2013_ssl.yaml (preset `{args.preset}`), B = {args.size} faces per review round, every "
         "round's student trained from scratch on the labelled + reviewed faces (rows `+PL`: and that round's DTM-R "
@@ -248,7 +251,10 @@ def render(args: argparse.Namespace, results: list[dict[str, Any]], teachers: di
         last = curve[-1]
         gap = (last["test_f1"] - SUPERVISED_10) / (SUPERVISED_100 - SUPERVISED_10)
         eff = ""
-        if random_curve is not None and name != "random" and len(curve) > 1:
+        person = res[0]["person"]
+        base = rows.get("random" + ("" if person == "one_vote" else f" ({person})"))  # random, same people
+        random_curve = mean_curve(base) if base else None
+        if random_curve is not None and res[0]["rule"] != "random" and len(curve) > 1:
             need = faces_to_reach(random_curve, last["test_f1"])
             eff = (
                 f"{need / last['faces']:.2f}"
@@ -340,6 +346,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--rounds-of", nargs="*", default=[], metavar="RULE=N", help="more rounds for some rules")
     p.add_argument("--out", default=str(REPO / "docs/results/active_fer2013.md"))
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--render-only", action="store_true", help="rewrite the page and plot from the JSON, run nothing")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     args.rounds_of = {k: int(v) for k, v in (s.split("=", 1) for s in args.rounds_of)}
@@ -347,6 +354,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     earlier = out.with_suffix(".json")
     old = json.loads(earlier.read_text()) if earlier.exists() else {"rows": []}
     args.earlier = {x["campaign"]: x["seconds"] for x in old["rows"]}
+    args.invocations = list(old.get("invocations", []))
+    if args.render_only:
+        teachers = {int(k): v for k, v in old.get("teachers", {}).items()}
+        out.write_text(render(args, old["rows"], teachers))
+        plot(old["rows"], teachers, out.with_suffix(".png"))
+        print(out.read_text(), flush=True)
+        return list(old["rows"])
+    if args.argv not in args.invocations:
+        args.invocations.append(args.argv)
     args.votes = load_votes(Path(args.labels))
 
     from engine.logs import setup_logging
@@ -361,7 +377,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     def write() -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(render(args, results, teachers))
-        out.with_suffix(".json").write_text(json.dumps({"teachers": teachers, "rows": results}, indent=1))
+        doc = {"invocations": args.invocations, "teachers": teachers, "rows": results}
+        out.with_suffix(".json").write_text(json.dumps(doc, indent=1))
         plot(results, teachers, out.with_suffix(".png"))
 
     plan = [(r, False, person) for r in args.rules for person in args.people]
