@@ -127,10 +127,12 @@ def run_row(
         import_answers(cfg, str(export))
     points = [start]
     faces = 0
+    stage_seconds = 0.0
     for i in range(1, rounds + 1):
         doc = fs.read_json_or_none(lay.round(i).state)
         if doc is None:
             break
+        stage_seconds += sum(float(st.get("seconds") or 0.0) for st in doc["stages"].values())
         answers = fs.read_parquet(lay.round(i).answers)
         faces += int(sum(1 for x in answers["label"].to_pylist() if x >= 0))
         points.append(_round_point(lay, i, doc, faces, answers))
@@ -147,6 +149,7 @@ def run_row(
         "campaign": name,
         "points": points,
         "seconds": round(seconds, 1),
+        "stage_seconds": round(stage_seconds, 1),
     }
 
 
@@ -229,15 +232,18 @@ def render(args: argparse.Namespace, results: list[dict[str, Any]], teachers: di
         "pseudo-labels, cap 2 × labelled), from the supervised 10 % student of the same seed. People: simulated, "
         "one FER+ crowd vote per face unless the row says otherwise. Figures: test macro-F1 of each round's student "
         "on the deduplicated PrivateTest; mean ± std over seeds where a row has several. Gap = supervised 10 % → "
-        f"100 % ({SUPERVISED_10} → {SUPERVISED_100}, docs/results/ssl_fer2013.md).",
+        f"100 % ({SUPERVISED_10} → {SUPERVISED_100}, three-seed means of docs/results/ssl_fer2013.md); Δ compares "
+        "each row with the supervised 10 % student it started from (same seed). Minutes: the larger of the wall time "
+        "and the sum of the rounds' stage times (a row resumed by a later invocation).",
         "",
     ]
     if sup10 is not None:
         lines += [f"Supervised 10 % students of these seeds (round 0, 0 faces): test macro-F1 {sup10:.4f}.", ""]
     head = "| row | seeds | " + " | ".join(f"after {k} round{'s' if k > 1 else ''}" for k in range(1, 4))
     lines += [
-        head + " | faces labelled (last) | gap recovered | label efficiency vs random | people ≠ FER2013 | minutes |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        head + " | faces labelled (last) | Δ vs its supervised 10 % | gap recovered | label efficiency vs random "
+        "| people ≠ FER2013 | minutes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, res in rows.items():
         curve = mean_curve(res)
@@ -256,15 +262,18 @@ def render(args: argparse.Namespace, results: list[dict[str, Any]], teachers: di
         random_curve = mean_curve(base) if base else None
         if random_curve is not None and res[0]["rule"] != "random" and len(curve) > 1:
             need = faces_to_reach(random_curve, last["test_f1"])
-            eff = (
-                f"{need / last['faces']:.2f}"
-                if need is not None
-                else f"> {random_curve[-1]['faces'] / last['faces']:.2f}"
-            )
+            if last["test_f1"] <= curve[0]["test_f1"]:
+                eff = "— (below its start)"
+            elif need is None:
+                eff = f"> {random_curve[-1]['faces'] / last['faces']:.2f} (random never reaches it)"
+            else:
+                eff = f"{need / last['faces']:.2f}"
+        delta = last["test_f1"] - curve[0]["test_f1"]
         wrong = [p["people_vs_fer2013"] for x in res for p in x["points"][1:] if "people_vs_fer2013" in p]
         lines.append(
             f"| {name} | {', '.join(str(x['seed']) for x in res)} | {' | '.join(cells)} | {last['faces']:.0f} | "
-            f"{gap:+.1%} | {eff} | {statistics.mean(wrong):.1%} | {sum(x['seconds'] for x in res) / 60:.1f} |"
+            f"{delta:+.4f} | {gap:+.1%} | {eff} | {statistics.mean(wrong):.1%} | "
+            f"{sum(max(x['seconds'], x.get('stage_seconds', 0.0)) for x in res) / 60:.1f} |"
         )
     lines += ["", "## Test F1 per class after the last round (mean over seeds)", ""]
     classes = list(next(iter(teachers.values()))["per_class"]) if teachers else []
@@ -356,7 +365,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args.earlier = {x["campaign"]: x["seconds"] for x in old["rows"]}
     args.invocations = list(old.get("invocations", []))
     if args.render_only:
+        out.parent.mkdir(parents=True, exist_ok=True)
         teachers = {int(k): v for k, v in old.get("teachers", {}).items()}
+        for x in old["rows"]:  # the stages' own seconds, for rows whose wall time covers only a resumed part
+            lay = CampaignLayout(args.root, x["campaign"])
+            docs = [fs.read_json_or_none(lay.round(p["round"]).state) for p in x["points"][1:]]
+            if all(docs):
+                x["stage_seconds"] = round(
+                    sum(float(st.get("seconds") or 0) for d in docs for st in d["stages"].values()), 1
+                )
         out.write_text(render(args, old["rows"], teachers))
         plot(old["rows"], teachers, out.with_suffix(".png"))
         print(out.read_text(), flush=True)
