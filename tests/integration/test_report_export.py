@@ -110,6 +110,7 @@ def test_report_renders_in_chromium_and_is_logged_to_mlflow(campaign, tmp_path):
         "Selection",
         "Confidence histograms",
         "Galleries",
+        "Review by people",  # this round asked nobody: one line says so (test_review.py renders a batch)
         "Evaluation: student vs teacher",
         "Label issues in the labelled set",
         "Ingest: quarantine, duplicates and leakage",
