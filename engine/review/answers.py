@@ -134,12 +134,6 @@ def answer_counts(table: pa.Table, names: list[str]) -> dict[str, Any]:
     }
 
 
-def answers_state(lay: RoundLayout) -> dict[str, Any] | None:
-    """The committed answers' marker of a round (batch, counts, when and from which file), None when not imported."""
-    marker: dict[str, Any] | None = fs.read_json_or_none(join(lay.answers_dir, SUCCESS))
-    return marker
-
-
 def answers_committed(campaign: CampaignLayout, upto: int) -> dict[int, str]:
     """Round → fingerprint of the answers committed for rounds 1..``upto`` (``<round>/answers/_SUCCESS.json``)."""
     out = {}

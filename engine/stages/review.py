@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import logging
 from typing import Any
 
@@ -28,7 +27,7 @@ import pyarrow.compute as pc
 
 from engine.errors import ConfigError
 from engine.io import fs
-from engine.layout import RoundLayout, SourceLayout, join, parse_shard, round_name, shard_tar
+from engine.layout import SourceLayout, join, parse_shard, round_name, shard_tar
 from engine.review import labelstudio as ls
 from engine.review.answers import answers_committed, batch_id, reviewed_keys
 from engine.review.rules import LABELLED_RULES, RULE_DOC, choose, order, rank
@@ -36,6 +35,19 @@ from engine.schemas import REVIEW_BATCH_SCHEMA, REVIEWED_LABELLED_SCHEMA
 from engine.stages.base import RunOutput, Stage, StageContext, committed
 
 log = logging.getLogger(__name__)
+
+CANDIDATE_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("shard", pa.string()),
+        ("teacher_label", pa.int16()),
+        ("teacher_conf", pa.float32()),
+        ("given_label", pa.int16()),
+        ("score", pa.float64()),
+        ("priority", pa.float64()),
+    ]
+)
+"""The faces a batch is chosen from, with the rule's score and priority (in memory only)."""
 
 EXTRA_FOR_DIVERSITY = 4
 """With a minimum pHash distance, each class keeps this many times B candidates per score part (faces skipped as
@@ -106,14 +118,15 @@ class ReviewStage(Stage):
         )
         per_class = self.cfg.size * (1 + (EXTRA_FOR_DIVERSITY if self.cfg.min_phash_distance else 0))
         cols = ["key", "shard", "pred", "conf", "margin", "entropy"]
-        kept: pa.Table | None = None
+        kept = CANDIDATE_SCHEMA.empty_table()
+        asked = pa.array(sorted(skip), pa.string())
         for s in list_shards(self.ctx.root, self.ctx.rule.pool_sources):
             part = self.layout.score_part(s.name)
             if not fs.exists(part):
                 continue
             t = fs.read_parquet(part, columns=cols + (["disagreement"] if self.cfg.rule == "disagreement" else []))
             if skip:
-                t = t.filter(pc.invert(pc.is_in(t["key"], value_set=pa.array(sorted(skip)))))
+                t = t.filter(pc.invert(pc.is_in(t["key"], value_set=asked)))
             r = rank(
                 self.cfg.rule,
                 t["key"].to_pylist(),
@@ -134,10 +147,11 @@ class ReviewStage(Stage):
                     "given_label": pa.array(np.full(t.num_rows, -1, np.int16)),
                     "score": pa.array(r.score),
                     "priority": pa.array(r.priority),
-                }
+                },
+                schema=CANDIDATE_SCHEMA,
             ).filter(pa.array(r.eligible))
-            kept = _top_per_class(t if kept is None else pa.concat_tables([kept, t]), per_class)
-        return kept if kept is not None else _top_per_class(pa.table({}), 0)
+            kept = _top_per_class(pa.concat_tables([kept, t]), per_class)
+        return kept
 
     def _labelled_candidates(self, skip: frozenset[str]) -> pa.Table:
         """The labelled rows curation flagged (latest earlier round), without those people already answered."""
@@ -154,7 +168,8 @@ class ReviewStage(Stage):
                 "given_label": pc.cast(t["given_label"], pa.int16()),
                 "score": pa.array(r.score),
                 "priority": pa.array(r.priority),
-            }
+            },
+            schema=CANDIDATE_SCHEMA,
         )
 
     def run(self) -> RunOutput:
@@ -293,17 +308,7 @@ def _ext(data: bytes) -> str:
 def _top_per_class(t: pa.Table, m: int) -> pa.Table:
     """At most ``m`` rows per ``teacher_label`` by ``priority`` (ties by key), kept in that order."""
     if t.num_rows == 0:
-        return pa.table(
-            {
-                "key": pa.array([], pa.string()),
-                "shard": pa.array([], pa.string()),
-                "teacher_label": pa.array([], pa.int16()),
-                "teacher_conf": pa.array([], pa.float32()),
-                "given_label": pa.array([], pa.int16()),
-                "score": pa.array([], pa.float64()),
-                "priority": pa.array([], pa.float64()),
-            }
-        )
+        return t
     idx = order(t["priority"].to_numpy(), t["key"].to_pylist())
     cls = t["teacher_label"].to_numpy()[idx]
     seen: dict[int, int] = {}
@@ -408,8 +413,3 @@ class ReviewedStage(Stage):
             },
             extra={"labelled_per_class": {n: int(per_class[i]) for i, n in enumerate(self.names)}},
         )
-
-
-def tasks_json(lay: RoundLayout) -> list[dict[str, Any]]:
-    """The tasks the batch's export holds (what a person imports into Label Studio)."""
-    return list(json.loads(fs.read_bytes(join(lay.review_dir, "tasks.json"))))
