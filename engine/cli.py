@@ -4,8 +4,9 @@
 Commands: ingest, campaign, round, review, evaluate, report, export, import-fer-teacher, verify, status, list,
 config. Every command that reads a config takes ``--config`` (repeatable) and ``--set a.b=c`` (repeatable); every
 one takes ``--verbose``. An EngineError, or an OSError of the storage (full, read-only, not allowed), ends the
-command with one ``error: …`` line and exit code 2; Ctrl-C with one ``interrupted: …`` line and 130; anything else
-is a bug: its traceback, then one ``bug: …`` line asking for a report, and exit code 1.
+command with one ``error: …`` line and exit code 2; Ctrl-C with one ``interrupted: …`` line and 130, SIGTERM with the
+same line and 143; anything else is a bug: its traceback, then one ``bug: …`` line asking for a report, and exit code
+1. A job that started a local Ray leaves no process of it behind (engine.runtime).
 """
 
 from __future__ import annotations
@@ -510,16 +511,20 @@ def job(name: str, description: str, argv: Sequence[str] | None = None) -> None:
 
 
 def _main(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> None:
+    from engine.errors import Terminated
+    from engine.runtime import handle_sigterm
+
     args = p.parse_args(argv)
     setup_logging(verbose=getattr(args, "verbose", False))
+    handle_sigterm()
     try:
         args._run(args)
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated)
         print(f"interrupted: {INTERRUPTED}", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(143 if isinstance(exc, Terminated) else 130)
     except BrokenPipeError:  # the reader went away (`fer-engine config --show | head`): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)

@@ -63,3 +63,8 @@ class ReviewWaiting(EngineError):
             "again"
         )
         self.round, self.review_dir, self.faces = round_index, review_dir, faces
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (what ``timeout``, ``kill``, a scheduler or a job manager send): handled like Ctrl-C, so
+    committed stages are kept, the job prints one ``interrupted:`` line and exits 143 (128 + SIGTERM)."""

@@ -85,6 +85,31 @@ def marked(marker: str) -> set[Proc]:
     return found
 
 
+def with_env(marker: str) -> set[Proc]:
+    """Live processes (of this user) whose environment holds the entry ``marker`` (``NAME=value``): a job run with
+    a unique marker passes it to every process it starts, Ray's node and workers included, even those that outlive
+    their parent reparented to init, which ancestry no longer finds."""
+    me = os.getpid()
+    found: set[Proc] = set()
+    for p, (state, _, start) in _procs().items():
+        if p == me or state in ("Z", "X"):
+            continue
+        try:
+            with open(f"/proc/{p}/environ", "rb") as fh:
+                env = fh.read().split(b"\0")
+        except OSError:  # gone, or another user's
+            continue
+        if marker.encode() in env:
+            found.add((p, start))
+    return found
+
+
+def leftovers(marker: str, timeout: float = 1.0) -> list[str]:
+    """The command lines of processes that carry ``marker`` (:func:`with_env`) still alive ``timeout`` s from now:
+    what a finished job left behind."""
+    return sorted(_cmdline(p)[:120] for p, _ in wait_gone(with_env(marker), timeout))
+
+
 def alive(procs: Iterable[Proc]) -> set[Proc]:
     """The processes still running: same pid and start time, not a zombie."""
     out = set()

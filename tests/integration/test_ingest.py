@@ -209,3 +209,58 @@ def test_two_concurrent_ingests_of_one_new_root_one_writes_the_other_is_refused_
     )
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.splitlines()[0].startswith("ingest fer2013: skipped (already committed, nothing to do)")
+
+
+def test_sigterm_mid_ingest_ends_in_one_line_leaves_no_process_and_the_rerun_completes(
+    ray_local, fer2013_dir, tmp_path
+):
+    """SIGTERM (what ``timeout``, ``kill`` or a scheduler send) to an ingest that started its own local Ray, while it
+    decodes: one ``interrupted:`` line and exit 143 (not Ray's C++ stack lines), no process it started alive
+    afterwards (found by an environment marker every child inherits), nothing committed; the same command again
+    (joined to the suite's Ray) commits the source whole."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from engine.cli import INTERRUPTED
+    from engine.io.checksums import verify_root
+    from tests.integration.processes import kill_all, leftovers, tiny_overrides, with_env
+
+    repo = Path(__file__).resolve().parents[2]
+    root = tmp_path / "store"
+    cmd = [sys.executable, "jobs/ingest.py", "--config", "conf/demo.yaml", *tiny_overrides(root, fer2013_dir, 1)]
+    cmd += ["--set", "sources.fer2013.limit=1000"]  # long enough to be mid-decode when the signal lands
+    marker = f"ENGINE_TEST_JOB=sigterm-{os.getpid()}"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | dict([marker.split("=", 1)])
+    log = tmp_path / "ingest.log"
+    with open(log, "w") as out:
+        job = subprocess.Popen(cmd, cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + 300
+            while "ingest fer2013: running" not in log.read_text():
+                assert job.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.05)
+            job.send_signal(signal.SIGTERM)
+            rc = job.wait(timeout=120)
+        finally:
+            left = leftovers(marker)
+            kill_all(with_env(marker))
+    text = log.read_text()
+    assert (rc, text.strip().splitlines()[-1]) == (143, f"interrupted: {INTERRUPTED}"), text[-3000:]
+    assert "SIGTERM received" not in text and "Traceback" not in text
+    assert left == []
+    out_dir = Path(SourceLayout(str(root), "fer2013").dir)
+    assert out_dir.is_dir() and not (out_dir / "_SUCCESS.json").exists()
+
+    again = subprocess.run(
+        cmd,
+        cwd=repo,
+        env={**env, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    check = verify_root(str(root))
+    assert (check.bad, check.unchecked, check.stages) == ({}, 0, 1)

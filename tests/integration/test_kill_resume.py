@@ -2,7 +2,8 @@
 
 Checks: the Ray processes the killed driver started die with it; the re-run skips every committed stage (ingest,
 partition, round 0, round 1's score/threshold/select), continues training from the epoch after the last checkpoint
-(no epoch trained twice), and finishes into the same MLflow child run, which holds each epoch's metrics once.
+(no epoch trained twice), finishes into the same MLflow child run, which holds each epoch's metrics once, and leaves
+no process behind.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.processes import Proc, descendants, kill_all, tiny_overrides, wait_gone
+from tests.integration.processes import Proc, descendants, kill_all, leftovers, tiny_overrides, wait_gone, with_env
 
 pytestmark = pytest.mark.integration
 
@@ -85,8 +86,16 @@ def test_sigkill_mid_training_then_rerun_resumes_same_round_and_run(
     r0_before = r0.read_bytes()
     assert not (root / "campaigns/demo/rounds/r001/round.json").exists()
 
-    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    marker = f"ENGINE_TEST_JOB=rerun-{os.getpid()}"  # inherited by every process the re-run starts (Ray's too)
+    try:
+        again = subprocess.run(
+            cmd, cwd=REPO, env=env | dict([marker.split("=", 1)]), capture_output=True, text=True, timeout=900
+        )
+        left = leftovers(marker)  # a job that ends leaves nothing behind: Ray's node, the Train controller, workers
+    finally:
+        kill_all(with_env(marker))
     assert again.returncode == 0, (again.stdout + again.stderr)[-6000:]
+    assert left == []
     assert r0.read_bytes() == r0_before
     doc = json.loads((root / "campaigns/demo/rounds/r001/round.json").read_text())
     stages = doc["stages"]
