@@ -68,19 +68,13 @@ def load(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def start_ray(cfg: Config) -> None:
-    """Check that the storage root can be created and written (one line when not), then start or join Ray."""
-    from engine.io.fs import check_storage_root
-    from engine.runtime import init_ray
-
-    check_storage_root(cfg.storage.root)
-    init_ray()
 
 
 # -- the commands -----------------------------------------------------------------------------------------------------
 
 
 def _ingest(args: argparse.Namespace) -> None:
+    from engine.io.fs import check_storage_root
     from engine.summary import print_ingest_summary
 
     cfg = load(args)
@@ -92,13 +86,9 @@ def _ingest(args: argparse.Namespace) -> None:
 
     for name in names:
         cfg.source(name)  # an unknown --source fails here, before Ray starts
-    stages = {name: IngestStage(StageContext(cfg, source=name)) for name in names}
-    # Every source committed with this config: execute() only checks the files' sha256 and reports, so Ray is not
-    # started (it is the whole cost of a no-op run); a rebuild of corrupt files (on_existing=overwrite) needs it.
-    if cfg.storage.on_existing == "overwrite" or not all(st.committed() for st in stages.values()):
-        start_ray(cfg)
-    for name, stage in stages.items():
-        print_ingest_summary(name, stage.execute())
+    check_storage_root(cfg.storage.root)
+    for name in names:  # a committed source is checked against its sha256 and reported: Ray is not started
+        print_ingest_summary(name, IngestStage(StageContext(cfg, source=name)).execute())
 
 
 def _ingest_args(p: argparse.ArgumentParser) -> None:
@@ -111,7 +101,6 @@ def run_campaign_job(args: argparse.Namespace, max_rounds: int | None) -> None:
     run up to ``max_rounds`` new rounds and print the summary."""
     from engine.campaign import campaign_lock, check_inputs, completed, run_campaign
     from engine.io.fs import check_storage_root
-    from engine.runtime import init_ray
     from engine.summary import print_campaign_summary, print_nothing_to_do
 
     cfg = load(args)
@@ -121,8 +110,7 @@ def run_campaign_job(args: argparse.Namespace, max_rounds: int | None) -> None:
         print_nothing_to_do(cfg, done)
         return
     check_storage_root(cfg.storage.root)  # the lock file lives under the root
-    with campaign_lock(cfg):
-        init_ray()
+    with campaign_lock(cfg):  # Ray starts with the first stage that has work (engine.stages.base.Stage.RAY)
         print_campaign_summary(cfg, run_campaign(cfg, max_rounds=max_rounds))
 
 
@@ -219,9 +207,11 @@ def _review_args(p: argparse.ArgumentParser) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    cfg = load(args)
-    start_ray(cfg)
+    from engine.io.fs import check_storage_root
     from engine.products.evaluation import evaluate_checkpoint
+
+    cfg = load(args)
+    check_storage_root(cfg.storage.root)  # Ray starts only for an ingest or a split above eval.in_process_rows
 
     m = evaluate_checkpoint(cfg, args.checkpoint, args.source, split=args.split)
     print(
@@ -248,9 +238,6 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from engine.runtime import init_ray
-
-    init_ray()
     from engine.products.report import rebuild_report
 
     print(rebuild_report(args.round, args.overrides, label_issues=args.label_issues), flush=True)
@@ -262,9 +249,6 @@ def _report_args(p: argparse.ArgumentParser) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from engine.runtime import init_ray
-
-    init_ray()
     from engine.products.export import export_round
     from engine.stored import open_round
 

@@ -105,6 +105,22 @@ def init_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
         log.info("Ray's own logs (workers, Ray Data, Ray Train): %s/logs (--verbose prints them here)", session)
 
 
+def ray_started() -> Any:
+    """The ``ray`` module, with Ray started or joined (:func:`init_ray`) if it was not: what driver code that
+    builds Ray work calls instead of ``import ray``, so a job starts Ray only when some work needs it (a job whose
+    stages are committed, or whose work runs in-process, never does). A no-op inside Ray's own workers."""
+    import ray
+
+    init_ray()
+    return ray
+
+
+def local_work() -> bool:
+    """Whether small work may run in this process instead of on Ray: not on a cluster (``RAY_ADDRESS`` set, as
+    ``ray job submit`` does), where the driver's node is not meant for work."""
+    return not os.environ.get("RAY_ADDRESS")
+
+
 LOCAL_START_ATTEMPTS = 3
 """Tries to start a local Ray: its raylet must register within a fixed 30 s, which a busy machine can miss."""
 

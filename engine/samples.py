@@ -70,7 +70,9 @@ def samples_dataset(root: str, table_path: str, *, score_dir: str | None = None,
     ``score_dir`` (a round's score stage directory) each row also gets ``target``: its teacher probabilities from
     ``part-<shard>.parquet``, sharpened with ``temperature`` (:func:`sharpen`), as float32 bytes (soft labels).
     """
-    import ray
+    from engine.runtime import ray_started
+
+    ray = ray_started()
 
     shards = sorted(set(fs.read_parquet(table_path, columns=["shard"])["shard"].to_pylist()))
     items = [{"shard": s, "table": table_path} for s in shards]

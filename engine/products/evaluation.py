@@ -84,7 +84,10 @@ def evaluate_checkpoint(
         pc.sum(pc.and_(pc.equal(manifest["split"], split), pc.greater_equal(manifest["label"], 0))).as_py() or 0
     )
     rule = PartitionRule(0, (), (source,), 1.0, 1.0, "")
-    pred = predict_split(root, rule, checkpoint, split, batch_size or cfg.eval.batch_size, cfg.eval.tta_flip)
+    ev = cfg.eval
+    pred = predict_split(
+        root, rule, checkpoint, split, batch_size or ev.batch_size, ev.tta_flip, in_process_rows=ev.in_process_rows
+    )
     keys, y, probs = pred.keys, pred.y, pred.probs
     y_shared = label_map[y] if len(keys) else np.zeros(0, np.int64)
     keep = y_shared >= 0

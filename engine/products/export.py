@@ -68,7 +68,7 @@ def export_round(ref: RoundRef, fmt: str, out_dir: str, *, overwrite: bool = Fal
     Raises:
         ConfigError: unknown format, an unfinished round, or a non-empty ``out_dir`` without ``overwrite``.
     """
-    import ray
+    from engine.runtime import ray_started
 
     if fmt not in FORMATS:
         raise ConfigError(f"export format must be one of {', '.join(FORMATS)}; got {fmt!r}")
@@ -102,6 +102,7 @@ def export_round(ref: RoundRef, fmt: str, out_dir: str, *, overwrite: bool = Fal
         {"shard": s, "data_file": hf_data_file(i, len(shards)) if fmt == "hf_parquet" else None}
         for i, s in enumerate(shards)
     ]
+    ray = ray_started()
     results = sorted(
         (
             {**r, "counts": json.loads(r["counts"]), "digests": json.loads(r["digests"])}

@@ -20,7 +20,7 @@ from engine.io import fs
 from engine.io.checksums import Problem, check_dir, digest_dir
 from engine.io.lock import writer_lock
 from engine.layout import SUCCESS, CampaignLayout, RoundLayout, join, root_path, round_name
-from engine.runtime import require
+from engine.runtime import init_ray, require
 
 if TYPE_CHECKING:
     from engine.labels import LabelSpace
@@ -145,14 +145,18 @@ class Stage(ABC):
     """One stage of the pipeline with an output directory it alone writes, built from a :class:`StageContext`.
 
     Subclasses declare ``name`` and ``VERSION`` (bump by hand when the meaning of the outputs changes), their output
-    directory (``out_dir``), the upstream stages they read (``inputs``), the files they commit (``outputs``) and what
-    they run on (``resources``); they return the config subset and upstream digests they depend on from
-    ``fingerprint_inputs`` and do the work in ``run``, which reads its inputs from committed files, writes every file
-    atomically and never writes ``_SUCCESS.json``.
+    directory (``out_dir``), the upstream stages they read (``inputs``), the files they commit (``outputs``), what
+    they run on (``resources``) and whether they need Ray at all (``RAY``); they return the config subset and
+    upstream digests they depend on from ``fingerprint_inputs`` and do the work in ``run``, which reads its inputs
+    from committed files, writes every file atomically and never writes ``_SUCCESS.json``.
     """
 
     name: ClassVar[str]
     VERSION: ClassVar[int] = 1
+    RAY: ClassVar[bool] = True
+    """Whether ``run`` needs Ray: it is started (or joined) just before such a stage runs, never for a stage found
+    committed, so a job whose stages are all committed never starts it. A pure-Python stage, or one that goes to Ray
+    itself only when its work is large (engine.runtime.ray_started), says False."""
 
     def __init__(self, ctx: StageContext) -> None:
         self.ctx = ctx
@@ -252,6 +256,8 @@ class Stage(ABC):
             fs.remove(self.out_dir)
         elif running is not None:
             log.info("%s: resuming a partial run (fingerprint %s)", self.label, short(fp))
+        if self.RAY:
+            init_ray()
         require(self.label, self.resources())
         fs.write_json(join(self.out_dir, RUNNING), {"fingerprint": fp})
         log.info("%s: running (fingerprint %s)", self.label, short(fp))

@@ -237,9 +237,9 @@ def cross_val_probs(
     Returns:
         (N, C) float32.
     """
-    import ray
+    from engine.runtime import cluster_gpus, ray_started
 
-    from engine.runtime import cluster_gpus
+    ray = ray_started()
 
     data = ray.put({"images": images, "labels": labels, "folds": folds, "space": space})
     remote: Any = ray.remote
@@ -385,10 +385,11 @@ def issues_table(
 
 def labelled_images(root: str, labelled: pa.Table) -> dict[str, bytes]:
     """Encoded image bytes of every row of a (key, shard) table, one Ray task per shard (the set is small)."""
-    import ray
-
     from engine.io.tars import read_images
     from engine.layout import shard_tar
+    from engine.runtime import ray_started
+
+    ray = ray_started()
 
     by_shard: dict[str, list[str]] = {}
     for k, s in zip(labelled["key"].to_pylist(), labelled["shard"].to_pylist(), strict=True):

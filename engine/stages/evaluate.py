@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -92,6 +93,28 @@ def split_samples(root: str, rule: PartitionRule, split: str) -> Any:
     )
 
 
+def _rows_at_most(shards: list[ShardRef], rule: PartitionRule, split: str, limit: int) -> bool:
+    """Whether ``split`` has at most ``limit`` evaluated rows (manifests read until the count passes it)."""
+    n = 0
+    for ref in shards:
+        n += len(_split_rows(ref, rule, split)[0])
+        if n > limit:
+            return False
+    return True
+
+
+def _predict_here(items: list[dict[str, Any]], kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """:func:`_predict_shard` of each shard in this process; the driver's torch thread count is given back after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        for item in items:
+            yield _predict_shard(item, **kwargs)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @dataclass(frozen=True)
 class SplitPredictions:
     """A checkpoint's predictions on every evaluated row of one split, ordered by key."""
@@ -116,28 +139,33 @@ def predict_split(
     tta_flip: bool = False,
     *,
     label: str = "predict",
+    in_process_rows: int = 0,
 ) -> SplitPredictions:
     """Predictions of ``checkpoint`` on every evaluated row of ``split`` (one Ray task per shard; with ``tta_flip``
-    the mean of each image's and its mirror's probabilities).
+    the mean of each image's and its mirror's probabilities). A split of at most ``in_process_rows`` rows is
+    predicted shard by shard in this process instead (``eval.in_process_rows``; never on a cluster): the same
+    function with the same single torch thread, so the same predictions, without Ray's start-up.
 
     A checkpoint with sequence members gets its per-frame outputs gathered here and its ensemble computed per video
     (engine.models.sequence.sequence_predict), so a video spread over shards is one sequence.
     """
-    import ray
+    from engine.runtime import local_work, ray_started
 
     shards = list_shards(root, rule.eval_sources)
     items = [ref.__dict__ for ref in shards]
-    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    rows = ds.map(
-        _predict_shard,
-        fn_kwargs={
-            "checkpoint": checkpoint,
-            "rule": rule.to_json(),
-            "split": split,
-            "batch_size": batch_size,
-            "tta_flip": tta_flip,
-        },
-    ).iter_rows()
+    kwargs = {
+        "checkpoint": checkpoint,
+        "rule": rule.to_json(),
+        "split": split,
+        "batch_size": batch_size,
+        "tta_flip": tta_flip,
+    }
+    if in_process_rows > 0 and local_work() and _rows_at_most(shards, rule, split, in_process_rows):
+        rows: Any = _predict_here(items, kwargs)
+    else:
+        ray = ray_started()
+        ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+        rows = ds.map(_predict_shard, fn_kwargs=kwargs).iter_rows()
     outs = [out for out in track(rows, desc=f"{label} {split}", total=len(items), unit="shards") if len(out["keys"])]
     if not outs:
         return SplitPredictions([], np.zeros(0, np.int64), np.zeros((0, 0), np.float32))
@@ -179,6 +207,7 @@ class EvaluateStage(Stage):
     """Macro-F1, accuracy, per-class F1, ABAW2021 score and confusion matrix per split → ``eval/metrics.json``."""
 
     name = "evaluate"
+    RAY = False
     VERSION = 1
 
     def __init__(self, ctx: StageContext) -> None:
@@ -238,7 +267,14 @@ class EvaluateStage(Stage):
         counts: dict[str, Any] = {}
         for split in self.cfg.splits:
             pred = predict_split(
-                self.root, self.rule, self.checkpoint, split, self.cfg.batch_size, self.cfg.tta_flip, label=self.label
+                self.root,
+                self.rule,
+                self.checkpoint,
+                split,
+                self.cfg.batch_size,
+                self.cfg.tta_flip,
+                label=self.label,
+                in_process_rows=self.cfg.in_process_rows,
             )
             if not pred.keys:
                 continue

@@ -30,6 +30,7 @@ class PartitionStage(Stage):
     """Choose the labelled set (seeded, class-stratified) and the pool / eval rules of a campaign."""
 
     name = "partition"
+    RAY = False
     VERSION = 1
 
     def __init__(self, ctx: StageContext) -> None:

@@ -58,6 +58,7 @@ class ReviewStage(Stage):
     """Choose ``review.size`` faces by ``review.rule`` and write them as a Label Studio project."""
 
     name = "review"
+    RAY = False
     VERSION = 1
 
     def __init__(self, ctx: StageContext) -> None:
@@ -344,6 +345,7 @@ class ReviewedStage(Stage):
     """The round's labelled set: the partition's, with every answer imported up to this round applied."""
 
     name = "reviewed"
+    RAY = False
     VERSION = 1
 
     def __init__(self, ctx: StageContext) -> None:

@@ -32,6 +32,7 @@ class ThresholdStage(Stage):
     """
 
     name = "threshold"
+    RAY = False
     VERSION = 2  # 2: thresholds.json states its rule
 
     def __init__(self, ctx: StageContext) -> None:
@@ -88,6 +89,7 @@ class ThresholdStage(Stage):
             score.batch_size,
             score.tta_flip,
             label=f"{self.label} reference",
+            in_process_rows=self.ctx.cfg.eval.in_process_rows,
         )
         if not len(pred.keys):
             raise ConfigError(

@@ -42,7 +42,9 @@ def video_step(items: list[dict[str, str]], *, out_dir: str, cfg: ScoreConfig, s
     Returns:
         The number of rows that belong to a video.
     """
-    import ray
+    from engine.runtime import ray_started
+
+    ray = ray_started()
 
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     # one pyarrow block per shard, with its schema even when empty (an empty block without columns breaks the shuffle)

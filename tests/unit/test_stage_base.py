@@ -16,6 +16,7 @@ from engine.stages.base import RunOutput, Stage, StageContext, StageResult
 
 class Counter(Stage):
     name = "counter"
+    RAY = False  # pure Python: executing it never starts Ray
 
     def __init__(self, out_dir, value, fail=False, on_existing="error", verify=True):
         sets = [f"storage.on_existing={on_existing}", f"storage.verify={str(verify).lower()}"]
@@ -193,3 +194,18 @@ def test_verify_command_lists_what_differs_and_what_rebuilds_it(tmp_path):
             "stages listed are redone)",
         ],
     )
+
+
+def test_a_stage_that_needs_ray_starts_it_only_when_it_runs_never_when_found_committed(tmp_path, monkeypatch):
+    from engine.stages import base
+
+    started = []
+    monkeypatch.setattr(base, "init_ray", lambda: started.append(True))
+
+    class OnRay(Counter):
+        RAY = True
+
+    out = str(tmp_path / "s")
+    assert OnRay(out, 3).execute().skipped is False and started == [True]
+    assert OnRay(out, 3).execute().skipped is True and started == [True]  # committed: no Ray
+    assert Counter(str(tmp_path / "t"), 3).execute().skipped is False and started == [True]  # RAY = False

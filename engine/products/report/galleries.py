@@ -117,10 +117,11 @@ def _selected_keys(selection: str, shard: str) -> set[str]:
 
 
 def gallery_section(ref: RoundRef, names: list[str], rc: ReportConfig, images: ImageRequests) -> str:
-    import ray
-
     from engine.partition_rule import load_rule
+    from engine.runtime import ray_started
     from engine.stages.score import list_shards
+
+    ray = ray_started()
 
     lay = ref.layout
     thr = np.array([finite(v, np.inf) for v in fs.read_json(lay.thresholds)["thresholds"]], dtype=np.float64)
@@ -177,10 +178,11 @@ def _candidates_row(item: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
 
 def fetch_thumbnails(root: str, wanted: dict[str, set[str]]) -> dict[str, bytes]:
     """PNG thumbnails (longest side <= THUMB_PX) of the wanted keys, one Ray task per shard."""
-    import ray
+    from engine.runtime import ray_started
 
     if not wanted:
         return {}
+    ray = ray_started()
     items = [{"shard": s, "keys": sorted(ks)} for s, ks in sorted(wanted.items())]
     out: dict[str, bytes] = {}
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map(functools.partial(_thumbs_row, root=root))
