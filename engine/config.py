@@ -110,6 +110,11 @@ class IngestConfig:
     """Faces MTCNN scores below this probability do not count (the image becomes ``no_face``)."""
     face_align: bool = False
     """Before cropping, rotate the image about the face box centre so that MTCNN's two eye landmarks lie level."""
+    in_process_rows: int = 5000
+    """A source of at most this many listed rows is decoded, deduplicated and sharded in the job's own process
+    instead of by Ray tasks: the same functions, so the same files, without starting Ray (its start-up costs more
+    than the work of a small source). 0 = always Ray; on a cluster (``RAY_ADDRESS`` set) Ray is always used. Not
+    part of the fingerprint: it changes where the work runs, not what it writes."""
 
     def __post_init__(self) -> None:
         _check_choice("ingest.image_format", self.image_format, ("png", "jpg"))
@@ -123,6 +128,7 @@ class IngestConfig:
         _check_positive("ingest.min_side_px", self.min_side_px)
         _check_positive("ingest.max_pixels", self.max_pixels)
         _check_positive("ingest.max_bytes", self.max_bytes)
+        _check_range("ingest.in_process_rows", self.in_process_rows, 0, 1 << 40)
         if self.resize is not None:
             _check_positive("ingest.resize", self.resize)
 

@@ -32,7 +32,7 @@ from engine.io import fs
 from engine.io.tars import tar_bytes
 from engine.layout import SourceLayout, shard_name
 from engine.progress import track
-from engine.runtime import retry_lost_nodes
+from engine.runtime import local_work, ray_started, retry_lost_nodes
 from engine.schemas import LISTING_SCHEMA, MANIFEST_SCHEMA, QUARANTINE_SCHEMA
 from engine.stages.base import RunOutput, Stage, StageContext, StageResult
 
@@ -50,6 +50,7 @@ class IngestStage(Stage):
 
     name = "ingest"
     VERSION = 1
+    RAY = False  # a small source runs in this process; a larger one starts Ray in its first phase (ray_started)
 
     def __init__(self, ctx: StageContext) -> None:
         super().__init__(ctx)
@@ -71,6 +72,7 @@ class IngestStage(Stage):
 
     def fingerprint_inputs(self) -> dict[str, Any]:
         ingest = asdict(self.cfg)
+        del ingest["in_process_rows"]  # where the work runs, not what it writes
         if not self.cfg.detect_faces:  # face keys unused: ingests from before face detection existed stay valid
             for k in _FACE_KEYS:
                 del ingest[k]
@@ -86,13 +88,17 @@ class IngestStage(Stage):
             require_detector()  # fail on the driver, before any Ray task
         t0 = time.perf_counter()
         n_parts = self._list()
+        label = f"ingest {self.source.name}"
+        rows = sum(fs.read_parquet(self.layout.listing_part(i), columns=["key"]).num_rows for i in range(n_parts))
+        here = local_work() and rows <= self.cfg.in_process_rows
+        if here:
+            log.info("%s: %d rows: in this process (ingest.in_process_rows=%d)", label, rows, self.cfg.in_process_rows)
         # The Ray phases are idempotent (decode and shard skip the parts they committed; dedup writes nothing), so a
         # lost node, worker or actor that Ray itself does not recover (e.g. Ray Data's parquet footer readers) only
         # re-runs the phase.
-        label = f"ingest {self.source.name}"
-        part_stats = retry_lost_nodes(label, lambda: self._decode(n_parts))
-        decisions = retry_lost_nodes(label, lambda: self._dedup(n_parts))
-        shards = retry_lost_nodes(label, lambda: self._shard(part_stats, decisions))
+        part_stats = retry_lost_nodes(label, lambda: self._decode(n_parts, here))
+        decisions = retry_lost_nodes(label, lambda: self._dedup(n_parts, here))
+        shards = retry_lost_nodes(label, lambda: self._shard(part_stats, decisions, here))
         counts = self._finish(n_parts, decisions, shards)
         seconds = time.perf_counter() - t0
         counts["seconds"] = round(seconds, 2)
@@ -116,14 +122,17 @@ class IngestStage(Stage):
         return n_parts
 
     # ------------------------------------------------------------------ phase 2: decode
-    def _decode(self, n_parts: int) -> dict[int, dict[str, int]]:
-        import ray
-
+    def _decode(self, n_parts: int, here: bool) -> dict[int, dict[str, int]]:
         pending = [i for i in range(n_parts) if not fs.exists(self.layout.decoded_part(i))]
         if pending:
             log.info("ingest %s: decoding %d/%d parts", self.source.name, len(pending), n_parts)
-            ds = ray.data.from_items([{"part": i} for i in pending], override_num_blocks=len(pending))
-            rows = ds.map(_decode_part_row, fn_kwargs={"layout": self.layout, "policy": self.cfg}).iter_rows()
+            kwargs = {"layout": self.layout, "policy": self.cfg}
+            items = [{"part": i} for i in pending]
+            if here:
+                rows: Any = (_decode_part_row(item, **kwargs) for item in items)
+            else:
+                ds = ray_started().data.from_items(items, override_num_blocks=len(pending))
+                rows = ds.map(_decode_part_row, fn_kwargs=kwargs).iter_rows()
             list(track(rows, desc=f"ingest {self.source.name}: decode", total=len(pending), unit="parts"))
         stats: dict[int, dict[str, int]] = {}
         for i in range(n_parts):
@@ -133,13 +142,22 @@ class IngestStage(Stage):
         return stats
 
     # ------------------------------------------------------------------ phase 3: dedup + leakage
-    def _dedup(self, n_parts: int) -> pa.Table:
-        import ray
-
+    def _dedup(self, n_parts: int, here: bool) -> pa.Table:
         from engine.runtime import task_shuffle
 
         paths = [self.layout.decoded_part(i) for i in range(n_parts)]
         cols = ["key", "orig_path", "part", "row", "split", "status", "sha256", "phash"]
+        if here:
+            t = pa.concat_tables([fs.read_parquet(p, columns=cols) for p in paths])
+            t = t.filter(pc.equal(t["status"], "ok"))
+            exact = [r for g in _twin_groups(t, "sha256") for r in _exact_group(g).to_pylist()]
+            near = (
+                [r for g in _twin_groups(t, "phash") for r in _near_group(g).to_pylist()]
+                if self.cfg.phash_leakage
+                else []
+            )
+            return _merge_decisions(exact, near)
+        ray = ray_started()
         parts = max(2, min(64, n_parts))
         with task_shuffle():
             ds = ray.data.read_parquet(paths).select_columns(cols).filter(expr=_col("status") == "ok")
@@ -148,9 +166,7 @@ class IngestStage(Stage):
             return _merge_decisions(exact.take_all(), near.take_all() if self.cfg.phash_leakage else [])
 
     # ------------------------------------------------------------------ phase 4: shards + manifest
-    def _shard(self, part_stats: dict[int, dict[str, int]], decisions: pa.Table) -> int:
-        import ray
-
+    def _shard(self, part_stats: dict[int, dict[str, int]], decisions: pa.Table, here: bool) -> int:
         dup_parts = pc.value_counts(decisions.filter(pc.is_valid(decisions["duplicate_of"]))["part"]).to_pylist()
         dups_in = {int(d["values"]): int(d["counts"]) for d in dup_parts}
         kept_per_part = [part_stats[i]["ok"] - dups_in.get(i, 0) for i in range(len(part_stats))]
@@ -168,8 +184,12 @@ class IngestStage(Stage):
                 jobs.append(
                     {"shard": s, "lo": lo, "hi": hi, "parts": parts, "offsets": [int(offsets[i]) for i in parts]}
                 )
-            ds = ray.data.from_items(jobs, override_num_blocks=len(jobs))
-            rows = ds.map(_write_shard_row, fn_kwargs={"layout": self.layout, "source": self.source.name}).iter_rows()
+            kwargs = {"layout": self.layout, "source": self.source.name}
+            if here:
+                rows: Any = (_write_shard_row(job, **kwargs) for job in jobs)
+            else:
+                ds = ray_started().data.from_items(jobs, override_num_blocks=len(jobs))
+                rows = ds.map(_write_shard_row, fn_kwargs=kwargs).iter_rows()
             list(track(rows, desc=f"ingest {self.source.name}: write shards", total=len(jobs), unit="shards"))
         return n_shards
 
@@ -378,6 +398,23 @@ def _near_group(group: pa.Table) -> pa.Table:
         for r in rows
     ]
     return pa.Table.from_pylist(out, schema=_DECISION_SCHEMA)
+
+
+def _twin_groups(t: pa.Table, column: str) -> Iterator[pa.Table]:
+    """The rows of ``t`` that share a value of ``column`` with another row, one table per value: what Ray's
+    ``groupby(column).map_groups`` hands :func:`_exact_group` / :func:`_near_group`, less the single rows, for which
+    both decide nothing."""
+    counts = pc.value_counts(t[column])
+    shared = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
+    if not len(shared):
+        return
+    rows = t.filter(pc.is_in(t[column], value_set=shared)).sort_by(column)
+    values = rows[column].to_pylist()
+    start = 0
+    for i in range(1, len(values) + 1):
+        if i == len(values) or values[i] != values[start]:
+            yield rows.slice(start, i - start)
+            start = i
 
 
 def _merge_decisions(exact: list[dict[str, Any]], near: list[dict[str, Any]]) -> pa.Table:

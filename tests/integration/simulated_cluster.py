@@ -49,6 +49,7 @@ def main() -> None:
     setup_logging()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": True})
     workers = [cluster.add_node(num_cpus=1) for _ in range(args.nodes)]
+    os.environ["RAY_ADDRESS"] = cluster.address  # a cluster: the engine runs no work in the driver (local_work)
     ray.init(address=cluster.address, log_to_driver=False)
     cluster.wait_for_nodes()
     ray.data.DataContext.get_current().enable_progress_bars = False

@@ -46,13 +46,16 @@ def _files(root):
     }
 
 
-CFG = IngestConfig(samples_per_shard=40, list_chunk_rows=50)
+CFG = IngestConfig(samples_per_shard=40, list_chunk_rows=50, in_process_rows=0)
+"""Ray tasks for every phase, whatever the size."""
+HERE = IngestConfig(samples_per_shard=40, list_chunk_rows=50, in_process_rows=10**6)
+"""Every phase in the test's process (``ingest.in_process_rows``), with the same functions."""
 
 
 @pytest.fixture(scope="module")
 def clean_ingest(ray_local, fer2013_dir, tmp_path_factory):
-    """One uninterrupted ingest of 60 rows per split (shards of 40, listing parts of 50 rows): the counts test reads
-    it, the crash test compares its own resumed ingest with it byte for byte."""
+    """One uninterrupted ingest of 60 rows per split on Ray tasks (shards of 40, listing parts of 50 rows): the counts
+    test reads it, the crash test compares its own resumed in-process ingest with it byte for byte."""
     root = tmp_path_factory.mktemp("clean")
     return root, ingest_stage(str(root), _fer_source(fer2013_dir), CFG).execute()
 
@@ -90,8 +93,12 @@ def test_fer2013_counts_idempotence_and_readers(ray_local, fer2013_dir, clean_in
     assert _files(tmp_path / "sources") == before
 
 
-def test_crash_then_resume_is_byte_identical(ray_local, fer2013_dir, clean_ingest, tmp_path, monkeypatch):
-    cfg = CFG
+def test_crash_then_resume_in_process_is_byte_identical_to_the_ray_ingest(
+    ray_local, fer2013_dir, clean_ingest, tmp_path, monkeypatch
+):
+    """An in-process ingest (``HERE``) crashed after decoding, one decoded part lost, resumed: its shards, manifest,
+    quarantine and duplicates equal those of the uninterrupted ingest on Ray tasks byte for byte."""
+    cfg = HERE
     clean = clean_ingest[0]
 
     crashed = tmp_path / "crashed"
@@ -112,9 +119,9 @@ def test_crash_then_resume_is_byte_identical(ray_local, fer2013_dir, clean_inges
     for sub in ("shards", "manifest"):
         a, b = _files(clean / "sources/fer" / sub), _files(crashed / "sources/fer" / sub)
         assert a == b and len(a) > 0
-    assert (clean / "sources/fer/quarantine.parquet").read_bytes() == (
-        crashed / "sources/fer/quarantine.parquet"
-    ).read_bytes()
+    for name in ("quarantine.parquet", "duplicates.parquet"):
+        a, b = clean / "sources/fer" / name, crashed / "sources/fer" / name
+        assert a.read_bytes() == b.read_bytes(), name
 
 
 def test_bad_inputs_are_quarantined_with_reasons(ray_local, tmp_path):
@@ -231,6 +238,7 @@ def test_sigterm_mid_ingest_ends_in_one_line_leaves_no_process_and_the_rerun_com
     root = tmp_path / "store"
     cmd = [sys.executable, "jobs/ingest.py", "--config", "conf/demo.yaml", *tiny_overrides(root, fer2013_dir, 1)]
     cmd += ["--set", "sources.fer2013.limit=1000"]  # long enough to be mid-decode when the signal lands
+    cmd += ["--set", "ingest.in_process_rows=0"]  # on a local Ray the job starts (a small source would not start it)
     marker = f"ENGINE_TEST_JOB=sigterm-{os.getpid()}"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | dict([marker.split("=", 1)])
     log = tmp_path / "ingest.log"
@@ -264,3 +272,86 @@ def test_sigterm_mid_ingest_ends_in_one_line_leaves_no_process_and_the_rerun_com
     assert again.returncode == 0, again.stderr[-3000:]
     check = verify_root(str(root))
     assert (check.bad, check.unchecked, check.stages) == ({}, 0, 1)
+
+
+def test_a_small_source_is_ingested_in_the_job_process_without_starting_ray(fer2013_dir, tmp_path):
+    """``jobs/ingest.py`` on 450 listed rows (below ``ingest.in_process_rows``) without ``RAY_ADDRESS``: every phase
+    runs in the job's process, no Ray process is started (none carries the job's environment marker while it runs
+    or after), and the committed source checks out whole."""
+    import subprocess
+    import sys
+    import time
+
+    from engine.io.checksums import verify_root
+    from tests.integration.processes import kill_all, leftovers, tiny_overrides, with_env
+
+    repo = Path(__file__).resolve().parents[2]
+    root = tmp_path / "store"
+    cmd = [sys.executable, "jobs/ingest.py", "--config", "conf/demo.yaml", *tiny_overrides(root, fer2013_dir, 1)]
+    marker = f"ENGINE_TEST_JOB=small-{os.getpid()}"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | dict([marker.split("=", 1)])
+    seen: set[str] = set()
+    log = tmp_path / "ingest.log"
+    with open(log, "w") as out:
+        job = subprocess.Popen(cmd, cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+        try:
+            while job.poll() is None:  # the job's own process carries the marker too: count only others
+                seen |= {str(p) for p in with_env(marker) if p[0] != job.pid}
+                time.sleep(0.05)
+            left = leftovers(marker)
+        finally:
+            kill_all(with_env(marker))
+    err = log.read_text()
+    assert job.returncode == 0, err[-3000:]
+    assert "ingest fer2013: 450 rows: in this process (ingest.in_process_rows=5000)" in err
+    assert "Started a local Ray" not in err and "engine.runtime: ray:" not in err
+    assert (seen, left) == (set(), [])
+    check = verify_root(str(root))
+    assert (check.bad, check.unchecked, check.stages) == ({}, 0, 1)
+
+
+def test_twins_within_and_across_splits_get_the_same_decisions_in_process_and_on_ray(ray_local, tmp_path):
+    """An image folder with planted twins: an exact copy within train (quarantined as a duplicate), an exact copy
+    of a train face in val and in test (leakage), a one-pixel change of a train face in test (a pHash twin: leakage).
+    Ingested on Ray tasks and in this process, every committed file is the same, byte for byte."""
+    from tests.fixtures import face
+
+    src_dir = tmp_path / "faces"
+    files = {
+        "train/Happiness/a.png": face(0),
+        "train/Happiness/a_copy.png": face(0),
+        "train/Sadness/b.png": face(1),
+        "train/Sadness/c.png": face(2),
+        "val/Happiness/a_in_val.png": face(0),
+        "val/Anger/d.png": face(3),
+        "test/Sadness/b_in_test.png": face(1),
+        "test/Fear/e.png": face(4),
+    }
+    for rel, data in files.items():
+        (src_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src_dir / rel).write_bytes(data)
+    pixels = np.asarray(Image.open(io.BytesIO(face(2)))).copy()
+    pixels[0, 0] = pixels[0, 0] + 1 if pixels[0, 0] < 255 else 254
+    (src_dir / "test/Sadness").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(src_dir / "test/Sadness/c_changed.png")
+    src = SourceConfig(name="twins", format="image_folder", path=str(src_dir))
+
+    def ingest(root: Path, in_process_rows: int) -> dict[Path, bytes]:
+        cfg = IngestConfig(samples_per_shard=4, list_chunk_rows=3, in_process_rows=in_process_rows)
+        res = ingest_stage(str(root), src, cfg).execute()
+        assert (res.counts["inputs"], res.counts["duplicates"], res.counts["kept"]) == (9, 1, 8)
+        return {p: b for p, b in _files(root / "sources/twins").items() if p.name != "_SUCCESS.json"}
+
+    on_ray, here = ingest(tmp_path / "ray", 0), ingest(tmp_path / "here", 100)
+    assert on_ray == here
+    decisions = pq.read_table(tmp_path / "here/sources/twins/duplicates.parquet").to_pylist()
+    by_path = {r["orig_path"]: (r["duplicate_of"] is not None, r["leak_with"]) for r in decisions}
+    assert by_path == {
+        "train/Happiness/a_copy.png": (True, "val"),
+        "train/Happiness/a.png": (False, "val"),
+        "val/Happiness/a_in_val.png": (False, "train"),
+        "train/Sadness/b.png": (False, "test"),
+        "test/Sadness/b_in_test.png": (False, "train"),
+        "train/Sadness/c.png": (False, "test"),
+        "test/Sadness/c_changed.png": (False, "train"),
+    }
