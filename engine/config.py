@@ -231,6 +231,11 @@ class ScoreConfig:
     """GPUs per actor; 0 scores on CPU. Set to 1 on GPU clusters."""
     tta_flip: bool = False
     """Average the probabilities of the image and its horizontal flip."""
+    flip_views: bool = False
+    """With ``tta_flip``, also keep the image's and its mirror's probabilities as the two branches of a
+    single-checkpoint teacher (score parts' ``branch_probs``), so that ``disagreement`` (and the review rule
+    ``disagreement``) measures how much the mirror changes the teacher's mind; the probabilities stay their mean.
+    Ignored where the teacher has members or branches of its own (an ensemble, ESR)."""
     hist_bins: int = 1000
     """Bins of the per-class confidence histograms in ``score/stats.json``."""
     disagreement: str = "vote_entropy"
@@ -246,6 +251,8 @@ class ScoreConfig:
 
     def __post_init__(self) -> None:
         _check_choice("score.disagreement", self.disagreement, ("vote_entropy", "variance", "js"))
+        if self.flip_views and not self.tta_flip:
+            raise ConfigError("score.flip_views keeps the two views of score.tta_flip: set score.tta_flip=true too")
         if self.smooth is not None:
             _check_choice("score.smooth", self.smooth, ("mean", "ema"))
         _check_positive("score.smooth_window", self.smooth_window)

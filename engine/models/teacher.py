@@ -60,7 +60,8 @@ def teacher_fingerprint(member_fingerprints: Sequence[str], weights: Sequence[fl
 
 
 class CheckpointTeacher:
-    """One checkpoint on one device, optionally with horizontal-flip TTA (mean of the two probability vectors)."""
+    """One checkpoint on one device, optionally with horizontal-flip TTA (mean of the two probability vectors; with
+    ``flip_views``, the two views are also returned as the branches of a model that has none)."""
 
     def __init__(
         self,
@@ -70,6 +71,7 @@ class CheckpointTeacher:
         mixed_precision: bool = True,
         *,
         expect_label_space: LabelSpace | str | None = None,
+        flip_views: bool = False,
     ) -> None:
         """Load ``path`` (see ``load_checkpoint``); ``mixed_precision`` autocasts on CUDA only (bf16 if supported)."""
         from engine.models.checkpoint import load_checkpoint
@@ -82,6 +84,7 @@ class CheckpointTeacher:
         self.checkpoint_fingerprint = loaded.fingerprint
         self.device = device
         self.tta_flip = tta_flip
+        self.flip_views = flip_views and tta_flip
         self.mixed_precision = mixed_precision
         self.fingerprint: str = teacher_fingerprint([loaded.fingerprint], None, tta_flip)
 
@@ -101,6 +104,7 @@ class CheckpointTeacher:
         self = cls.__new__(cls)
         self.path, self.model, self.model_cfg, self.label_space = "", model, model_cfg, label_space
         self.checkpoint_fingerprint, self.device, self.tta_flip = "", device, tta_flip
+        self.flip_views = False
         self.mixed_precision = mixed_precision
         self.fingerprint = ""
         return self
@@ -130,7 +134,10 @@ class CheckpointTeacher:
                 t = (t[:b] + t[b:]) / 2
             return None if t is None else t.cpu().numpy().astype(np.float32, copy=False)
 
-        return TeacherOutput(out(probs), out(branch), out(va), out(feats))  # type: ignore[arg-type]
+        branches = out(branch)
+        if self.flip_views and branches is None:  # (B, 2, C): the image's probabilities, then its mirror's
+            branches = torch.stack([probs[:b], probs[b:]], dim=1).float().cpu().numpy()
+        return TeacherOutput(out(probs), branches, out(va), out(feats))  # type: ignore[arg-type]
 
     @property
     def temporal(self) -> torch.nn.ModuleDict | None:
@@ -198,8 +205,11 @@ def load_teacher(
     device: str | torch.device = "cpu",
     mixed_precision: bool = True,
     expect_label_space: LabelSpace | str | None = None,
+    flip_views: bool = False,
 ) -> Teacher:
-    """A CheckpointTeacher for one path (and no weights), else an EnsembleTeacher of one per path.
+    """A CheckpointTeacher for one path (and no weights), else an EnsembleTeacher of one per path. ``flip_views``
+    (with ``tta_flip``) gives a single checkpoint without branches its two views as branches; an ensemble's
+    branches stay its members.
 
     The fingerprint is the sha256 of the member checkpoint fingerprints, the normalised weights and the TTA flag
     (for an ensemble, through each member's own teacher fingerprint).
@@ -212,6 +222,7 @@ def load_teacher(
         CheckpointTeacher(p, device, tta_flip, mixed_precision, expect_label_space=expect_label_space) for p in paths
     ]
     if len(members) == 1 and weights is None:
+        members[0].flip_views = flip_views and tta_flip
         return members[0]
     if any(m.temporal is not None for m in members):
         raise ConfigError(

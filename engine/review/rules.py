@@ -24,7 +24,7 @@ LABELLED_RULES = ("label_issues",)
 RULE_DOC = {
     "margin": "smallest top-1 − top-2 probability first",
     "entropy": "highest entropy of the teacher's probabilities first",
-    "disagreement": "highest disagreement between the teacher's members or branches first",
+    "disagreement": "highest disagreement between the teacher's members, branches or flip views first",
     "near_threshold": "just under its predicted class's threshold first (score: the gap)",
     "label_issues": "lowest cleanlab label quality among flagged labelled rows first",
     "random": "a seeded hash of the key (the baseline)",
@@ -64,7 +64,7 @@ def rank(
     def need(name: str, value: npt.NDArray[np.floating] | npt.NDArray[np.integer] | None) -> npt.NDArray[np.float64]:
         if value is None:
             hint = (
-                "a teacher with members or branches (an ensemble, ESR)"
+                "a teacher with members or branches (an ensemble, ESR) or score.flip_views=true with score.tta_flip"
                 if name == "disagreement"
                 else f"the {name} column"
             )

@@ -121,6 +121,8 @@ class ScoreStage(Stage):
         }
         if self.cfg.smooth is not None:
             fp["smooth"] = {"method": self.cfg.smooth, "window": self.cfg.smooth_window}
+        if self.cfg.flip_views:  # only when on: campaigns from before the key keep their fingerprints
+            fp["flip_views"] = True
         return fp
 
     @functools.cached_property
@@ -225,6 +227,7 @@ class ScoreStage(Stage):
             fn_constructor_kwargs={
                 "teacher_paths": self.teacher_paths,
                 "tta_flip": self.cfg.tta_flip,
+                "flip_views": self.cfg.flip_views,
                 "threads": max(1, int(np.ceil(self.cfg.cpus_per_actor))),
                 "use_gpu": gpus > 0,
                 "rule": self.rule.to_json(),
@@ -367,6 +370,7 @@ class PoolScorer:
         use_gpu: bool,
         rule: dict[str, Any],
         delay_s: float = 0.0,
+        flip_views: bool = False,
     ) -> None:
         import torch
 
@@ -375,7 +379,8 @@ class PoolScorer:
         torch.set_num_threads(threads)
         with contextlib.suppress(RuntimeError):  # only settable before the first parallel op of the process
             torch.set_num_interop_threads(1)
-        self.teacher = load_teacher(list(teacher_paths), tta_flip=tta_flip, device="cuda" if use_gpu else "cpu")
+        device = "cuda" if use_gpu else "cpu"
+        self.teacher = load_teacher(list(teacher_paths), tta_flip=tta_flip, flip_views=flip_views, device=device)
         self.rule = PartitionRule.from_json(rule)
         self.labelled = frozenset(self.rule.labelled_keys())
         self.delay_s = delay_s

@@ -253,3 +253,35 @@ def test_people_recheck_flagged_labels_and_change_them(tiny_campaign, tmp_path, 
     assert doc["stages"]["train"]["counts"]["labelled_rows"] == len(labelled0) - 1
     if changed:
         assert "Labels people changed (old → new)" in Path(r2.report).read_text()
+
+
+def test_flip_views_make_a_single_teachers_disagreement_a_review_rule(tiny_campaign, tmp_path, monkeypatch):
+    """``score.tta_flip`` + ``score.flip_views`` on the single round-0 checkpoint: the score parts keep the two views
+    as branches (their mean is the probabilities) and a ``disagreement`` column, and ``review.rule=disagreement``
+    asks, per predicted class, about the faces whose mirror changes the teacher's mind most."""
+    import numpy as np
+
+    from engine.config import load_config
+    from tests.integration.conftest import REPO
+
+    root = tiny_campaign.copy_sources(tmp_path / "store")
+    monkeypatch.chdir(root)
+    extra = ["campaign.rounds=1", "curation.label_issues=false", "score.tta_flip=true", "score.flip_views=true"]
+    extra += [f"review.size={B}", "review.rule=disagreement", "tracking.log_models=false"]
+    cfg = load_config([REPO / "conf/demo.yaml"], tiny_campaign.given_teacher_sets("views", extra))
+    state = run_campaign(cfg)
+    assert state["rounds"]["1"]["status"] == "waiting_review"
+    r1 = CampaignLayout(str(root), "views").round(1)
+    parts = sorted(str(p) for p in Path(r1.score_dir).glob("part-*.parquet"))
+    scores = pq.ParquetDataset(parts).read().to_pandas()
+    views = np.stack(scores.branch_probs.map(lambda b: np.stack(list(b))).to_list())
+    probs = np.stack(scores.probs.map(np.asarray).to_list())
+    assert views.shape == (len(scores), 2, len(NAMES))
+    np.testing.assert_allclose(views.mean(axis=1), probs, atol=1e-6)
+    assert (scores.disagreement > 0).any() and (scores.disagreement == 0).any()  # some faces flip their vote
+    batch = pq.read_table(r1.review_batch).to_pandas()
+    assert len(batch) == B and (batch.rule == "disagreement").all()
+    for c, got in batch.groupby("teacher_label"):
+        cls = scores[scores.pred == c].sort_values(["disagreement", "key"], ascending=[False, True])
+        assert sorted(got.key) == sorted(cls.key[: len(got)]), f"class {c}: not its highest disagreements"
+    assert (batch.score.to_numpy() == scores.set_index("key").disagreement.loc[batch.key].to_numpy()).all()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.config import ModelConfig
+from engine.config import ModelConfig, load_config
 from engine.errors import ConfigError, EngineError
 from engine.labels import get_label_space
 from engine.models.checkpoint import (
@@ -230,6 +230,20 @@ def test_flip_tta(tmp_path: Path) -> None:
     p, p_flip = plain.predict([asym]).probs, plain.predict([asym[:, ::-1].copy()]).probs
     assert not np.allclose(p, p_flip, atol=1e-4)  # the test image really is asymmetric for this model
     np.testing.assert_allclose(tta.predict([asym]).probs, (p + p_flip) / 2, atol=1e-6)
+    assert tta.predict([asym]).branch_probs is None  # views are kept only when asked for
+
+    # score.flip_views: the two views become the branches; their mean is still the probabilities
+    views = load_teacher([path], tta_flip=True, flip_views=True).predict([asym, symmetric])
+    assert views.branch_probs is not None and views.branch_probs.shape == (2, 2, 7)
+    np.testing.assert_allclose(views.branch_probs[0], np.concatenate([p, p_flip]), atol=1e-6)
+    np.testing.assert_allclose(views.branch_probs[1, 0], views.branch_probs[1, 1], atol=1e-6)  # symmetric face
+    np.testing.assert_allclose(views.probs, views.branch_probs.mean(axis=1), atol=1e-6)
+    assert load_teacher([path], tta_flip=False, flip_views=True).predict([asym]).branch_probs is None
+    ensemble = load_teacher([path, path], tta_flip=True, flip_views=True).predict([asym])
+    assert ensemble.branch_probs is not None and ensemble.branch_probs.shape == (1, 2, 7)  # members, not views
+    np.testing.assert_allclose(ensemble.branch_probs[0, 0], (p[0] + p_flip[0]) / 2, atol=1e-6)
+    with pytest.raises(ConfigError, match=r"^score\.flip_views keeps the two views of score\.tta_flip"):
+        load_config([], ["score.flip_views=true"])
 
 
 # ---------------------------------------------------------------- fer importer

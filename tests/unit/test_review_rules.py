@@ -71,7 +71,8 @@ def test_ties_are_broken_by_key() -> None:
 
 
 def test_a_rule_without_its_column_names_the_fix() -> None:
-    with pytest.raises(ConfigError, match=r"review\.rule=disagreement needs a teacher with members or branches"):
+    needs = r"review\.rule=disagreement needs a teacher with members or branches \(an ensemble, ESR\) or score\.flip_"
+    with pytest.raises(ConfigError, match=needs):
         rank("disagreement", KEYS, margin=MARGIN)
 
 
