@@ -147,6 +147,12 @@ class SourceLayout:
         return join(self.work_dir, "decoded", f"part-{index:06d}.parquet")
 
 
+def student_index(root: str, content_key: str) -> str:
+    """The store-wide record of a committed student by the content of what it was trained on
+    (``TrainStage.content_key``): ``<root>/index/students/<key>.json``, naming the train directory that holds it."""
+    return join(root, "index", "students", f"{content_key}.json")
+
+
 @dataclass(frozen=True)
 class CampaignLayout:
     """Paths of one campaign and its rounds."""

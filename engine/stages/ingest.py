@@ -126,7 +126,7 @@ class IngestStage(Stage):
         pending = [i for i in range(n_parts) if not fs.exists(self.layout.decoded_part(i))]
         if pending:
             log.info("ingest %s: decoding %d/%d parts", self.source.name, len(pending), n_parts)
-            kwargs = {"layout": self.layout, "policy": self.cfg}
+            kwargs: dict[str, Any] = {"layout": self.layout, "policy": self.cfg}
             items = [{"part": i} for i in pending]
             if here:
                 rows: Any = (_decode_part_row(item, **kwargs) for item in items)
@@ -184,7 +184,7 @@ class IngestStage(Stage):
                 jobs.append(
                     {"shard": s, "lo": lo, "hi": hi, "parts": parts, "offsets": [int(offsets[i]) for i in parts]}
                 )
-            kwargs = {"layout": self.layout, "source": self.source.name}
+            kwargs: dict[str, Any] = {"layout": self.layout, "source": self.source.name}
             if here:
                 rows: Any = (_write_shard_row(job, **kwargs) for job in jobs)
             else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import asdict
 from typing import Any
@@ -10,10 +11,27 @@ import numpy as np
 import pyarrow as pa
 
 from engine.config import fingerprint_fields, model_fingerprint_fields, same_architecture
+from engine.fingerprint import fingerprint, short
 from engine.io import fs
-from engine.layout import join, stored_path
+from engine.io.checksums import check_dir
+from engine.layout import SUCCESS, join, root_path, stored_path, student_index
 from engine.partition_rule import PartitionRule
-from engine.stages.base import RunOutput, Stage, StageContext
+from engine.stages.base import RunOutput, Stage, StageContext, StageResult
+
+TRAINED_COLUMNS = ("key", "shard", "label", "weight", "repeat")
+"""The columns of a labelled set or a selection that training reads (engine.samples): their content, not the file's
+bytes (a selection also records the policy that made it), tells what a student learnt from."""
+
+
+def trained_digest(path: str) -> str:
+    """sha256 of the :data:`TRAINED_COLUMNS` of a (key, shard, label[, weight, repeat]) table, rows by key."""
+    t = fs.read_parquet(path)
+    t = t.select([c for c in TRAINED_COLUMNS if c in t.column_names]).sort_by("key")
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, t.schema) as writer:
+        writer.write_table(t)
+    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
+
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +116,69 @@ class TrainStage(Stage):
             fp["online_threshold"] = fingerprint_fields("threshold", self.threshold_cfg)
         return fp
 
+    def content_key(self) -> str:
+        """What the student is made of, by content: the training config and model (the fingerprint's fields), the
+        partition rule's splits (the val rows ``select_best`` reads), the labelled set's and the selection's trained
+        columns, the score stage's files when the student learns the teacher's probabilities (soft labels) and the
+        teacher when it starts from its weights. Two train stages with the same key train the same student, whatever
+        config made their inputs (two threshold policies that select the same rows, another campaign of the same
+        store): the second copies the first's ``student.pt`` instead of training (``<root>/index/students/``)."""
+        inputs = self.fingerprint_inputs()
+        del inputs["upstream"]
+        rule = {k: v for k, v in asdict(self.ctx.rule).items() if k != "labelled_keys_path"}
+        soft = self.selection_path is not None and self.train_cfg.soft_labels
+        return fingerprint(
+            "student",
+            self.VERSION,
+            {
+                **inputs,
+                "rule": rule,
+                "labelled": trained_digest(self.labelled_path),
+                "selection": trained_digest(self.selection_path) if self.selection_path else "",
+                "soft_targets": self._score_digest() if soft else "",
+                "teacher": self.upstream["teacher"],
+            },
+        )
+
+    def _score_digest(self) -> str:
+        """sha256 of the score stage's committed files (their sha256 from its ``_SUCCESS.json``): the teacher's
+        probabilities that soft labels learn, by content."""
+        files = fs.read_json(join(self.layout.score_dir, SUCCESS))["files"]
+        return fingerprint("score-files", sorted((k, v[1]) for k, v in files.items()))
+
+    def execute(self) -> StageResult:
+        """The stage contract, then the student's entry in the store's index (written when the student was trained
+        here, or on the first skip of a train stage committed before the index existed: committed campaigns join
+        it as they run again, with their fingerprints unchanged)."""
+        result = super().execute()
+        index = student_index(self.root, self.content_key())
+        if result.extra.get("reused_from") is None and not fs.exists(index):
+            fs.write_json(index, {"train_dir": stored_path(self.root, self.out_dir)})
+        return result
+
+    def _reuse(self, key: str) -> RunOutput | None:
+        """The student of another committed train stage with content key ``key``, copied here; None when the index
+        names none, or names a stage no longer committed or whose ``student.pt`` changed."""
+        doc = fs.read_json_or_none(student_index(self.root, key))
+        src = root_path(self.root, doc["train_dir"]) if doc else None
+        marker = fs.read_json_or_none(join(src, SUCCESS)) if src and src != self.out_dir else None
+        if src is None or marker is None:
+            return None
+        name = "student.pt"
+        if name not in marker.get("files", {}) or check_dir(src, {name: marker["files"][name]}):
+            return None
+        fs.write_bytes(self.layout.student, fs.read_bytes(join(src, name)))
+        logger.info(
+            "%s: the same inputs trained a student in %s (content key %s): copied, not trained again",
+            self.label,
+            doc["train_dir"],
+            short(key),
+        )
+        return RunOutput(
+            counts=dict(marker["counts"]),
+            extra={"checkpoint": stored_path(self.root, self.layout.student), "reused_from": doc["train_dir"]},
+        )
+
     def _pool(self) -> tuple[Any, int]:
         """The online branch's unlabelled pool (image, idx) and its size; (None, 0) without an online policy."""
         if not self.train_cfg.online_policy:
@@ -110,6 +191,10 @@ class TrainStage(Stage):
     def run(self) -> RunOutput:
         from engine.samples import samples_dataset
         from engine.train.trainer import train_student
+
+        reused = self._reuse(self.content_key())
+        if reused is not None:
+            return reused
 
         labelled = samples_dataset(self.root, self.labelled_path)
         if self.model_cfg.va_head:

@@ -199,3 +199,40 @@ def test_precision_target_thresholds_come_from_the_teachers_val_predictions(tiny
     assert doc["rule"].startswith("precision: T(c) = max(tau_min 0.0")
     r1 = fs.read_json(lay.round(1).state)
     assert r1["quality"]["per_class"]["Happiness"]["threshold"] == pytest.approx(expected[4], abs=1e-6)
+
+
+def test_a_twin_campaign_copies_its_students_instead_of_training_them(tiny_campaign, tmp_path, monkeypatch):
+    """In a copy of the shared store, campaign ``twin`` has the shared campaign's config under another name (and no
+    label-issue curation, which no student reads): its partition gives the same labelled faces, so round 0's train
+    stage finds the same content key in ``index/students/`` and copies that student; round 1 scores with it,
+    selects the same rows and copies round 1's student too. Both rounds' students and metrics equal the shared
+    campaign's, and a changed training input (one more epoch) trains again."""
+    import dataclasses
+    import shutil
+
+    root = tmp_path / "store"
+    shutil.copytree(tiny_campaign.root, root, symlinks=True)
+    monkeypatch.chdir(root)
+    base = tiny_campaign.cfg
+    cfg = dataclasses.replace(
+        base,
+        storage=dataclasses.replace(base.storage, root=str(root)),
+        campaign=dataclasses.replace(base.campaign, name="twin"),
+        curation=dataclasses.replace(base.curation, label_issues=False),
+    )
+    state = run_campaign(cfg)
+    assert [state["rounds"][r]["status"] for r in ("0", "1")] == ["done", "done"]
+    demo, twin = CampaignLayout(str(root), "demo"), CampaignLayout(str(root), "twin")
+    for r in (0, 1):
+        marker = fs.read_json(f"{twin.round(r).train_dir}/_SUCCESS.json")
+        assert marker["extra"]["reused_from"] == f"campaigns/demo/rounds/r{r:03d}/train"
+        assert (root / twin.round(r).student).read_bytes() == (root / demo.round(r).student).read_bytes()
+        ours, theirs = (fs.read_json(lay.round(r).metrics) for lay in (twin, demo))
+        assert {s: ours[s]["macro_f1"] for s in ("val", "test")} == {s: theirs[s]["macro_f1"] for s in ("val", "test")}
+    assert not (root / twin.round(0).train_dir / "ray").exists()  # nothing trained
+
+    longer = dataclasses.replace(cfg, campaign=dataclasses.replace(cfg.campaign, name="longer", rounds=0))
+    longer = dataclasses.replace(longer, train=dataclasses.replace(cfg.train, epochs=cfg.train.epochs + 1))
+    run_campaign(longer)
+    marker = fs.read_json(f"{CampaignLayout(str(root), 'longer').round(0).train_dir}/_SUCCESS.json")
+    assert "reused_from" not in marker["extra"] and marker["counts"]["epochs"] == cfg.train.epochs + 1
