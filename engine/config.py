@@ -483,9 +483,10 @@ class EvalConfig:
     """Average the probabilities of the image and its horizontal flip (as ``score.tta_flip``)."""
     in_process_rows: int = 5000
     """A split with at most this many rows to predict (evaluation, a threshold policy's val reference) is predicted
-    in the driver instead of by one Ray task per shard: the same function and one torch thread either way, so the
-    same bytes, without Ray's task and worker start-up (seconds on a small split). 0 = always Ray; on a cluster
-    (``RAY_ADDRESS`` set) Ray is always used."""
+    in the driver instead of by one Ray task per shard when Ray is not running yet (``jobs/evaluate.py``): the same
+    function and one torch thread either way, so the same bytes, without starting Ray. Once Ray runs (a campaign
+    after its first Ray stage) its workers are used. 0 = always Ray; on a cluster (``RAY_ADDRESS`` set) Ray is
+    always used."""
 
     def __post_init__(self) -> None:
         _check_positive("eval.batch_size", self.batch_size)

@@ -115,6 +115,12 @@ def ray_started() -> Any:
     return ray
 
 
+def ray_running() -> bool:
+    """Whether this process has started or joined Ray (never imports it: unit tests stay free of Ray)."""
+    ray = sys.modules.get("ray")
+    return ray is not None and bool(ray.is_initialized())
+
+
 def local_work() -> bool:
     """Whether small work may run in this process instead of on Ray: not on a cluster (``RAY_ADDRESS`` set, as
     ``ray job submit`` does), where the driver's node is not meant for work."""
@@ -212,8 +218,7 @@ def require(label: str, need: Mapping[str, float]) -> None:
     """Refuse, before it starts, a stage whose reservation (``Stage.resources()``) the connected cluster can never
     hold at once: Ray would leave it pending forever. On a cluster joined through ``RAY_ADDRESS`` the autoscaler
     may still add nodes, so there the shortfall is a warning. A no-op when Ray is not started."""
-    ray = sys.modules.get("ray")  # not imported: not started (and unit tests stay free of Ray)
-    if ray is None or not ray.is_initialized() or not (short := shortfall(need, cluster_resources())):
+    if not ray_running() or not (short := shortfall(need, cluster_resources())):
         return
     what = ", ".join(f"{k} {v:g} (the cluster has {h:g})" for k, (v, h) in sorted(short.items()))
     if os.environ.get("RAY_ADDRESS"):

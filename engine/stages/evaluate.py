@@ -143,13 +143,14 @@ def predict_split(
 ) -> SplitPredictions:
     """Predictions of ``checkpoint`` on every evaluated row of ``split`` (one Ray task per shard; with ``tta_flip``
     the mean of each image's and its mirror's probabilities). A split of at most ``in_process_rows`` rows is
-    predicted shard by shard in this process instead (``eval.in_process_rows``; never on a cluster): the same
-    function with the same single torch thread, so the same predictions, without Ray's start-up.
+    predicted shard by shard in this process instead when Ray is not running yet (``eval.in_process_rows``; never
+    on a cluster): the same function with the same single torch thread, so the same predictions, without Ray's
+    start-up. Once Ray runs (a campaign after its first Ray stage) its warm workers are the faster way.
 
     A checkpoint with sequence members gets its per-frame outputs gathered here and its ensemble computed per video
     (engine.models.sequence.sequence_predict), so a video spread over shards is one sequence.
     """
-    from engine.runtime import local_work, ray_started
+    from engine.runtime import local_work, ray_running, ray_started
 
     shards = list_shards(root, rule.eval_sources)
     items = [ref.__dict__ for ref in shards]
@@ -160,7 +161,8 @@ def predict_split(
         "batch_size": batch_size,
         "tta_flip": tta_flip,
     }
-    if in_process_rows > 0 and local_work() and _rows_at_most(shards, rule, split, in_process_rows):
+    here = in_process_rows > 0 and local_work() and not ray_running()
+    if here and _rows_at_most(shards, rule, split, in_process_rows):
         rows: Any = _predict_here(items, kwargs)
     else:
         ray = ray_started()

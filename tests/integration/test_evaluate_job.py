@@ -83,10 +83,11 @@ def test_evaluate_checkpoint_matches_a_hand_computed_evaluation(tiny_campaign, t
 
 def test_a_small_split_predicted_in_process_equals_its_ray_tasks_bit_for_bit(tiny_campaign, monkeypatch):
     """``eval.in_process_rows``: the same per-shard function in the driver (one torch thread, given back after) or
-    as one Ray task per shard gives the same keys, labels and probabilities, to the bit; on a cluster
-    (``RAY_ADDRESS``) the Ray path is taken whatever the size."""
+    as one Ray task per shard gives the same keys, labels and probabilities, to the bit; once Ray runs, or on a
+    cluster (``RAY_ADDRESS``), the Ray path is taken whatever the size."""
     import torch
 
+    from engine import runtime
     from engine.partition_rule import load_rule
     from engine.stages import evaluate
 
@@ -95,14 +96,21 @@ def test_a_small_split_predicted_in_process_equals_its_ray_tasks_bit_for_bit(tin
     ckpt = str(tiny_campaign.root / "campaigns/demo/rounds/r001/train/student.pt")
     on_ray = evaluate.predict_split(root, rule, ckpt, "val", 64, True, in_process_rows=0)
     threads = torch.get_num_threads()
-    here = evaluate.predict_split(root, rule, ckpt, "val", 64, True, in_process_rows=len(on_ray.keys))
-    assert torch.get_num_threads() == threads
+    calls, real = [], evaluate._predict_here
+    with monkeypatch.context() as m:
+        m.setattr(runtime, "ray_running", lambda: False)  # as in jobs/evaluate.py, which has not started Ray
+        m.setattr(evaluate, "_predict_here", lambda *a: calls.append(1) or real(*a))
+        here = evaluate.predict_split(root, rule, ckpt, "val", 64, True, in_process_rows=len(on_ray.keys))
+    assert calls == [1] and torch.get_num_threads() == threads
     assert len(on_ray.keys) > 0 and [str(k) for k in on_ray.keys] == [str(k) for k in here.keys]
     assert np.array_equal(on_ray.y, here.y) and on_ray.probs.tobytes() == here.probs.tobytes()
 
     ran_here = []
     monkeypatch.setattr(evaluate, "_predict_here", lambda *a: ran_here.append(1) or iter(()))
-    evaluate.predict_split(root, rule, ckpt, "val", 64, True, in_process_rows=len(on_ray.keys) - 1)  # one too many
-    monkeypatch.setenv("RAY_ADDRESS", tiny_campaign.cfg.storage.root)  # any value: "on a cluster"; Ray is up
-    evaluate.predict_split(root, rule, ckpt, "val", 64, True, in_process_rows=10**9)
+    evaluate.predict_split(root, rule, ckpt, "val", 64, True, in_process_rows=10**9)  # Ray runs: its workers
+    with monkeypatch.context() as m:
+        m.setattr(runtime, "ray_running", lambda: False)
+        evaluate.predict_split(root, rule, ckpt, "val", 64, True, in_process_rows=len(on_ray.keys) - 1)  # one too many
+        m.setenv("RAY_ADDRESS", tiny_campaign.cfg.storage.root)  # any value: "on a cluster"
+        evaluate.predict_split(root, rule, ckpt, "val", 64, True, in_process_rows=10**9)
     assert ran_here == []
