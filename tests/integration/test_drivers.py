@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -54,7 +55,11 @@ def test_a_second_driver_is_refused_in_one_line_and_the_store_holds_one_campaign
     _, err = first.communicate(timeout=600)
     assert first.returncode == 0, err[-3000:]
     after = {str(p.relative_to(root)) for p in root.rglob("*")}
-    assert set(before) <= after  # the refused driver removed nothing (and the first went on)
+    # The refused driver removed nothing (and the first went on): every file seen while the first drove is still
+    # there, but for what the first driver itself ends on commit (a stage's _RUNNING.json, an atomic write's
+    # temporary name): with Ray started lazily it is already running its partition when the second one is refused.
+    transient = re.compile(r"(^|/)_RUNNING\.json$|\.tmp-[0-9a-f]{12}$")
+    assert {p for p in before if not transient.search(p)} <= after
     client = MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     campaigns = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
