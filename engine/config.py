@@ -566,9 +566,10 @@ class ReviewConfig:
 
     size: int = 0
     """Faces per batch (B); 0: campaigns ask for none (``fer-engine review export`` still makes one on demand)."""
-    rule: str = "margin"
-    """margin (smallest top-1 − top-2), entropy, disagreement (branches or members), near_threshold (just under the
-    class threshold), label_issues (labelled rows curation flags), random (the baseline)."""
+    rule: str = "random"
+    """random (the baseline, and the default: no rule beat it on val in bench/active_fer2013.py), margin (smallest
+    top-1 − top-2), entropy, disagreement (members, branches or flip views), near_threshold (just under the class
+    threshold), label_issues (labelled rows curation flags)."""
     per_class_quota: bool = True
     """Share the batch equally among the teacher's predicted classes (a class with too few faces gives its share to
     the others), so rare classes get their part."""
