@@ -115,6 +115,15 @@ def ray_started() -> Any:
     return ray
 
 
+def map_items(fn: Any, items: list[dict[str, Any]], kwargs: dict[str, Any], *, here: bool) -> Iterator[Any]:
+    """``fn(item, **kwargs)`` of each item: in this process, in order, when ``here``; else one Ray task per item
+    (Ray started if it was not), in the order they finish. The same function either way, so the same outputs."""
+    if here:
+        return (fn(item, **kwargs) for item in items)
+    ds = ray_started().data.from_items(items, override_num_blocks=max(1, len(items)))
+    return iter(ds.map(fn, fn_kwargs=kwargs).iter_rows())
+
+
 def ray_running() -> bool:
     """Whether this process has started or joined Ray (never imports it: unit tests stay free of Ray)."""
     ray = sys.modules.get("ray")

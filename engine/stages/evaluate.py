@@ -107,10 +107,11 @@ def _predict_here(items: list[dict[str, Any]], kwargs: dict[str, Any]) -> Iterat
     """:func:`_predict_shard` of each shard in this process; the driver's torch thread count is given back after."""
     import torch
 
+    from engine.runtime import map_items
+
     threads = torch.get_num_threads()
     try:
-        for item in items:
-            yield _predict_shard(item, **kwargs)
+        yield from map_items(_predict_shard, items, kwargs, here=True)
     finally:
         torch.set_num_threads(threads)
 
@@ -150,7 +151,7 @@ def predict_split(
     A checkpoint with sequence members gets its per-frame outputs gathered here and its ensemble computed per video
     (engine.models.sequence.sequence_predict), so a video spread over shards is one sequence.
     """
-    from engine.runtime import local_work, ray_running, ray_started
+    from engine.runtime import local_work, map_items, ray_running
 
     shards = list_shards(root, rule.eval_sources)
     items = [ref.__dict__ for ref in shards]
@@ -163,11 +164,9 @@ def predict_split(
     }
     here = in_process_rows > 0 and local_work() and not ray_running()
     if here and _rows_at_most(shards, rule, split, in_process_rows):
-        rows: Any = _predict_here(items, kwargs)
+        rows = _predict_here(items, kwargs)
     else:
-        ray = ray_started()
-        ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-        rows = ds.map(_predict_shard, fn_kwargs=kwargs).iter_rows()
+        rows = map_items(_predict_shard, items, kwargs, here=False)
     outs = [out for out in track(rows, desc=f"{label} {split}", total=len(items), unit="shards") if len(out["keys"])]
     if not outs:
         return SplitPredictions([], np.zeros(0, np.int64), np.zeros((0, 0), np.float32))

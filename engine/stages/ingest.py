@@ -32,7 +32,7 @@ from engine.io import fs
 from engine.io.tars import tar_bytes
 from engine.layout import SourceLayout, shard_name
 from engine.progress import track
-from engine.runtime import local_work, ray_started, retry_lost_nodes
+from engine.runtime import local_work, map_items, ray_started, retry_lost_nodes
 from engine.schemas import LISTING_SCHEMA, MANIFEST_SCHEMA, QUARANTINE_SCHEMA
 from engine.stages.base import RunOutput, Stage, StageContext, StageResult
 
@@ -128,11 +128,7 @@ class IngestStage(Stage):
             log.info("ingest %s: decoding %d/%d parts", self.source.name, len(pending), n_parts)
             kwargs: dict[str, Any] = {"layout": self.layout, "policy": self.cfg}
             items = [{"part": i} for i in pending]
-            if here:
-                rows: Any = (_decode_part_row(item, **kwargs) for item in items)
-            else:
-                ds = ray_started().data.from_items(items, override_num_blocks=len(pending))
-                rows = ds.map(_decode_part_row, fn_kwargs=kwargs).iter_rows()
+            rows = map_items(_decode_part_row, items, kwargs, here=here)
             list(track(rows, desc=f"ingest {self.source.name}: decode", total=len(pending), unit="parts"))
         stats: dict[int, dict[str, int]] = {}
         for i in range(n_parts):
@@ -185,11 +181,7 @@ class IngestStage(Stage):
                     {"shard": s, "lo": lo, "hi": hi, "parts": parts, "offsets": [int(offsets[i]) for i in parts]}
                 )
             kwargs: dict[str, Any] = {"layout": self.layout, "source": self.source.name}
-            if here:
-                rows: Any = (_write_shard_row(job, **kwargs) for job in jobs)
-            else:
-                ds = ray_started().data.from_items(jobs, override_num_blocks=len(jobs))
-                rows = ds.map(_write_shard_row, fn_kwargs=kwargs).iter_rows()
+            rows = map_items(_write_shard_row, jobs, kwargs, here=here)
             list(track(rows, desc=f"ingest {self.source.name}: write shards", total=len(jobs), unit="shards"))
         return n_shards
 

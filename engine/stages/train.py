@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from dataclasses import asdict
@@ -116,6 +117,7 @@ class TrainStage(Stage):
             fp["online_threshold"] = fingerprint_fields("threshold", self.threshold_cfg)
         return fp
 
+    @functools.cached_property
     def content_key(self) -> str:
         """What the student is made of, by content: the training config and model (the fingerprint's fields), the
         partition rule's splits (the val rows ``select_best`` reads), the labelled set's and the selection's trained
@@ -151,7 +153,7 @@ class TrainStage(Stage):
         here, or on the first skip of a train stage committed before the index existed: committed campaigns join
         it as they run again, with their fingerprints unchanged)."""
         result = super().execute()
-        index = student_index(self.root, self.content_key())
+        index = student_index(self.root, self.content_key)
         if result.extra.get("reused_from") is None and not fs.exists(index):
             fs.write_json(index, {"train_dir": stored_path(self.root, self.out_dir)})
         return result
@@ -192,7 +194,7 @@ class TrainStage(Stage):
         from engine.samples import samples_dataset
         from engine.train.trainer import train_student
 
-        reused = self._reuse(self.content_key())
+        reused = self._reuse(self.content_key)
         if reused is not None:
             return reused
 
