@@ -25,7 +25,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -384,15 +384,23 @@ class PoolScorer:
         self.rule = PartitionRule.from_json(rule)
         self.labelled = frozenset(self.rule.labelled_keys())
         self.delay_s = delay_s
-        self._members: dict[str, set[str]] = {}
+        self._members: OrderedDict[str, set[str]] = OrderedDict()
+
+    MEMBER_SHARDS = 16
+    """Pool key sets an actor keeps (the shards it saw last): batches come from the few tars being read at a time,
+    and a set per shard ever seen would grow the actor's memory with the pool (1M keys: over 100 MB)."""
 
     def _pool(self, url: str) -> tuple[str, set[str]]:
         root, name = parse_shard_url(url)
-        if name not in self._members:
+        if name in self._members:
+            self._members.move_to_end(name)
+        else:
             source, idx = parse_shard(name)
             lay = SourceLayout(root, source)
             ref = ShardRef(source, idx, name, url, lay.manifest_part(idx))
             self._members[name] = set(pool_keys(self.rule, ref, self.labelled))
+            while len(self._members) > self.MEMBER_SHARDS:
+                self._members.popitem(last=False)
         return name, self._members[name]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
