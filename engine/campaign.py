@@ -227,7 +227,8 @@ def _teacher(state: dict[str, Any], cfg: Config) -> TeacherRef | None:
 
 
 def _promote(state: dict[str, Any], doc: dict[str, Any], cfg: Config) -> None:
-    """The student becomes the teacher when it beats it on val macro-F1 (round 0 always becomes the teacher)."""
+    """The student becomes the teacher when it beats it on val macro-F1 (round 0 always becomes the teacher: its
+    ensemble with ``campaign.teacher_members``)."""
     r = doc["round"]
     f1 = doc["metrics"].get("val/macro_f1")
     cur = state.get("teacher")
@@ -237,7 +238,7 @@ def _promote(state: dict[str, Any], doc: dict[str, Any], cfg: Config) -> None:
     )
     if better:
         state["teacher"] = {
-            "paths": [doc["student"]["path"]],
+            "paths": list(doc["student"].get("members") or [doc["student"]["path"]]),
             "fingerprint": doc["student"]["fingerprint"],
             "round": r,
             "val_macro_f1": f1,

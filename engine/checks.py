@@ -66,12 +66,13 @@ def _check_model(cfg: Config, key: str) -> None:
     from engine.models.factory import check_model_name
 
     check_model_name(cfg.model, key)
-    if cfg.train.soft_labels and cfg.model.head != "linear":
-        train_key = "train" if key == "model" else "student.train"
-        raise ConfigError(
-            f"{train_key}.soft_labels=true needs {key}.head=linear (one softmax over the classes), got "
-            f"{cfg.model.head!r}"
-        )
+    for flag in ("soft_labels", "distill"):
+        if getattr(cfg.train, flag) and cfg.model.head != "linear":
+            train_key = "train" if key == "model" else "student.train"
+            raise ConfigError(
+                f"{train_key}.{flag}=true needs {key}.head=linear (one softmax over the classes), got "
+                f"{cfg.model.head!r}"
+            )
 
 
 def _check_policy(cfg: Config, name: str, key: str) -> None:

@@ -423,6 +423,17 @@ class TrainConfig:
     soft_temperature: float = 1.0
     """Sharpening of the soft pseudo-labels: ``t = p^(1/T) / Σ p^(1/T)``; 1 = the teacher's probabilities, < 1
     sharper (MixMatch's 0.5), towards the argmax as T → 0."""
+    distill: bool = False
+    """Knowledge distillation from the round's teacher (rounds ≥ 1; set it as ``student.train.distill`` so that
+    round 0's fingerprint stays that of a plain supervised student): every pool row the round scored, selected or
+    not, carries the teacher's probabilities, and each step also draws ``mu × batch_size`` of them (the pool stream,
+    cycled) whose strong view the student learns with Hinton's term ``T² · KL(p_T ‖ softmax(z / T))``, ``p_T`` the
+    teacher's probabilities at ``T = distill_temperature``; ``L = L_s + distill_weight · L_d``. Rows that pass the
+    thresholds keep their hard label and weight in ``L_s``. Not with ``online_policy`` (both draw the pool)."""
+    distill_temperature: float = 2.0
+    """The distillation temperature T (> 0): ``p_T ∝ p^(1/T)``; > 1 softens the teacher, 1 = its probabilities."""
+    distill_weight: float = 1.0
+    """Weight of the distillation term in the step loss (≥ 0)."""
     ema_decay: float = 0.0
     """Exponential moving average of the weights, updated after every step with decay ``min(d, (1+k)/(10+k))`` at
     step k; 0 = off. When on, the EMA weights (with the model's BN statistics) are what is validated, saved,
@@ -464,8 +475,15 @@ class TrainConfig:
         _check_range("train.warmup_epochs", self.warmup_epochs, 0.0, float(self.epochs))
         _check_range("train.label_smoothing", self.label_smoothing, 0.0, 1.0, hi_open=True)
         _check_range("train.ema_decay", self.ema_decay, 0.0, 1.0, hi_open=True)
-        if not self.soft_temperature > 0:
-            raise ConfigError(f"train.soft_temperature must be positive, got {self.soft_temperature}")
+        for key in ("soft_temperature", "distill_temperature"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"train.{key} must be positive, got {getattr(self, key)}")
+        _check_range("train.distill_weight", self.distill_weight, 0.0, float("inf"))
+        if self.distill and self.online_policy is not None:
+            raise ConfigError(
+                f"train.distill=true and train.online_policy={self.online_policy!r} both draw the pool each step; "
+                "set one of them"
+            )
         _check_range("train.val_from", self.val_from, 0.0, 1.0)
         _check_range("train.torch_threads", self.torch_threads, 0, 4096)
         _check_range("train.cache_mb", self.cache_mb, 0, 1 << 30)
@@ -610,6 +628,11 @@ class CampaignConfig:
     """Seed of the labelled fraction, the caps, the pool / eval membership and curation's folds."""
     teacher_checkpoint: str | None = None
     """Round-0 teacher checkpoint instead of training one on the labelled set."""
+    teacher_members: int = 1
+    """Round 0 trains this many students on the labelled set, member i with ``train.seed + i``, and round 1's teacher
+    is their ensemble (mean probabilities; ``score.tta_flip`` applies to each): a better teacher from the same labels.
+    Round 0 is evaluated as the ensemble (each member's metrics beside it), so a later student is promoted only when
+    it beats the ensemble on val. Later teachers are the promoted student alone."""
     stop_when_no_gain: bool = True
     """Stop the campaign when a student does not beat its teacher on val macro-F1."""
 
@@ -621,6 +644,12 @@ class CampaignConfig:
             if value is not None and value <= 0:
                 raise ConfigError(f"campaign.{key} must be positive or null, got {value}")
         _check_range("campaign.rounds", self.rounds, 0, 10_000)
+        _check_range("campaign.teacher_members", self.teacher_members, 1, 64)
+        if self.teacher_members > 1 and self.teacher_checkpoint:
+            raise ConfigError(
+                "campaign.teacher_members > 1 trains round 0's members, but campaign.teacher_checkpoint skips "
+                "round 0's training: set one of them"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -698,6 +727,7 @@ ADDED_LATER: dict[str, tuple[str, ...]] = {
     "model": ("weights",),
     "threshold": ("target_precision", "min_support"),
     "select": ("weighting", "min_weight"),
+    "train": ("distill", "distill_temperature", "distill_weight"),
 }
 """Per section, keys added after campaigns were committed: a stage fingerprints them only when they differ from
 their defaults, so the stages committed before a key existed keep their fingerprints."""

@@ -52,22 +52,30 @@ def round_name(index: int) -> str:
     return f"r{index:03d}"
 
 
-ROUND_STAGES = ("score", "threshold", "review", "reviewed", "select", "train", "evaluate", "curation")
+ROUND_STAGES = ("score", "threshold", "review", "reviewed", "select", "train", "members", "evaluate", "curation")
 """Every stage a round can have, in the order they run."""
 
 
 def round_stage_names(
-    index: int, *, teacher_checkpoint: bool, label_issues: bool, review: bool = False, reviewed: bool = False
+    index: int,
+    *,
+    teacher_checkpoint: bool,
+    label_issues: bool,
+    review: bool = False,
+    reviewed: bool = False,
+    members: bool = False,
 ) -> tuple[str, ...]:
     """The stages round ``index`` runs: score → threshold (rounds > 0) → review (a batch for people, rounds > 0 with
     ``review``) → reviewed (the labelled set with people's answers, when ``reviewed``: answers are committed for this
     round or an earlier one) → select (rounds > 0), train (unless round 0 starts from a given teacher checkpoint),
-    evaluate, curation (with ``curation.label_issues``)."""
+    members (round 0's other ensemble members, with ``members``: ``campaign.teacher_members`` > 1), evaluate,
+    curation (with ``curation.label_issues``)."""
     return tuple(
         s
         for s in ROUND_STAGES
         if (index > 0 or s not in ("score", "threshold", "select", "review"))
         and (s != "train" or index > 0 or not teacher_checkpoint)
+        and (s != "members" or (index == 0 and members and not teacher_checkpoint))
         and (s != "curation" or label_issues)
         and (s != "review" or review)
         and (s != "reviewed" or reviewed)
@@ -238,6 +246,15 @@ class RoundLayout:
         return join(self.train_dir, "student.pt")
 
     @property
+    def members_dir(self) -> str:
+        """Round 0's other ensemble members (``campaign.teacher_members``), one train stage folder each."""
+        return join(self.dir, "members")
+
+    def member_dir(self, member: int) -> str:
+        """The train stage folder of member ``member`` (1, 2, ...; member 0 is the round's student, ``train_dir``)."""
+        return join(self.members_dir, f"m{member}")
+
+    @property
     def eval_dir(self) -> str:
         return join(self.dir, "eval")
 
@@ -297,6 +314,7 @@ class RoundLayout:
             "threshold": self.threshold_dir,
             "select": self.select_dir,
             "train": self.train_dir,
+            "members": self.members_dir,
             "evaluate": self.eval_dir,
             "curation": self.curation_dir,
             "review": self.review_dir,

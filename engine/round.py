@@ -26,6 +26,7 @@ def round_stages(cfg: Config, index: int) -> list[type[Stage]]:
     from engine.review.answers import answers_committed
     from engine.stages.curation import LabelIssuesStage
     from engine.stages.evaluate import EvaluateStage
+    from engine.stages.members import MembersStage
     from engine.stages.review import ReviewedStage, ReviewStage
     from engine.stages.score import ScoreStage
     from engine.stages.select import SelectStage
@@ -33,13 +34,14 @@ def round_stages(cfg: Config, index: int) -> list[type[Stage]]:
     from engine.stages.train import TrainStage
 
     every = (ScoreStage, ThresholdStage, ReviewStage, ReviewedStage, SelectStage, TrainStage, EvaluateStage)
-    classes: dict[str, type[Stage]] = {s.name: s for s in (*every, LabelIssuesStage)}
+    classes: dict[str, type[Stage]] = {s.name: s for s in (*every, MembersStage, LabelIssuesStage)}
     names = round_stage_names(
         index,
         teacher_checkpoint=bool(cfg.campaign.teacher_checkpoint),
         label_issues=cfg.curation.label_issues,
         review=cfg.review.size > 0,
         reviewed=bool(answers_committed(CampaignLayout(cfg.storage.root, cfg.campaign.name), index)),
+        members=cfg.campaign.teacher_members > 1,
     )
     return [classes[n] for n in names]
 
@@ -87,7 +89,8 @@ def round_document(ctx: StageContext, results: dict[str, StageResult]) -> dict[s
         }
         if teacher
         else None,
-        "student": {"path": stored_path(ctx.root, student), "fingerprint": evaluated},
+        "student": {"path": stored_path(ctx.root, student), "fingerprint": evaluated},  # round 0 with members: the
+        # ensemble's fingerprint, its members' paths in "members" (the teacher the campaign promotes)
         "policy": cfg.threshold.policy if index else None,
         "stages": {
             k: {"fingerprint": r.fingerprint, "counts": r.counts, "skipped": r.skipped, "seconds": r.seconds}
@@ -103,6 +106,8 @@ def round_document(ctx: StageContext, results: dict[str, StageResult]) -> dict[s
         },
         "mlflow_run_id": ctx.tracking["run_id"] if ctx.tracking else None,
     }
+    if "members" in results:
+        doc["student"]["members"] = list(results["members"].extra["checkpoints"])
     if index:
         doc["thresholds"] = fs.read_json(lay.thresholds)["thresholds_by_class"]
         doc["quality"] = fs.read_json(lay.quality)

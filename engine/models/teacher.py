@@ -248,6 +248,6 @@ def worker_teacher(path: str, *, tta_flip: bool = False) -> Teacher:
     return _cached_teacher(path, tta_flip, (st.st_mtime_ns, st.st_size) if st else None)
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=8)  # an ensemble's members (campaign.teacher_members) stay loaded together
 def _cached_teacher(path: str, tta_flip: bool, stamp: tuple[int, int] | None) -> Teacher:
     return load_teacher([path], tta_flip=tta_flip)

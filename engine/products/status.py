@@ -111,6 +111,7 @@ def _campaign(root: str, name: str) -> CampaignStatus:
             label_issues=bool(flat.get("curation.label_issues")),
             review=bool(flat.get("review.size")) or fs.exists(rl.review_dir),
             reviewed=fs.exists(rl.reviewed_dir),
+            members=int(flat.get("campaign.teacher_members", 1)) > 1,
         )
         rounds.append(
             RoundStatus(

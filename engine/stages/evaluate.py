@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
+from engine.fingerprint import fingerprint
 from engine.io import fs
-from engine.layout import METRICS, confusion_name, join, stored_path, video_id
+from engine.layout import METRICS, confusion_name, join, root_path, stored_path, video_id
 from engine.partition_rule import PartitionRule
 from engine.progress import track
 from engine.stages.base import RunOutput, Stage, StageContext, TeacherRef
@@ -29,13 +30,19 @@ def _split_rows(ref: ShardRef, rule: PartitionRule, split: str) -> tuple[list[st
 
 
 def _predict_shard(
-    item: dict[str, Any], *, checkpoint: str, rule: dict[str, Any], split: str, batch_size: int, tta_flip: bool = False
+    item: dict[str, Any],
+    *,
+    checkpoint: str | list[str],
+    rule: dict[str, Any],
+    split: str,
+    batch_size: int,
+    tta_flip: bool = False,
 ) -> dict[str, Any]:
     import torch
 
     from engine.imaging import decode_pixels
     from engine.io.tars import read_images
-    from engine.models.teacher import worker_teacher
+    from engine.models.teacher import EnsembleTeacher, Teacher, worker_teacher
 
     torch.set_num_threads(1)
     ref = ShardRef(**item)
@@ -44,12 +51,18 @@ def _predict_shard(
     if not keys:
         return {"keys": [], "y": np.zeros(0, np.int64), "probs": np.zeros((0, 0), np.float32)}
     images = read_images(ref.tar, set(keys))
-    teacher = worker_teacher(checkpoint, tta_flip=tta_flip)
+    teacher: Teacher
+    if isinstance(checkpoint, str):
+        teacher = worker_teacher(checkpoint, tta_flip=tta_flip)
+    else:  # an ensemble (round 0 with campaign.teacher_members): mean probabilities, each member's kept
+        teacher = EnsembleTeacher([worker_teacher(p, tta_flip=tta_flip) for p in checkpoint])
     outs = [
         teacher.predict([decode_pixels(images[k]) for k in keys[i : i + batch_size]])
         for i in range(0, len(keys), batch_size)
     ]
     result = {"keys": keys, "y": np.asarray(labels, np.int64), "probs": np.concatenate([o.probs for o in outs])}
+    if not isinstance(checkpoint, str):  # (N, K, C): each member's probabilities
+        result["branch"] = np.concatenate([o.branch_probs for o in outs if o.branch_probs is not None])
     if all(o.va is not None for o in outs):  # VA head: predicted and true valence/arousal, (N, 4)
         va = fs.read_parquet(ref.manifest, columns=["key", "valence", "arousal"])
         true = {k: (v, a) for k, v, a in zip(*(va[c].to_pylist() for c in ("key", "valence", "arousal")), strict=True)}
@@ -128,13 +141,14 @@ class SplitPredictions:
     va: np.ndarray | None = None
     """(N, 4) predicted valence, arousal, then the manifest's (NaN where unknown); None without a VA head."""
     members: dict[str, np.ndarray] | None = None
-    """Sequence models only: (N, C) probabilities of each member (``cnn``, then ``model.temporal``)."""
+    """(N, C) probabilities of each member: of a sequence model (``cnn``, then ``model.temporal``) or of an ensemble
+    (``m0``, ``m1``, ...); None for one plain checkpoint."""
 
 
 def predict_split(
     root: str,
     rule: PartitionRule,
-    checkpoint: str,
+    checkpoint: str | Sequence[str],
     split: str,
     batch_size: int = 512,
     tta_flip: bool = False,
@@ -143,7 +157,8 @@ def predict_split(
     in_process_rows: int = 0,
 ) -> SplitPredictions:
     """Predictions of ``checkpoint`` on every evaluated row of ``split`` (one Ray task per shard; with ``tta_flip``
-    the mean of each image's and its mirror's probabilities). A split of at most ``in_process_rows`` rows is
+    the mean of each image's and its mirror's probabilities; several checkpoints: their ensemble, the mean of their
+    probabilities, each member's in ``members``). A split of at most ``in_process_rows`` rows is
     predicted shard by shard in this process instead when Ray is not running yet (``eval.in_process_rows``; never
     on a cluster): the same function with the same single torch thread, so the same predictions, without Ray's
     start-up. Once Ray runs (a campaign after its first Ray stage) its warm workers are the faster way.
@@ -156,7 +171,7 @@ def predict_split(
     shards = list_shards(root, rule.eval_sources)
     items = [ref.__dict__ for ref in shards]
     kwargs = {
-        "checkpoint": checkpoint,
+        "checkpoint": checkpoint if isinstance(checkpoint, str) else list(checkpoint),
         "rule": rule.to_json(),
         "split": split,
         "batch_size": batch_size,
@@ -180,8 +195,12 @@ def predict_split(
     probs = cat("probs")
     assert probs is not None
     members = None
+    branch = cat("branch")
+    if branch is not None:
+        members = {f"m{j}": branch[:, j] for j in range(branch.shape[1])}
     feats = cat("features")
     if feats is not None:
+        assert isinstance(checkpoint, str)
         from engine.models.checkpoint import load_checkpoint
         from engine.models.sequence import sequence_predict
 
@@ -232,19 +251,33 @@ class EvaluateStage(Stage):
         return None if "train" in self.ctx.upstream else self.ctx.teacher
 
     @functools.cached_property
-    def checkpoint(self) -> str:
-        """The round's student, or the round-0 teacher given as ``campaign.teacher_checkpoint`` (no train stage)."""
+    def checkpoints(self) -> tuple[str, ...]:
+        """What the round evaluates: its student; round 0's ensemble (the student, then the members stage's nets,
+        ``campaign.teacher_members``); or the round-0 teacher given as ``campaign.teacher_checkpoint``."""
         t = self._given_teacher
-        return self.layout.student if t is None else t.paths[0]
+        if t is not None:
+            return (t.paths[0],)
+        members = self.ctx.upstream.get("members")
+        if members is not None:
+            return tuple(root_path(self.root, p) for p in members.extra["checkpoints"])
+        return (self.layout.student,)
+
+    @property
+    def checkpoint(self) -> str:
+        """The first of :attr:`checkpoints` (the student)."""
+        return self.checkpoints[0]
 
     @functools.cached_property
     def checkpoint_fp(self) -> str:
+        """The evaluated checkpoint's fingerprint; an ensemble's is that of its members' fingerprints, in order (the
+        teacher record the campaign promotes)."""
         t = self._given_teacher
         if t is not None:
             return t.fingerprint
         from engine.models.checkpoint import checkpoint_fingerprint
 
-        return checkpoint_fingerprint(self.checkpoint)
+        fps = [checkpoint_fingerprint(p) for p in self.checkpoints]
+        return fps[0] if len(fps) == 1 else fingerprint("ensemble", fps)
 
     def resources(self) -> dict[str, float]:
         return {"CPU": 1.0}  # one task at a time makes progress
@@ -265,12 +298,14 @@ class EvaluateStage(Stage):
             "checkpoint": stored_path(self.root, self.checkpoint),
             "checkpoint_fingerprint": self.checkpoint_fp,
         }
+        if len(self.checkpoints) > 1:
+            metrics["ensemble"] = [stored_path(self.root, p) for p in self.checkpoints]
         counts: dict[str, Any] = {}
         for split in self.cfg.splits:
             pred = predict_split(
                 self.root,
                 self.rule,
-                self.checkpoint,
+                self.checkpoint if len(self.checkpoints) == 1 else self.checkpoints,
                 split,
                 self.cfg.batch_size,
                 self.cfg.tta_flip,
@@ -284,7 +319,7 @@ class EvaluateStage(Stage):
             if pred.va is not None:
                 m.update(va_metrics(pred.va))
                 counts[f"{split}_ccc_mean"] = m.get("ccc_mean")
-            if pred.members is not None:  # sequence ensemble: each member alone, for comparison
+            if pred.members is not None:  # sequence or round-0 ensemble: each member alone, for comparison
                 m["members"] = {}
                 for member, p in pred.members.items():
                     mm = classification_metrics(y, p.argmax(1), names)

@@ -76,8 +76,13 @@ class TrainStage(Stage):
     def inputs(self) -> tuple[str, ...]:
         return ("partition",)
 
+    @property
+    def student_path(self) -> str:
+        """The checkpoint this stage writes."""
+        return join(self.out_dir, "student.pt")
+
     def outputs(self) -> tuple[str, ...]:
-        return (self.layout.student, join(self.out_dir, "ray"))
+        return (self.student_path, join(self.out_dir, "ray"))
 
     def resources(self) -> dict[str, float]:
         t = self.train_cfg
@@ -104,9 +109,18 @@ class TrainStage(Stage):
         teacher = self.ctx.teacher
         return {**up, "teacher": teacher.fingerprint if (teacher and self.init_checkpoint) else ""}
 
+    @property
+    def distills(self) -> bool:
+        """Whether the student learns the teacher's probabilities on the whole scored pool (``train.distill`` in a
+        round that scored one; round 0 has no teacher to distil)."""
+        return self.train_cfg.distill and "score" in self.ctx.upstream
+
     def fingerprint_inputs(self) -> dict[str, Any]:
-        train = asdict(self.train_cfg)
+        train = fingerprint_fields("train", self.train_cfg)
         del train["in_process"]  # where the loop runs, not what it computes (the same student, bit for bit)
+        if not self.distills:  # without a scored pool the distillation keys change nothing
+            for key in ("distill", "distill_temperature", "distill_weight"):
+                train.pop(key, None)
         fp: dict[str, Any] = {
             "train": train,
             "model": model_fingerprint_fields(self.model_cfg),
@@ -128,7 +142,7 @@ class TrainStage(Stage):
         inputs = self.fingerprint_inputs()
         del inputs["upstream"]
         rule = {k: v for k, v in asdict(self.ctx.rule).items() if k != "labelled_keys_path"}
-        soft = self.selection_path is not None and self.train_cfg.soft_labels
+        soft = (self.selection_path is not None and self.train_cfg.soft_labels) or self.distills
         return fingerprint(
             "student",
             self.VERSION,
@@ -169,7 +183,7 @@ class TrainStage(Stage):
         name = "student.pt"
         if name not in marker.get("files", {}) or check_dir(src, {name: marker["files"][name]}):
             return None
-        fs.write_bytes(self.layout.student, fs.read_bytes(join(src, name)))
+        fs.write_bytes(self.student_path, fs.read_bytes(join(src, name)))
         logger.info(
             "%s: the same inputs trained a student in %s (content key %s): copied, not trained again",
             self.label,
@@ -178,7 +192,7 @@ class TrainStage(Stage):
         )
         return RunOutput(
             counts=dict(marker["counts"]),
-            extra={"checkpoint": stored_path(self.root, self.layout.student), "reused_from": doc["train_dir"]},
+            extra={"checkpoint": stored_path(self.root, self.student_path), "reused_from": doc["train_dir"]},
         )
 
     def _pool(self) -> tuple[Any, int]:
@@ -187,8 +201,9 @@ class TrainStage(Stage):
             return None, 0
         from engine.samples import samples_dataset
 
-        n = pool_table(self.root, self.ctx.rule, self.layout.online_pool)
-        return samples_dataset(self.root, self.layout.online_pool).select_columns(["image", "idx"]), n
+        path = join(self.out_dir, "online_pool.parquet")  # the round's layout.online_pool for the round's student
+        n = pool_table(self.root, self.ctx.rule, path)
+        return samples_dataset(self.root, path).select_columns(["image", "idx"]), n
 
     def run(self) -> RunOutput:
         from engine.samples import samples_dataset
@@ -213,6 +228,7 @@ class TrainStage(Stage):
             ).select_columns(["image", "label", "weight", *(["target"] if t.soft_labels else [])])
         pool_dataset, num_unlabelled = self._pool()
         online = pool_dataset is not None
+        distill = self._distill_dataset() if self.distills else None
         val = self._val_dataset() if self.train_cfg.select_best else None
         params = asdict(self.threshold_cfg)  # the section as is: the worker builds the policy from it
         result = train_student(
@@ -223,11 +239,12 @@ class TrainStage(Stage):
             pseudo=pseudo,
             unlabelled=pool_dataset,
             num_unlabelled=num_unlabelled,
+            distill=distill,
             val=val,
             storage_path=join(self.out_dir, "ray"),
             run_name=f"{self.campaign}-r{self.layout.index:03d}-{self.fingerprint()[:8]}",
             init_checkpoint=self.init_checkpoint,
-            out_checkpoint=self.layout.student,
+            out_checkpoint=self.student_path,
             mlflow=self.mlflow,
             policy_params=params if online else None,
         )
@@ -238,9 +255,35 @@ class TrainStage(Stage):
             from engine.train.temporal import fit_temporal
 
             counts.update(
-                fit_temporal(self.layout.student, root=self.root, labelled_path=self.labelled_path, cfg=self.train_cfg)
+                fit_temporal(self.student_path, root=self.root, labelled_path=self.labelled_path, cfg=self.train_cfg)
             )
-        return RunOutput(counts=counts, extra={"checkpoint": stored_path(self.root, self.layout.student)})
+        return RunOutput(counts=counts, extra={"checkpoint": stored_path(self.root, self.student_path)})
+
+    def _distill_dataset(self) -> Any:
+        """The pool rows the student distils (image, target: the teacher's probabilities at ``distill_temperature``):
+        every row the round's score stage scored except those now in the labelled set (people's answers) or taken
+        out of it (not a face), written once as ``distill_pool.parquet`` (key, shard, label = the teacher's argmax)."""
+        from engine.review.answers import removed_keys
+        from engine.samples import samples_dataset
+        from engine.stages.score import list_shards
+
+        path = join(self.out_dir, "distill_pool.parquet")
+        if not fs.exists(path):
+            out = set(fs.read_parquet(self.labelled_path, columns=["key"])["key"].to_pylist()) | removed_keys(
+                self.layout
+            )
+            parts = [self.layout.score_part(s.name) for s in list_shards(self.root, self.ctx.rule.pool_sources)]
+            scores = pa.concat_tables(
+                [fs.read_parquet(p, columns=["key", "shard", "pred"]) for p in parts if fs.exists(p)]
+            )
+            keep = pa.array([k not in out for k in scores["key"].to_pylist()], pa.bool_())
+            t = scores.filter(keep).sort_by("key")
+            fs.write_parquet(
+                path, pa.table({"key": t["key"], "shard": t["shard"], "label": t["pred"].cast(pa.int16())})
+            )
+        t = self.train_cfg
+        ds = samples_dataset(self.root, path, score_dir=self.layout.score_dir, temperature=t.distill_temperature)
+        return ds.select_columns(["image", "target"])
 
     def _val_dataset(self) -> Any:
         """The campaign's val split (image, label) as a Ray dataset, or None when it has no val row."""

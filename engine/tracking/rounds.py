@@ -49,7 +49,8 @@ def log_student(
     tracker: Tracker, run_id: str, doc: Mapping[str, Any], *, checkpoint: str, example: bytes, model_name: str
 ) -> dict[str, str]:
     """The round's student (``checkpoint``) as the run's MLflow model and a version of the registered model
-    ``model_name`` (the campaign's); ``example`` (one encoded face) is its input example. Returns the record
+    ``model_name`` (the campaign's); ``example`` (one encoded face) is its input example. Round 0 with an ensemble
+    teacher (``campaign.teacher_members``) logs member 0, tagged ``ensemble_member``. Returns the record
     ``round.json`` keeps (``uri``, ``registered_model``, ``version``)."""
     student = doc["student"]
     uri = tracker.log_checkpoint_model(
@@ -58,7 +59,8 @@ def log_student(
         example=example,
         metadata={"round": doc["round"], "campaign": doc["campaign"], "fingerprint": student["fingerprint"]},
     )
-    version = tracker.register_model(
-        model_name, uri, run_id, tags={"round": doc["round"], "val_macro_f1": doc["metrics"].get("val/macro_f1")}
-    )
+    tags = {"round": doc["round"], "val_macro_f1": doc["metrics"].get("val/macro_f1")}
+    if student.get("members"):  # round 0's ensemble teacher: the model is member 0, the metrics the ensemble's
+        tags["ensemble_member"] = f"0 of {len(student['members'])}"
+    version = tracker.register_model(model_name, uri, run_id, tags=tags)
     return {"uri": uri, "registered_model": model_name, "version": version}

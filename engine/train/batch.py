@@ -142,6 +142,29 @@ def unlabelled_views(
     return normalize_uint8(aug.weak(u8), model_cfg), normalize_uint8(aug.strong(u8), model_cfg), idx
 
 
+def distill_views(
+    batch: NumpyBatch, model_cfg: ModelConfig, aug: Augmenters, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Strong view (normalised float32 (U, in_chans, S, S)) and (U, C) float32 teacher probabilities of a batch of
+    distilled pool rows (``image``, ``target``: C little-endian float32 each).
+
+    Raises:
+        ConfigError: a target whose length is not C float32.
+    """
+    import torch
+
+    u8 = images_to_uint8(batch["image"], size=model_cfg.input_size, in_chans=model_cfg.in_chans)  # type: ignore[arg-type]
+    raw = [bytes(b) for b in np.asarray(batch["target"], dtype=object)]
+    if any(len(b) != 4 * num_classes for b in raw):
+        bad = next(len(b) for b in raw if len(b) != 4 * num_classes)
+        raise ConfigError(
+            f"a distilled row's teacher probabilities hold {bad} bytes, not {num_classes} float32; rebuild the "
+            "round's score stage with the campaign's label space"
+        )
+    probs = np.frombuffer(b"".join(raw), dtype="<f4").reshape(-1, num_classes).astype(np.float32)
+    return normalize_uint8(aug.strong(u8), model_cfg), torch.from_numpy(probs)
+
+
 def normalize_uint8(x: torch.Tensor, model_cfg: ModelConfig) -> torch.Tensor:
     """``transforms.normalize_batch`` with the model's size, channels, mean and std."""
     return normalize_batch(

@@ -161,11 +161,14 @@ def build_supervised_dataset(
 
 def build_unlabelled_dataset(unlabelled: ray.data.Dataset, *, seed: int) -> ray.data.Dataset:
     """The online branch's stream: columns ``image`` and ``idx`` (int64 in [0, N_u)), block order shuffled."""
+    return shuffled_blocks(unlabelled.select_columns(["image", "idx"]), seed=seed)
+
+
+def shuffled_blocks(ds: ray.data.Dataset, *, seed: int) -> ray.data.Dataset:
+    """A pool stream (the online branch's or the distilled pool's) with its block order shuffled anew every pass."""
     from ray.data import RandomSeedConfig
 
-    return unlabelled.select_columns(["image", "idx"]).randomize_block_order(
-        seed=RandomSeedConfig(seed=seed + 1, reseed_after_execution=True)
-    )
+    return ds.randomize_block_order(seed=RandomSeedConfig(seed=seed + 1, reseed_after_execution=True))
 
 
 def steps_per_epoch(rows: int, *, batch_size: int, num_workers: int) -> int:

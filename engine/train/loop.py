@@ -73,6 +73,9 @@ class LoopSpec:
     local_checkpoint: str | None = None
     """``train.in_process``: the directory that holds the last epoch's state (Ray Train's local mode persists no
     checkpoint); the loop resumes from it and logs each epoch to MLflow once it is written."""
+    distill: bool = False
+    """Whether the ``unlabelled`` dataset is the distilled pool (image, target): each step adds the distillation
+    term (``train.distill``, engine.train.step)."""
 
     @property
     def total_steps(self) -> int:
@@ -102,6 +105,7 @@ def make_loop_config(spec: LoopSpec) -> dict[str, Any]:
         "repeat_factors": None if spec.repeat_factors is None else list(spec.repeat_factors),
         "val": spec.val,
         "local_checkpoint": spec.local_checkpoint,
+        "distill": spec.distill,
     }
 
 
@@ -123,6 +127,7 @@ def parse_loop_config(config: Mapping[str, Any]) -> LoopSpec:
         repeat_factors=None if config.get("repeat_factors") is None else tuple(config["repeat_factors"]),
         val=config.get("val"),
         local_checkpoint=config.get("local_checkpoint"),
+        distill=bool(config.get("distill")),
     )
 
 
@@ -186,8 +191,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         amp_dtype=amp_dtype,
         policy=t.policy,
         loss=SupervisedLoss(spec.model, spec.label_space, LossWeights.from_train(spec.train)),
+        distill_temperature=spec.train.distill_temperature if spec.distill else None,
+        distill_weight=spec.train.distill_weight,
     )
-    unlabelled = _unlabelled_stream(spec, rank) if t.policy is not None else None
+    unlabelled = _unlabelled_stream(spec, rank) if t.policy is not None or spec.distill else None
     todo = t.start_epoch < spec.train.epochs
     mem = _memory_shard(spec.memory, rank, context.get_world_size()) if spec.memory is not None and todo else None
     val = MemorySet(ray.get(spec.val)) if spec.val is not None and rank == 0 and todo else None

@@ -115,6 +115,19 @@ def soft_ce(logits: torch.Tensor, target: torch.Tensor, w: torch.Tensor) -> torc
     return (w * -(target * F.log_softmax(logits, dim=1)).sum(dim=1)).mean()
 
 
+def distill_loss(logits: torch.Tensor, target: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton's distillation term ``T² · (1/U) Σ_u KL(t_u ‖ softmax(logits_u / T))``, with ``t`` the teacher's
+    probabilities already at temperature T (rows summing to 1; zeros contribute nothing). The T² keeps its gradients'
+    scale independent of T."""
+    import torch
+    import torch.nn.functional as F
+
+    log_q = F.log_softmax(logits / temperature, dim=1)
+    log_t = torch.log(target.clamp_min(1e-30))
+    kl = torch.where(target > 0, target * (log_t - log_q), torch.zeros_like(target)).sum(dim=1)
+    return temperature**2 * kl.mean()
+
+
 def weighted_ce(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
     """``(1/B) Σ w_b · CE(logits_b, y_b)``; with label smoothing ε the target is ``(1-ε)·onehot(y_b) + ε/C``."""
     import torch.nn.functional as F

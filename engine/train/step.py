@@ -8,6 +8,9 @@ Losses (reference thresholds.md section 1), for a supervised batch of B rows and
   ``m_u`` the online policy's weight; the normaliser is the whole unlabelled batch, accepted or not.
 - ``L = L_s + lambda_u * L_u`` (``+ w_f * L_f``, FreeMatch's self-adaptive fairness term, when the online policy
   is FreeMatch with ``threshold.fairness_weight`` > 0; engine.train.losses.fairness_loss).
+- Distillation instead of the online branch (``train.distill``): the U pool rows carry the teacher's probabilities
+  at temperature T, ``L_d = T² * (1/U) * sum_u KL(p_T,u ‖ softmax(f(A(u)) / T))`` and ``L = L_s + w_d * L_d``
+  (reported as ``loss_u``, every row counted in ``mask_rate``).
 
 With ``StepContext.loss`` set, ``L_s`` is composed from the model's named outputs by engine.train.losses (cascade,
 ESR branches and diversity, VA CCC); its plain-logits case is the ``L_s`` above. ``L_u`` always uses ``logits``.
@@ -25,7 +28,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from engine.train.batch import Augmenters, NumpyBatch, soft_targets, supervised_input, unlabelled_views
+from engine.train.batch import (
+    Augmenters,
+    NumpyBatch,
+    distill_views,
+    soft_targets,
+    supervised_input,
+    unlabelled_views,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -50,6 +60,11 @@ class StepContext:
     """Online threshold policy (None: no unlabelled branch)."""
     loss: SupervisedLoss | None = None
     """Composes the supervised loss from the model's named outputs (engine.train.losses); None = plain weighted CE."""
+    distill_temperature: float | None = None
+    """Distillation (``train.distill``): the unlabelled batch is pool rows with the teacher's probabilities at this
+    temperature (``target``), learnt by their strong view with engine.train.losses.distill_loss; None = the online
+    branch (or no unlabelled batch)."""
+    distill_weight: float = 1.0
 
 
 @dataclass
@@ -93,7 +108,11 @@ def train_step(
     target = None if soft is None else soft[0].to(ctx.device)
     parts = [x]
     idx: npt.NDArray[np.int64] | None = None
-    if unl is not None:
+    distilled: torch.Tensor | None = None
+    if unl is not None and ctx.distill_temperature is not None:
+        d_strong, distilled = distill_views(unl, ctx.model_cfg, ctx.aug, ctx.num_classes)
+        parts.append(d_strong)
+    elif unl is not None:
         u_weak, u_strong, idx = unlabelled_views(unl, ctx.model_cfg, ctx.aug)
         parts += [u_weak, u_strong]
     # channels_last (``.to``; ``.contiguous`` keeps NCHW strides when C = 1): oneDNN / cuDNN pick faster convolution
@@ -117,7 +136,14 @@ def train_step(
     loss_f = torch.zeros((), device=ctx.device)
     weight_sum = 0.0
     u = 0
-    if unl is not None:
+    if distilled is not None:
+        from engine.train.losses import distill_loss
+
+        assert ctx.distill_temperature is not None
+        u = distilled.shape[0]
+        loss_u = distill_loss(logits[n : n + u], distilled.to(ctx.device), ctx.distill_temperature)
+        weight_sum = float(u)
+    elif unl is not None:
         assert ctx.policy is not None and idx is not None
         u = idx.shape[0]
         logits_weak, logits_strong = logits[n : n + u], logits[n + u :]
@@ -136,7 +162,7 @@ def train_step(
                 torch.as_tensor(ctx.policy.p_model, device=ctx.device),
                 torch.as_tensor(ctx.policy.label_hist, device=ctx.device),
             )
-    loss = loss_s + ctx.lambda_u * loss_u + loss_f
+    loss = loss_s + (ctx.distill_weight if distilled is not None else ctx.lambda_u) * loss_u + loss_f
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)

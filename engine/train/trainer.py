@@ -34,6 +34,7 @@ def train_student(
     pseudo: ray.data.Dataset | None,
     unlabelled: ray.data.Dataset | None,
     num_unlabelled: int = 0,
+    distill: ray.data.Dataset | None = None,
     val: ray.data.Dataset | None = None,
     storage_path: str,
     run_name: str,
@@ -59,6 +60,10 @@ def train_student(
     unlabelled rows (the worker's unlabelled shard, cycled), and adds ``lambda_u * L_u`` with
     ``L_u = sum_u m_u * CE(f(strong(u)), argmax q_u) / (mu * B)``; see engine.train.step.
 
+    Distillation (``distill`` given, ``train_cfg.distill``): each step also draws ``mu * B`` pool rows (cycled) with
+    their teacher probabilities ``target`` (already at the distillation temperature T) and adds
+    ``distill_weight * T² * mean_u KL(target_u ‖ softmax(f(strong(u)) / T))`` (engine.train.losses.distill_loss).
+
     Optimisation: SGD Nesterov (momentum 0.9) or AdamW, ``lr`` and ``weight_decay`` from ``train_cfg`` (no decay on
     biases and norm layers), cosine factor ``cos(7*pi*k / (16*K))`` over the K steps of the epoch budget, bf16/fp16
     autocast on GPU when ``mixed_precision``.
@@ -72,6 +77,8 @@ def train_student(
         pseudo: columns ``image``, ``label``, ``weight`` (float32), or None.
         unlabelled: columns ``image``, ``idx`` (int64 in [0, num_unlabelled)); used only by the online branch.
         num_unlabelled: the unlabelled pool size N_u (indices' range; DTM-R's cache size).
+        distill: columns ``image``, ``target`` (the teacher's probabilities at T, float32 bytes): the pool rows the
+            student distils; None without distillation.
         val: columns ``image``, ``label``: the val split for ``train.select_best`` (required by it, else unused).
         storage_path: Ray Train storage root (local path or URI); the run lives in ``storage_path/run_name``.
         run_name: Ray Train run name; give every round its own.
@@ -156,6 +163,7 @@ def train_student(
         repeat_factors=factors if in_memory else None,
         val=put_decoded(val.select_columns(["image", "label"]), model_cfg, "val") if val is not None else None,
         local_checkpoint=_local_checkpoint(train_cfg, storage_path, run_name),
+        distill=distill is not None,
     )
     datasets: dict[str, Any] = {} if in_memory else {SUPERVISED: supervised}
     if online:
@@ -165,6 +173,15 @@ def train_student(
         datasets[UNLABELLED] = data.build_unlabelled_dataset(unlabelled, seed=train_cfg.seed)
     elif unlabelled is not None:
         logger.info("train.online_policy is null: the unlabelled dataset is not used")
+    if distill is not None:
+        if online:
+            raise ConfigError("train.distill and train.online_policy both draw the pool each step; set one of them")
+        if model_cfg.head != "linear":
+            raise ConfigError(
+                f"train.distill needs model.head=linear (one softmax over the classes), got {model_cfg.head!r}"
+            )
+        data.check_columns(distill, ("image", "target"), "distilled pool")
+        datasets[UNLABELLED] = data.shuffled_blocks(distill.select_columns(["image", "target"]), seed=train_cfg.seed)
     result = _fit(spec, datasets, storage_path=storage_path, run_name=run_name)
     return _export(result, spec, out_checkpoint=out_checkpoint, seconds_since=t0)
 

@@ -14,7 +14,7 @@ import pyarrow.dataset as pads
 
 from engine.config import ReportConfig
 from engine.io import fs
-from engine.layout import SUCCESS, RoundLayout, SourceLayout, join
+from engine.layout import ROUND_STAGES, SUCCESS, RoundLayout, SourceLayout, join
 from engine.plots import confusions_png, grouped_bars_png, histograms_png, rebin
 from engine.products.report.galleries import ImageRequests
 from engine.products.report.markup import finite, fmt, html_table, img_tag, kv_table, value_counts
@@ -24,7 +24,7 @@ from engine.stored import RoundRef
 log = logging.getLogger(__name__)
 
 
-_STAGE_ORDER = {"score": 0, "threshold": 1, "review": 2, "reviewed": 3, "select": 4, "train": 5, "evaluate": 6}
+_STAGE_ORDER = {n: i for i, n in enumerate(ROUND_STAGES)}
 """Pipeline order of the stages table (round.json stores them sorted by name; the report must not depend on it)."""
 
 
