@@ -63,7 +63,7 @@ class Row:
 
     key: str
     label: str
-    kind: str  # supervised | offline | online | pretrained
+    kind: str  # supervised | offline | online | pretrained | ensemble (offline rounds from round 0's own ensemble)
     overrides: tuple[str, ...] = ()
 
 
@@ -89,6 +89,12 @@ ROWS: tuple[Row, ...] = (
         "4 DTM-R τmin 0.5",
         "offline",
         ("threshold.policy=dtm_r", "threshold.tau=0.95", "threshold.tau_min=0.5"),
+    ),
+    Row(
+        "dtmr05_tta",
+        "4 DTM-R τmin 0.5, flip-TTA when scoring",
+        "offline",
+        ("threshold.policy=dtm_r", "threshold.tau=0.95", "threshold.tau_min=0.5", "score.tta_flip=true"),
     ),
     Row(
         "dtmr05_warm",
@@ -169,6 +175,33 @@ ROWS: tuple[Row, ...] = (
     # noisier (dropout 0.5) than their teacher; strong augmentation of pseudo-labelled rows is on in every row.
     Row("recipe", "7 recipe: DTM-R τmin 0.5, wider noisier student (width 24, dropout 0.5)", "offline", RECIPE),
     Row("recipe_cap4", "7 recipe, cap 4 × labelled", "offline", (*RECIPE, "select.cap_multiple_of_labelled=4.0")),
+    # Better teachers from the same labels (campaign.teacher_members): round 0 trains K students of seeds train.seed
+    # .. train.seed + K - 1 and is evaluated as their ensemble (a teacher of K nets, not a self-training result;
+    # member 0 is the sup10 row's student, copied through the store's student index, not trained again).
+    Row("ens3", "8 teacher: ensemble of 3 supervised 10 % students", "supervised", ("campaign.teacher_members=3",)),
+    Row("ens5", "8 teacher: ensemble of 5 supervised 10 % students", "supervised", ("campaign.teacher_members=5",)),
+    # DTM-R τmin 0.5 from the 3-ensemble (its members again copied, not trained): the row's figure is its last
+    # round's student, one net, whether or not it beat the ensemble on val.
+    Row(
+        "ens3_dtmr05",
+        "9 DTM-R τmin 0.5 from the 3-ensemble teacher",
+        "ensemble",
+        ("campaign.teacher_members=3", "campaign.stop_when_no_gain=false", *RECIPE[:3]),
+    ),
+    # ... and the student also distils the ensemble on every pool row (train.distill, T 2, weight 1): one net of the
+    # members' size learns the K nets' probabilities where no threshold lets a pseudo-label in.
+    Row(
+        "ens3_dtmr05_kd",
+        "9 DTM-R τmin 0.5 + distillation (T 2) from the 3-ensemble teacher",
+        "ensemble",
+        (
+            "campaign.teacher_members=3",
+            "campaign.stop_when_no_gain=false",
+            *RECIPE[:3],
+            "student.train.distill=true",
+            "student.train.distill_temperature=2.0",
+        ),
+    ),
 )
 
 PRESETS: dict[str, tuple[str, ...]] = {
@@ -310,7 +343,7 @@ def run_row(args: argparse.Namespace, row: Row, seed: int, teacher: str | None) 
         )
     seconds = row_seconds(seconds, stage_seconds, args.earlier_seconds.get(cfg.campaign.name))
     final_round = (state.get("teacher") or {}).get("round", 0)
-    if row.kind == "pretrained":  # its round-0 teacher lies outside the model / epoch budget: report the student
+    if row.kind in ("pretrained", "ensemble"):  # the teacher lies outside one net's budget: report the student
         final_round = max(x["round"] for x in rounds)
     final = next(x for x in rounds if x["round"] == final_round)
     return {
