@@ -53,7 +53,8 @@ def test_an_ensemble_round_0_teacher_scores_the_mean_of_its_members(tiny_campaig
         ["Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise"],
     )
     metrics = fs.read_json(lay.round(0).metrics)
-    alone = [predict_split(str(root), rule, str(root / p), "val") for p in paths]
+    e = cfg.eval  # the evaluate stage's batch size and flip TTA
+    alone = [predict_split(str(root), rule, str(root / p), "val", e.batch_size, e.tta_flip) for p in paths]
     assert not np.array_equal(alone[0].probs, alone[1].probs)  # two seeds, two nets
     mean = ((alone[0].probs.astype(np.float64) + alone[1].probs.astype(np.float64)) / 2).astype(np.float32)
     ensemble = classification_metrics(alone[0].y, mean.argmax(1), names)
