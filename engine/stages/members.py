@@ -70,7 +70,9 @@ class MembersStage(Stage):
 
     def run(self) -> RunOutput:
         results = [m.execute() for m in self.members]
-        counts: dict[str, Any] = {"members": self.k, "trained": sum(not r.skipped for r in results)}
+        copied = sum(not r.skipped and r.extra.get("reused_from") is not None for r in results)
+        trained = sum(not r.skipped for r in results) - copied
+        counts: dict[str, Any] = {"members": self.k, "trained": trained, "copied": copied}
         paths = [stored_path(self.ctx.root, self.layout.student)] + [
             stored_path(self.ctx.root, m.student_path) for m in self.members
         ]

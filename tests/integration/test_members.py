@@ -42,7 +42,7 @@ def test_an_ensemble_round_0_teacher_scores_the_mean_of_its_members(tiny_campaig
     assert state["teacher"]["fingerprint"] == r0["student"]["fingerprint"]
     member = fs.read_json(join(lay.round(0).member_dir(1), SUCCESS))
     assert member["inputs"]["train"]["seed"] == cfg.train.seed + 1
-    assert r0["stages"]["members"]["counts"] == {"members": 2, "trained": 1}
+    assert r0["stages"]["members"]["counts"] == {"members": 2, "trained": 1, "copied": 0}
     status = next(c for c in storage_status(str(root)).campaigns if c.name == "ens")
     assert status.rounds[0].stages == {"train": "committed", "members": "committed", "evaluate": "committed"}
 
