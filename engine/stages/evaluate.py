@@ -170,8 +170,9 @@ def predict_split(
 
     shards = list_shards(root, rule.eval_sources)
     items = [ref.__dict__ for ref in shards]
+    paths = [checkpoint] if isinstance(checkpoint, str) else list(checkpoint)
     kwargs = {
-        "checkpoint": checkpoint if isinstance(checkpoint, str) else list(checkpoint),
+        "checkpoint": paths[0] if len(paths) == 1 else paths,  # one checkpoint is predicted alone, not as an ensemble
         "rule": rule.to_json(),
         "split": split,
         "batch_size": batch_size,
@@ -200,11 +201,11 @@ def predict_split(
         members = {f"m{j}": branch[:, j] for j in range(branch.shape[1])}
     feats = cat("features")
     if feats is not None:
-        assert isinstance(checkpoint, str)
+        assert isinstance(kwargs["checkpoint"], str)
         from engine.models.checkpoint import load_checkpoint
         from engine.models.sequence import sequence_predict
 
-        loaded = load_checkpoint(checkpoint)
+        loaded = load_checkpoint(kwargs["checkpoint"])
         videos = [v for out in outs for v in out["videos"]]
         frames = [f for out in outs for f in out["frames"]]
         temporal = cast("torch.nn.ModuleDict", loaded.model.temporal)
@@ -305,7 +306,7 @@ class EvaluateStage(Stage):
             pred = predict_split(
                 self.root,
                 self.rule,
-                self.checkpoint if len(self.checkpoints) == 1 else self.checkpoints,
+                self.checkpoints,
                 split,
                 self.cfg.batch_size,
                 self.cfg.tta_flip,
