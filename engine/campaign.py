@@ -32,8 +32,8 @@ def _tracker(cfg: Config) -> Tracker:
 
 
 def prepare(cfg: Config) -> StageContext:
-    """Ingest every source the campaign uses and commit its partition; returns the campaign's stage context (the
-    ingest and partition results as upstream, no round yet)."""
+    """Ingest every source the campaign uses, commit its partition and, with ``campaign.pretrain.method``, the
+    pretrained backbone; returns the campaign's stage context (those results as upstream, no round yet)."""
     from engine.stages.ingest import IngestStage
     from engine.stages.partition import PartitionStage, used_sources
 
@@ -42,7 +42,12 @@ def prepare(cfg: Config) -> StageContext:
     ctx = StageContext(cfg)
     for s in used_sources(cfg.campaign):
         ctx = ctx.with_result(f"ingest:{s}", IngestStage(dataclasses.replace(ctx, source=s)).execute())
-    return ctx.with_result("partition", PartitionStage(ctx).execute())
+    ctx = ctx.with_result("partition", PartitionStage(ctx).execute())
+    if cfg.campaign.pretrain.method:  # round 0 starts from the pretrained backbone (engine/stages/pretrain.py)
+        from engine.stages.pretrain import PretrainStage
+
+        ctx = ctx.with_result("pretrain", PretrainStage(ctx).execute())
+    return ctx
 
 
 def check_inputs(cfg: Config) -> None:
@@ -135,6 +140,7 @@ def _run_campaign(cfg: Config, *, max_rounds: int | None) -> dict[str, Any]:
     state["prepared"] = {
         "ingest": {k.split(":", 1)[1]: _result_doc(r) for k, r in up.items() if k.startswith("ingest:")},
         "partition": _result_doc(up["partition"]),
+        **({"pretrain": {**_result_doc(up["pretrain"]), **up["pretrain"].extra}} if "pretrain" in up else {}),
     }
     state["tracking_uri"] = cfg.tracking.uri  # None: the root's own store (engine.summary.tracking_uri derives it)
     state["mlflow_experiment_id"] = tracker.experiment_id
@@ -145,6 +151,8 @@ def _run_campaign(cfg: Config, *, max_rounds: int | None) -> dict[str, Any]:
         digest=up["partition"].fingerprint,
         context="training",
     )
+    if "pretrain" in up:
+        _log_pretrain(tracker, state["mlflow_run_id"], up["pretrain"])
     fs.write_json(lay.state, state)
     fs.write_json(lay.config, flatten(cfg))
     new = 0
@@ -208,6 +216,15 @@ def round_params(cfg: Config, index: int) -> dict[str, Any]:
     sections = ("model", "train") + (("threshold", "select", "review") if index > 0 else ())
     flat = flatten(cfg.for_round(index))
     return {"round": index, **{k: v for k, v in flat.items() if k.split(".", 1)[0] in sections}}
+
+
+def _log_pretrain(tracker: Tracker, run_id: str, result: Any) -> None:
+    """The pretraining's epochs (``pretrain/ssl_loss``, ``pretrain/spread``, step = epoch) and its linear probe
+    (``pretrain/probe_val_macro_f1`` and the untrained net's) on the campaign's MLflow run."""
+    for r in result.extra.get("history", []):
+        tracker.log_metrics(run_id, {f"pretrain/{k}": r[k] for k in ("ssl_loss", "spread")}, step=int(r["epoch"]))
+    probe = {f"pretrain/{k}": v for k, v in result.counts.items() if k.startswith("probe") and "faces" not in k}
+    tracker.log_metrics(run_id, probe)
 
 
 def _result_doc(r: Any) -> dict[str, Any]:

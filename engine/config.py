@@ -602,6 +602,81 @@ class ReviewConfig:
         _check_range("review.min_phash_distance", self.min_phash_distance, 0, 64)
 
 
+PRETRAIN_METHODS = ("simsiam", "byol")
+"""Self-supervised methods of ``campaign.pretrain.method`` (engine.train.pretrain)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class PretrainConfig:
+    """Self-supervised pretraining of round 0's backbone on the faces of the campaign's sources (their train and
+    unlabelled splits, images only, never labels) before any label is used (engine/stages/pretrain.py, on Ray Train,
+    resumable per epoch). Round 0's student (every member) starts from the pretrained backbone with a fresh
+    classifier. The run is stored once per storage root under ``pretrain/<fingerprint>/``: campaigns with other seeds
+    or labelled fractions over the same sources share it."""
+
+    method: str | None = None
+    """``simsiam`` (two views, a predictor and a stop-gradient; Chen & He 2021), ``byol`` (the same with an EMA target
+    network; Grill et al. 2020) or null: no pretraining."""
+    epochs: int = 20
+    """Passes over the pretraining images (two views of each per pass)."""
+    batch_size: int = 256
+    """Images per step (each seen as two views)."""
+    lr: float = 0.05
+    """Peak learning rate (SGD, momentum 0.9, Nesterov) of a linear warm-up then cosine schedule to 0."""
+    weight_decay: float = 1e-4
+    """Weight decay of weight matrices and kernels."""
+    warmup_epochs: float = 1.0
+    """Linear warm-up, in epochs."""
+    proj_dim: int = 512
+    """Width of the projector's output (and hidden layer)."""
+    pred_dim: int = 128
+    """Hidden width of the predictor (a bottleneck, as in SimSiam)."""
+    target_decay: float = 0.99
+    """BYOL: EMA decay of the target network, raised to 1 over the run with a cosine (ignored by simsiam)."""
+    crop_min_scale: float = 0.3
+    """Each view is a random crop of this fraction of the face's area up to all of it (aspect 3/4 to 4/3), resized
+    back, mirrored with probability 0.5."""
+    jitter: float = 0.4
+    """Brightness and contrast of each view are scaled by factors drawn in [1 - jitter, 1 + jitter] (with probability
+    0.8); 0 turns it off."""
+    max_images: int | None = None
+    """At most this many faces (seeded, by key hash); null = all. The decoded faces are held in memory (48x48 grey:
+    2.3 KB each, 2.3 GB per million)."""
+    num_workers: int = 1
+    """Ray Train workers (data-parallel, DDP)."""
+    in_process: bool = False
+    """Run the loop in the driver (Ray Train's local mode), as ``train.in_process``."""
+    max_failures: int = 1
+    """Ray Train restarts of a failed run from its last epoch checkpoint."""
+    seed: int = 0
+    """Seed of the initial weights (the classifier's too), the epoch order and the views."""
+    probe_rows: int = 5000
+    """Linear probe after pretraining: a logistic regression on the frozen features of up to this many labelled train
+    faces of the labelled sources, scored on up to this many of their val faces (macro-F1), beside the same probe on
+    the untrained net: whether the features learnt anything before fine-tuning. 0 = no probe."""
+
+    def __post_init__(self) -> None:
+        if self.method is not None:
+            _check_choice("campaign.pretrain.method", self.method, PRETRAIN_METHODS)
+        _check_range("campaign.pretrain.epochs", self.epochs, 1, 100_000)
+        _check_range("campaign.pretrain.batch_size", self.batch_size, 2, 1_000_000)
+        _check_range("campaign.pretrain.lr", self.lr, 0.0, 100.0, hi_open=True)
+        _check_range("campaign.pretrain.weight_decay", self.weight_decay, 0.0, 1.0)
+        _check_range("campaign.pretrain.warmup_epochs", self.warmup_epochs, 0.0, float(self.epochs))
+        _check_range("campaign.pretrain.proj_dim", self.proj_dim, 1, 65_536)
+        _check_range("campaign.pretrain.pred_dim", self.pred_dim, 1, 65_536)
+        _check_range("campaign.pretrain.target_decay", self.target_decay, 0.0, 1.0)
+        _check_range("campaign.pretrain.crop_min_scale", self.crop_min_scale, 0.05, 1.0)
+        _check_range("campaign.pretrain.jitter", self.jitter, 0.0, 1.0, hi_open=True)
+        if self.max_images is not None:
+            _check_range("campaign.pretrain.max_images", self.max_images, 2, 10**12)
+        _check_range("campaign.pretrain.num_workers", self.num_workers, 1, 4096)
+        if self.in_process and self.num_workers != 1:
+            raise ConfigError("campaign.pretrain.in_process=true runs one worker; set campaign.pretrain.num_workers=1")
+        _check_range("campaign.pretrain.max_failures", self.max_failures, 0, 1000)
+        _check_range("campaign.pretrain.probe_rows", self.probe_rows, 0, 10**9)
+
+
 @dataclass(frozen=True, kw_only=True)
 class CampaignConfig:
     """Which data plays which role, and how many rounds."""
@@ -635,6 +710,8 @@ class CampaignConfig:
     it beats the ensemble on val. Later teachers are the promoted student alone."""
     stop_when_no_gain: bool = True
     """Stop the campaign when a student does not beat its teacher on val macro-F1."""
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    """Self-supervised pretraining of round 0's backbone (``campaign.pretrain.method``; off by default)."""
 
     def __post_init__(self) -> None:
         if self.labelled_fraction is not None and not 0 < self.labelled_fraction <= 1:
@@ -648,6 +725,11 @@ class CampaignConfig:
         if self.teacher_members > 1 and self.teacher_checkpoint:
             raise ConfigError(
                 "campaign.teacher_members > 1 trains round 0's members, but campaign.teacher_checkpoint skips "
+                "round 0's training: set one of them"
+            )
+        if self.pretrain.method and self.teacher_checkpoint:
+            raise ConfigError(
+                "campaign.pretrain.method pretrains round 0's backbone, but campaign.teacher_checkpoint skips "
                 "round 0's training: set one of them"
             )
 

@@ -204,6 +204,55 @@ def build_strong_augment(
     return strong
 
 
+def build_view_augment(*, crop_min_scale: float = 0.3, jitter: float = 0.4, jitter_p: float = 0.8) -> Augment:
+    """A self-supervised view (SimCLR / SimSiam style, for small grey faces): a random crop of ``crop_min_scale`` to
+    all of the area (aspect 3/4 to 4/3) resized back to the input size (bilinear), a mirror with probability 0.5, and
+    with probability ``jitter_p`` brightness and contrast scaled by factors in ``[1 - jitter, 1 + jitter]``.
+
+    Every sample draws its own crop, mirror and factors, in one vectorised ``grid_sample`` for the batch; randomness
+    comes from torch's global RNG (seed it per epoch for reproducible views).
+
+    Returns:
+        A callable mapping uint8 (B, C, H, W) to uint8 (B, C, H, W) on the same device.
+    """
+    if not 0 < crop_min_scale <= 1:
+        raise ConfigError(f"crop_min_scale must be in (0, 1], got {crop_min_scale}")
+    if not 0 <= jitter < 1:
+        raise ConfigError(f"jitter must be in [0, 1), got {jitter}")
+
+    def view(x: torch.Tensor) -> torch.Tensor:
+        import math
+
+        import torch
+        import torch.nn.functional as F
+
+        if x.ndim != 4:
+            raise ConfigError(f"augmentation expects a (B, C, H, W) batch, got shape {tuple(x.shape)}")
+        b, dev = x.shape[0], x.device
+        if b == 0:
+            return x
+        area = torch.empty(b, device=dev).uniform_(crop_min_scale, 1.0)
+        ratio = torch.empty(b, device=dev).uniform_(math.log(3 / 4), math.log(4 / 3)).exp()
+        w = (area * ratio).sqrt().clamp(max=1.0)  # crop sides as fractions of the image's
+        h = (area / ratio).sqrt().clamp(max=1.0)
+        cx = (torch.rand(b, device=dev) * 2 - 1) * (1 - w)  # centre, in [-1, 1] grid units, inside the image
+        cy = (torch.rand(b, device=dev) * 2 - 1) * (1 - h)
+        mirror = torch.where(torch.rand(b, device=dev) < 0.5, -1.0, 1.0)
+        theta = torch.zeros(b, 2, 3, device=dev)
+        theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = w * mirror, cx, h, cy
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+        if jitter > 0:
+            on = (torch.rand(b, 1, 1, 1, device=dev) < jitter_p).float()
+            bright = 1 + on * (torch.rand(b, 1, 1, 1, device=dev) * 2 - 1) * jitter
+            contrast = 1 + on * (torch.rand(b, 1, 1, 1, device=dev) * 2 - 1) * jitter
+            mean = out.mean(dim=(1, 2, 3), keepdim=True)
+            out = ((out - mean) * contrast + mean) * bright
+        return out.round_().clamp_(0, 255).to(torch.uint8)
+
+    return view
+
+
 def _random_crop_flip(x: torch.Tensor, *, pad_frac: float, flip: bool) -> torch.Tensor:
     import torch
 

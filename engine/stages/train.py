@@ -52,11 +52,14 @@ class TrainStage(Stage):
         self.init_checkpoint = self._warm_start_from(ctx)
 
     def _warm_start_from(self, ctx: StageContext) -> str | None:
-        """The teacher's checkpoint when the student starts from its weights: ``train.warm_start`` and, for a
+        """Round 0 of a campaign with a pretraining: the pretrained net. Later rounds: the teacher's checkpoint when
+        the student starts from its weights: ``train.warm_start`` and, for a
         teacher of this campaign, the same architecture (a larger student of ``student.model`` starts from scratch,
         as in Noisy Student). An outside teacher (``campaign.teacher_checkpoint``) is checked against the student
         when its weights load."""
         t = ctx.teacher
+        if t is None and "pretrain" in ctx.upstream:  # round 0 of a pretrained campaign (engine/stages/pretrain.py)
+            return root_path(ctx.root, ctx.upstream["pretrain"].extra["checkpoint"])
         if not (t and self.train_cfg.warm_start):
             return None
         if t.round >= 0 and not same_architecture(ctx.cfg.for_round(t.round).model, self.model_cfg):
@@ -101,13 +104,21 @@ class TrainStage(Stage):
     @property
     def upstream(self) -> dict[str, str]:
         """The upstream digests the student depends on: the selection (rounds > 0), the partition, people's answers
-        (``reviewed``) when a batch was answered, and the teacher when the student starts from its weights."""
+        (``reviewed``) when a batch was answered, the pretraining it starts from (round 0) and the teacher when the
+        student starts from its weights."""
         up = {"partition": self.ctx.fingerprint_of("partition")}
         for name in ("reviewed", "select"):  # reviewed: people's answers (absent from earlier campaigns' prints)
             if name in self.ctx.upstream:
                 up[name] = self.ctx.fingerprint_of(name)
         teacher = self.ctx.teacher
+        if self.pretrained:  # absent from earlier campaigns' prints
+            up["pretrain"] = self.ctx.fingerprint_of("pretrain")
         return {**up, "teacher": teacher.fingerprint if (teacher and self.init_checkpoint) else ""}
+
+    @property
+    def pretrained(self) -> bool:
+        """Whether the student starts from the campaign's pretrained backbone (round 0 with a pretraining)."""
+        return self.ctx.teacher is None and "pretrain" in self.ctx.upstream
 
     @property
     def distills(self) -> bool:
@@ -153,6 +164,7 @@ class TrainStage(Stage):
                 "selection": trained_digest(self.selection_path) if self.selection_path else "",
                 "soft_targets": self._score_digest() if soft else "",
                 "teacher": self.upstream["teacher"],
+                **({"pretrain": self.upstream["pretrain"]} if self.pretrained else {}),
             },
         )
 
@@ -250,6 +262,8 @@ class TrainStage(Stage):
         )
         counts = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         counts["warm_started"] = int(self.init_checkpoint is not None)
+        if self.pretrained:
+            counts["pretrained"] = 1
         counts["labelled_rows"] = fs.read_parquet(self.labelled_path, columns=["key"]).num_rows
         if self.model_cfg.temporal:  # ABAW2021 sequence members, on the frozen CNN's features of the labelled rows
             from engine.train.temporal import fit_temporal

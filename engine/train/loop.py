@@ -220,13 +220,7 @@ def setup_trainee(spec: LoopSpec, *, amp_dtype: torch.dtype | None) -> Trainee:
 
     torch.manual_seed(derive_seed(spec.train.seed, 0, 0, 0))  # identical initial weights on every rank
     model = create_model(spec.model, len(spec.label_space), label_space=spec.label_space)
-    restored: TrainState | None = None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            restored = read_train_state(directory)
-    elif spec.local_checkpoint is not None and (local := latest_local_state(spec.local_checkpoint)) is not None:
-        restored = read_train_state(local)
+    restored = restored_state(spec.local_checkpoint)
     if restored is not None:
         model.load_state_dict(restored.model)
     elif spec.init_checkpoint:
@@ -259,6 +253,20 @@ def setup_trainee(spec: LoopSpec, *, amp_dtype: torch.dtype | None) -> Trainee:
         t.history, t.start_epoch = list(restored.history), restored.epoch + 1
         logger.info("resumed at epoch %d of %d", t.start_epoch, spec.train.epochs)
     return t
+
+
+def restored_state(local_checkpoint: str | None) -> TrainState | None:
+    """The state of the run's latest checkpoint: Ray Train's, or in process the newest local epoch under
+    ``local_checkpoint``; None for a run that has none yet."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            return read_train_state(directory)
+    if local_checkpoint is not None and (local := latest_local_state(local_checkpoint)) is not None:
+        return read_train_state(local)
+    return None
 
 
 def run_epoch(
@@ -496,11 +504,18 @@ def _jsonable_policy_state(policy: ThresholdPolicy) -> dict[str, Any]:
 
 
 def _report(record: Mapping[str, Any], state: TrainState | None, spec: LoopSpec) -> None:
-    """Report the epoch; rank 0 (the only one given a ``state``) attaches the checkpoint, the others only metrics.
+    """Report the epoch (:func:`report_epoch`); in process, log it to MLflow after its state is committed, as the
+    controller's callback would."""
+    report_epoch(record, state, spec.local_checkpoint)
+    if state is not None and spec.local_checkpoint is not None and spec.mlflow:
+        log_epoch_to_mlflow(spec.mlflow, record, spec.label_space)
 
-    In process (``spec.local_checkpoint``) Ray Train keeps no checkpoint and runs no callback: the state is
-    committed as the run's newest local epoch (engine.train.state.save_local_state), reported from there, and the
-    epoch is logged to MLflow after that commit, as the controller's callback would.
+
+def report_epoch(record: Mapping[str, Any], state: TrainState | None, local_checkpoint: str | None) -> None:
+    """Report an epoch's metrics to Ray Train; rank 0 (the only one given a ``state``) attaches the checkpoint.
+
+    In process (``local_checkpoint``) Ray Train keeps no checkpoint: the state is committed as the run's newest local
+    epoch (engine.train.state.save_local_state) and reported from there.
     """
     import ray.train
 
@@ -509,11 +524,9 @@ def _report(record: Mapping[str, Any], state: TrainState | None, spec: LoopSpec)
     if state is None:
         ray.train.report(metrics, checkpoint=None)
         return
-    if spec.local_checkpoint is not None:
-        directory = save_local_state(spec.local_checkpoint, state.epoch, state)
+    if local_checkpoint is not None:
+        directory = save_local_state(local_checkpoint, state.epoch, state)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
-        if spec.mlflow:
-            log_epoch_to_mlflow(spec.mlflow, record, spec.label_space)
         return
     with tempfile.TemporaryDirectory(prefix="engine-train-") as directory:
         write_train_state(directory, state)

@@ -7,7 +7,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from engine.config import ModelConfig, TrainConfig
@@ -232,33 +232,60 @@ def _local_checkpoint(cfg: TrainConfig, storage_path: str, run_name: str) -> str
 
 
 def _fit(spec: LoopSpec, datasets: dict[str, Any], *, storage_path: str, run_name: str) -> Any:
+    from engine.train.loop import train_loop_per_worker
+
+    callbacks = []
+    if spec.mlflow and not spec.train.in_process:  # in process the loop logs each epoch itself (no controller)
+        from engine.train.callbacks import MlflowEpochs
+
+        callbacks.append(MlflowEpochs(spec.mlflow, spec.label_space))
+    logger.info("training %s for %d epochs (run %s/%s)", spec.model.name, spec.train.epochs, storage_path, run_name)
+    return run_trainer(
+        train_loop_per_worker,
+        make_loop_config(spec),
+        spec.train,
+        datasets=datasets,
+        storage_path=storage_path,
+        run_name=run_name,
+        callbacks=callbacks,
+    )
+
+
+def run_trainer(
+    loop: Callable[[dict[str, Any]], None],
+    loop_config: dict[str, Any],
+    cfg: TrainConfig,
+    *,
+    datasets: dict[str, Any],
+    storage_path: str,
+    run_name: str,
+    callbacks: Sequence[Any] = (),
+    what: str = "student training",
+) -> Any:
+    """Run ``loop`` on Ray Train (``cfg.num_workers`` workers, or in the driver with ``cfg.in_process``) as the run
+    ``storage_path/run_name``: a run of that name with a checkpoint resumes from it. Returns Ray Train's result.
+
+    Raises:
+        EngineError: the run failed (the message names the run to resume).
+    """
     import ray.train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from engine.train.loop import train_loop_per_worker
-
-    cfg = spec.train
-    callbacks = []
-    if spec.mlflow and not cfg.in_process:  # in process the loop logs each epoch itself (no controller)
-        from engine.train.callbacks import MlflowEpochs
-
-        callbacks.append(MlflowEpochs(spec.mlflow, spec.label_space))
     trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=make_loop_config(spec),
+        loop,
+        train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=0 if cfg.in_process else cfg.num_workers, use_gpu=cfg.use_gpu),
         run_config=RunConfig(
             name=run_name,
             storage_path=storage_path,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            callbacks=callbacks,
+            callbacks=list(callbacks),
         ),
         datasets=datasets,
     )
     run_path = f"{storage_path.rstrip('/')}/{run_name}"
-    logger.info("training %s for %d epochs (run %s)", spec.model.name, cfg.epochs, run_path)
     try:
         return trainer.fit()
     except EngineError:
@@ -267,8 +294,8 @@ def _fit(spec: LoopSpec, datasets: dict[str, Any], *, storage_path: str, run_nam
         if not (cfg.in_process or isinstance(exc, ray.train.TrainingFailedError)):
             raise
         raise EngineError(
-            f"student training failed in run {run_path} ({type(exc).__name__}: {str(exc)[:500]}); fix the cause and "
-            f"call again with run_name={run_name!r} to resume from its last finished epoch"
+            f"{what} failed in run {run_path} ({type(exc).__name__}: {str(exc)[:500]}); fix the cause and call again "
+            f"with run_name={run_name!r} to resume from its last finished epoch"
         ) from exc
 
 
