@@ -75,6 +75,8 @@ RECIPE = (
     "student.model.drop_rate=0.5",
 )
 """The recipe row's overrides (see the comment above it in ROWS)."""
+PRETRAIN = ("campaign.pretrain.method=simsiam", "campaign.pretrain.epochs=20")
+"""The pretrained rows' overrides: SimSiam on every FER2013 Training face (images only), 20 epochs."""
 ROWS: tuple[Row, ...] = (
     Row("sup10", "1 supervised 10 %", "supervised"),
     Row("sup100", "2 supervised 100 %", "supervised", ("campaign.labelled_fraction=null",)),
@@ -203,6 +205,11 @@ ROWS: tuple[Row, ...] = (
         ),
     ),
 )
+
+# Round 0 after self-supervised pretraining (campaign.pretrain): SimSiam on every Training face, labels unread, the
+# labelled 10 % and the pool included (so one pretraining serves every seed: it is stored once per root), then the
+# sup10 recipe fine-tunes the whole net from it.
+ROWS += (Row("pre10", "10 supervised 10 % after SimSiam pretraining on all Training faces", "supervised", PRETRAIN),)
 
 PRESETS: dict[str, tuple[str, ...]] = {
     # The whole setting of conf/fer2013_ssl.yaml: vgg_fer, 40 epochs (24 with all labels), three offline rounds.
@@ -358,6 +365,7 @@ def run_row(args: argparse.Namespace, row: Row, seed: int, teacher: str | None) 
         "test_acc": final["test_acc"],
         "checkpoint": final["student"],
         "seconds": round(seconds, 1),
+        "pretrain": (state.get("prepared") or {}).get("pretrain"),
     }
 
 
@@ -473,6 +481,7 @@ def render(args: argparse.Namespace, results: list[dict[str, Any]], wall: float,
             f"{sum(x['seconds'] for x in res) / 60:.1f} |"
         )
     lines += _per_class_table(by_row, labels)
+    lines += _pretrain_table(by_row, labels)
     lines += ["", "## Per round", ""]
     for key, res in by_row.items():
         for x in res:
@@ -498,6 +507,37 @@ def render(args: argparse.Namespace, results: list[dict[str, Any]], wall: float,
                 )
             lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _pretrain_table(by_row: dict[str, list[dict[str, Any]]], labels: dict[str, str]) -> list[str]:
+    """The pretraining each pretrained row started from (one run per root and settings, shared by its seeds): its
+    cost, its last epoch and the linear probe on val against the same probe on the untrained net."""
+    pretrained = [(k, x["pretrain"]) for k, v in by_row.items() for x in v if x.get("pretrain")]
+    runs = {p["fingerprint"]: (k, p) for k, p in pretrained}
+    if not runs:
+        return []
+    lines = [
+        "",
+        "## Pretraining",
+        "",
+        "One run per storage root and settings (images only, so every seed's campaign shares it; its minutes are not "
+        "in the rows' minutes). Linear probe: logistic regression on the frozen features of labelled Training faces "
+        "(a seeded sample), val macro-F1 on PublicTest (deduplicated); the untrained net is the same architecture at "
+        "its initialisation.",
+        "",
+        "| first row | faces | epochs | minutes | faces/s | last SSL loss | spread | probe faces (train / val) "
+        "| probe val macro-F1 | untrained |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, p in runs.values():
+        c = p["counts"]
+        lines.append(
+            f"| {labels[key]} | {c['faces']:,} | {c['epochs']} | {p['seconds'] / 60:.1f} | {c['images_per_s']:.0f} | "
+            f"{c['ssl_loss']:.4f} | {c['spread']:.3f} | {c.get('probe_train_faces', 0):,} / "
+            f"{c.get('probe_val_faces', 0):,} | {_f(c.get('probe_val_macro_f1'))} | "
+            f"{_f(c.get('probe_untrained_val_macro_f1'))} |"
+        )
+    return lines
 
 
 def _tau(name: str, tau: float | None, per_class: dict[str, Any]) -> str:
