@@ -620,7 +620,7 @@ class PretrainConfig:
     epochs: int = 20
     """Passes over the pretraining images (two views of each per pass)."""
     batch_size: int = 256
-    """Images per step (each seen as two views)."""
+    """Faces per step of each worker (each seen as two views)."""
     lr: float = 0.05
     """Peak learning rate (SGD, momentum 0.9, Nesterov) of a linear warm-up then cosine schedule to 0."""
     weight_decay: float = 1e-4

@@ -173,6 +173,8 @@ def section_keys(prefix: str, cls: type) -> list[KeyDoc]:
     out = []
     for f in fields:
         key = f"{prefix}.{f.name}"
+        if dataclasses.is_dataclass(hints[f.name]):  # a nested section: its own table, next (all_keys)
+            continue
         extra = [f"a registered name: see {REGISTERED[key].replace('_', ' ')} below"] if key in REGISTERED else []
         out.append(
             KeyDoc(key, _type_name(hints[f.name]), _default(f), tuple(checks[f.name] + extra), docs.get(f.name, ""))
@@ -191,6 +193,11 @@ def all_keys() -> list[tuple[str, str, list[KeyDoc]]]:
         else:
             cls, prefix = tp, f.name
         out.append((prefix, inspect.cleandoc(cls.__doc__ or ""), section_keys(prefix, cls)))
+        nested = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
+        for name, sub in nested.items():
+            if dataclasses.is_dataclass(sub):
+                key = f"{prefix}.{name}"
+                out.append((key, inspect.cleandoc(sub.__doc__ or ""), section_keys(key, sub)))
     return out
 
 

@@ -66,10 +66,22 @@ class CampaignStatus:
 
 
 @dataclass(frozen=True)
+class PretrainStatus:
+    """One pretraining run under ``<root>/pretrain/`` (engine/stages/pretrain.py)."""
+
+    name: str
+    """Its folder: the stage's fingerprint, 16 hex digits."""
+    state: str
+    counts: dict[str, Any]
+    """The committed counts (faces, epochs, probe figures); {} until it commits."""
+
+
+@dataclass(frozen=True)
 class StorageStatus:
     root: str
     sources: list[SourceStatus]
     campaigns: list[CampaignStatus]
+    pretrains: list[PretrainStatus] = field(default_factory=list)
 
 
 def stage_state(out_dir: str) -> str:
@@ -85,7 +97,12 @@ def storage_status(root: str) -> StorageStatus:
     """The sources and campaigns stored under ``root`` (sorted by name)."""
     sources = [_source(root, name) for name in fs.subdirs(join(root, "sources"))]
     campaigns = [_campaign(root, name) for name in fs.subdirs(join(root, "campaigns"))]
-    return StorageStatus(root, sources, campaigns)
+    pretrains = []
+    for name in fs.subdirs(join(root, "pretrain")):
+        out_dir = join(root, "pretrain", name)
+        marker = fs.read_json_or_none(join(out_dir, SUCCESS))
+        pretrains.append(PretrainStatus(name, stage_state(out_dir), (marker or {}).get("counts", {})))
+    return StorageStatus(root, sources, campaigns, pretrains)
 
 
 def _source(root: str, name: str) -> SourceStatus:
@@ -181,6 +198,22 @@ def format_status(st: StorageStatus) -> str:
         lines += _table(rows)
     else:
         lines.append("no sources ingested")
+    if st.pretrains:
+        rows = [["pretraining", "state", "faces", "epochs", "faces/s", "probe val F1 (untrained)"]]
+        for p in st.pretrains:
+            c = p.counts
+            probe = c.get("probe_val_macro_f1")
+            rows.append(
+                [
+                    p.name,
+                    p.state,
+                    _int(c.get("faces")),
+                    _int(c.get("epochs")),
+                    _int(c.get("images_per_s")),
+                    "-" if probe is None else f"{probe:.3f} ({c['probe_untrained_val_macro_f1']:.3f})",
+                ]
+            )
+        lines += ["", *_table(rows)]
     for camp in st.campaigns:
         teacher = f"r{camp.teacher_round:03d}" if camp.teacher_round is not None else "none yet"
         lines += [

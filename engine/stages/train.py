@@ -52,25 +52,28 @@ class TrainStage(Stage):
         self.init_checkpoint = self._warm_start_from(ctx)
 
     def _warm_start_from(self, ctx: StageContext) -> str | None:
-        """Round 0 of a campaign with a pretraining: the pretrained net. Later rounds: the teacher's checkpoint when
-        the student starts from its weights: ``train.warm_start`` and, for a
-        teacher of this campaign, the same architecture (a larger student of ``student.model`` starts from scratch,
-        as in Noisy Student). An outside teacher (``campaign.teacher_checkpoint``) is checked against the student
-        when its weights load."""
+        """The checkpoint the student starts from, None for a fresh net: the teacher's when the student starts from
+        its weights (``train.warm_start`` and, for a teacher of this campaign, the same architecture: a larger
+        student of ``student.model`` starts afresh, as in Noisy Student; an outside teacher,
+        ``campaign.teacher_checkpoint``, is checked against the student when its weights load); else, in a campaign
+        with a pretraining, the pretrained net (engine/stages/pretrain.py) for every student of round 0's
+        architecture (round 0's and its members included)."""
         t = ctx.teacher
-        if t is None and "pretrain" in ctx.upstream:  # round 0 of a pretrained campaign (engine/stages/pretrain.py)
-            return root_path(ctx.root, ctx.upstream["pretrain"].extra["checkpoint"])
-        if not (t and self.train_cfg.warm_start):
-            return None
-        if t.round >= 0 and not same_architecture(ctx.cfg.for_round(t.round).model, self.model_cfg):
+        if t and self.train_cfg.warm_start:
+            if t.round < 0 or same_architecture(ctx.cfg.for_round(t.round).model, self.model_cfg):
+                return t.paths[0]
             logger.info(
-                "train r%03d: the student's model section differs from its teacher's (round %d): trained from "
-                "scratch, not warm-started",
+                "train r%03d: the student's model section differs from its teacher's (round %d): not warm-started",
                 ctx.round,
                 t.round,
             )
+        return self._pretrained_net(ctx)
+
+    def _pretrained_net(self, ctx: StageContext) -> str | None:
+        """The pretraining's net when the campaign has one and the student has round 0's architecture, else None."""
+        if "pretrain" not in ctx.upstream or not same_architecture(ctx.cfg.model, self.model_cfg):
             return None
-        return t.paths[0]
+        return root_path(ctx.root, ctx.upstream["pretrain"].extra["checkpoint"])
 
     @property
     def out_dir(self) -> str:
@@ -113,12 +116,13 @@ class TrainStage(Stage):
         teacher = self.ctx.teacher
         if self.pretrained:  # absent from earlier campaigns' prints
             up["pretrain"] = self.ctx.fingerprint_of("pretrain")
-        return {**up, "teacher": teacher.fingerprint if (teacher and self.init_checkpoint) else ""}
+        warm = teacher is not None and self.init_checkpoint is not None and not self.pretrained
+        return {**up, "teacher": teacher.fingerprint if (teacher and warm) else ""}
 
     @property
     def pretrained(self) -> bool:
-        """Whether the student starts from the campaign's pretrained backbone (round 0 with a pretraining)."""
-        return self.ctx.teacher is None and "pretrain" in self.ctx.upstream
+        """Whether the student starts from the campaign's pretrained net (not from a teacher's weights)."""
+        return self.init_checkpoint is not None and self.init_checkpoint == self._pretrained_net(self.ctx)
 
     @property
     def distills(self) -> bool:

@@ -132,3 +132,22 @@ def test_status_command_needs_no_ray(tmp_path: Path) -> None:
         2,
         "error: storage root no/such/root does not exist; pass the storage.root a job wrote to\n",
     )
+
+
+def test_status_lists_the_pretraining_runs_of_the_root(tmp_path: Path) -> None:
+    done = tmp_path / "pretrain" / "0123456789abcdef"
+    counts = {"faces": 28000, "epochs": 20, "images_per_s": 249.6}
+    counts |= {"probe_val_macro_f1": 0.31234, "probe_untrained_val_macro_f1": 0.2}
+    fs.write_json(str(done / SUCCESS), {"counts": counts})
+    fs.write_json(str(tmp_path / "pretrain" / "fedcba9876543210" / "_RUNNING.json"), {"fingerprint": "x"})
+    st = storage_status(str(tmp_path))
+    assert [(p.name, p.state, p.counts) for p in st.pretrains] == [
+        ("0123456789abcdef", "committed", counts),
+        ("fedcba9876543210", "interrupted", {}),
+    ]
+    text = format_status(st).splitlines()
+    assert [line.split() for line in text[4:7]] == [
+        ["pretraining", "state", "faces", "epochs", "faces/s", "probe", "val", "F1", "(untrained)"],
+        ["0123456789abcdef", "committed", "28,000", "20", "249", "0.312", "(0.200)"],
+        ["fedcba9876543210", "interrupted", "-", "-", "-", "-"],
+    ]
