@@ -195,7 +195,7 @@ def all_keys() -> list[tuple[str, str, list[KeyDoc]]]:
         out.append((prefix, inspect.cleandoc(cls.__doc__ or ""), section_keys(prefix, cls)))
         nested = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
         for name, sub in nested.items():
-            if dataclasses.is_dataclass(sub):
+            if isinstance(sub, type) and dataclasses.is_dataclass(sub):
                 key = f"{prefix}.{name}"
                 out.append((key, inspect.cleandoc(sub.__doc__ or ""), section_keys(key, sub)))
     return out

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+from torch import nn
 
 from engine.config import ModelConfig, PretrainConfig, TrainConfig, build, to_dict
 from engine.errors import ConfigError, EngineError
@@ -33,7 +34,6 @@ from engine.train.loop import derive_seed, worker_threads
 if TYPE_CHECKING:
     import ray.data
     import torch
-    from torch import nn
 
 logger = logging.getLogger(__name__)
 
@@ -59,38 +59,47 @@ def optimiser_config(cfg: PretrainConfig) -> TrainConfig:
     )
 
 
-def build_ssl_net(model_cfg: ModelConfig, cfg: PretrainConfig) -> nn.Module:
-    """The pretraining network: the student's backbone (no dropout: it has no weights, and it would only add noise
-    to the views), a projector ``D -> proj -> proj`` (BN, ReLU) and a bottleneck predictor ``proj -> pred -> proj``."""
-    from torch import nn
+class SSLNet(nn.Module):
+    """The pretraining network: the student's backbone, a projector ``D -> proj -> proj`` (BN, ReLU) and a bottleneck
+    predictor ``proj -> pred -> proj`` (SimSiam's shapes)."""
 
+    def __init__(self, backbone: nn.Module, dim: int, proj_dim: int, pred_dim: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.projector = nn.Sequential(
+            nn.Linear(dim, proj_dim, bias=False),
+            nn.BatchNorm1d(proj_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(proj_dim, proj_dim, bias=False),
+            nn.BatchNorm1d(proj_dim, affine=False),
+        )
+        self.predictor = nn.Sequential(
+            nn.Linear(proj_dim, pred_dim, bias=False),
+            nn.BatchNorm1d(pred_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(pred_dim, proj_dim),
+        )
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Projections and predictions of two views: ``(z1, z2, p1, p2)``. Both views go through one call, so that
+        DistributedDataParallel (which must see the forward) syncs the gradients of both."""
+        z1, z2 = project(self, x1), project(self, x2)
+        return z1, z2, self.predictor(z1), self.predictor(z2)
+
+
+def build_ssl_net(model_cfg: ModelConfig, cfg: PretrainConfig) -> SSLNet:
+    """The pretraining network of ``model_cfg``'s backbone (built without dropout: it has no weights, and it would
+    only add noise to the views)."""
     from engine.models.factory import create_backbone
 
     backbone, dim = create_backbone(replace(model_cfg, drop_rate=0.0))
-    net = nn.Module()
-    net.backbone = backbone
-    net.projector = nn.Sequential(
-        nn.Linear(dim, cfg.proj_dim, bias=False),
-        nn.BatchNorm1d(cfg.proj_dim),
-        nn.ReLU(inplace=True),
-        nn.Linear(cfg.proj_dim, cfg.proj_dim, bias=False),
-        nn.BatchNorm1d(cfg.proj_dim, affine=False),
-    )
-    net.predictor = nn.Sequential(
-        nn.Linear(cfg.proj_dim, cfg.pred_dim, bias=False),
-        nn.BatchNorm1d(cfg.pred_dim),
-        nn.ReLU(inplace=True),
-        nn.Linear(cfg.pred_dim, cfg.proj_dim),
-    )
-    return net
+    return SSLNet(backbone, dim, cfg.proj_dim, cfg.pred_dim)
 
 
 def project(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The projection z of a batch of views (backbone, then projector)."""
-    from engine.models.checkpoint import unwrap_model
-
-    bare = unwrap_model(net)
-    z: torch.Tensor = bare.projector(bare.backbone(x)) if bare is not net else net.projector(net.backbone(x))
+    """The projection z of a batch of views (backbone, then projector) of an :class:`SSLNet` or its BYOL target."""
+    projector, backbone = net.get_submodule("projector"), net.get_submodule("backbone")
+    z: torch.Tensor = projector(backbone(x))
     return z
 
 
@@ -191,6 +200,7 @@ def pretrain_loop_per_worker(config: dict[str, Any]) -> None:
     import torch
 
     from engine.data.transforms import build_view_augment
+    from engine.models.checkpoint import unwrap_model
     from engine.train.batch import normalize_uint8
     from engine.train.fit import Fit, fit_epoch
     from engine.train.loop import _memory_shard, _sum_over_workers, report_epoch, restored_state
@@ -240,9 +250,7 @@ def pretrain_loop_per_worker(config: dict[str, Any]) -> None:
     def step(pixels: npt.NDArray[np.uint8]) -> StepStats:
         u8 = torch.from_numpy(pixels).to(device)
         v1, v2 = (normalize_uint8(view(u8), spec.model) for _ in range(2))
-        bare = net.module if hasattr(net, "module") else net
-        z1, z2 = bare.projector(bare.backbone(v1)), bare.projector(bare.backbone(v2))
-        p1, p2 = bare.predictor(z1), bare.predictor(z2)
+        z1, z2, p1, p2 = net(v1, v2)
         if target is not None:
             with torch.no_grad():
                 t1, t2 = project(target, v1), project(target, v2)
@@ -250,11 +258,12 @@ def pretrain_loop_per_worker(config: dict[str, Any]) -> None:
             t1, t2 = z1, z2
         loss = ssl_loss(p1, p2, t1, t2)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
         if target is not None:
             decay = target_decay(p.target_decay, int(scheduler.last_epoch), fit.total_steps or 1)
             with torch.no_grad():
+                bare = unwrap_model(net)
                 online = dict(bare.named_parameters())
                 for name, t in target.named_parameters():
                     t.mul_(decay).add_(online[name].detach(), alpha=1 - decay)
@@ -291,9 +300,8 @@ def pretrain_loop_per_worker(config: dict[str, Any]) -> None:
         history.append(record)
         state = None
         if rank == 0:
-            bare = net.module if hasattr(net, "module") else net
             state = TrainState(
-                model={k: v.detach().to("cpu") for k, v in bare.state_dict().items()},
+                model={k: v.detach().to("cpu") for k, v in unwrap_model(net).state_dict().items()},
                 optimizer=optimizer.state_dict(),
                 scheduler=scheduler.state_dict(),
                 epoch=epoch,

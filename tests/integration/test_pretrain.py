@@ -84,6 +84,20 @@ def test_a_crashed_pretraining_resumes_to_the_same_weights_and_round_0_starts_fr
     assert meta["counts"]["probe_train_faces"] == meta["counts"]["probe_val_faces"] == 100
     assert 0 <= meta["counts"]["probe_val_macro_f1"] <= 1 and "probe_untrained_val_macro_f1" in meta["counts"]
 
+    # BYOL: the same stage with an EMA target network, checkpointed beside the online one
+    byol = prepare(_config(whole, tiny_campaign, "campaign.pretrain.method=byol", "campaign.pretrain.in_process=true"))
+    b = byol.upstream["pretrain"]
+    assert b.fingerprint != resumed.fingerprint and b.counts["epochs_run"] == EPOCHS
+    local = sorted(Path(whole / "pretrain" / b.fingerprint[:16] / "ray").glob("*/local/epoch_*"))[-1]
+    byol_state = read_train_state(str(local))
+    assert byol_state.ema is not None
+    online = {k for k in byol_state.model if not k.startswith("predictor.")}
+    assert set(byol_state.ema["module"]) == online  # the target: backbone and projector, no predictor
+    moved = [k for k in online if not torch.equal(byol_state.ema["module"][k], byol_state.model[k])]
+    assert moved  # an average of the online weights, not a copy
+    tb = _tensors(join(str(whole), b.extra["checkpoint"]))
+    assert any(not torch.equal(tb[k], ta[k]) for k in ta)
+
     # round 0 starts from the pretrained net: the train stage's initial checkpoint, loaded by the worker's warm start
     monkeypatch.chdir(crashed)
     state0 = run_campaign(cfg)
