@@ -63,7 +63,7 @@ class Row:
 
     key: str
     label: str
-    kind: str  # supervised | offline | online | pretrained | ensemble (offline rounds from round 0's own ensemble)
+    kind: str  # supervised | offline | online | pretrained | ensemble | own (offline rounds from round 0's own teacher)
     overrides: tuple[str, ...] = ()
 
 
