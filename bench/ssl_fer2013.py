@@ -63,7 +63,7 @@ class Row:
 
     key: str
     label: str
-    kind: str  # supervised | offline | online | pretrained | ensemble | own (offline rounds from round 0's own teacher)
+    kind: str  # supervised | offline | online | pretrained | ensemble | own (rounds from round 0's own teacher)
     overrides: tuple[str, ...] = ()
 
 
@@ -209,7 +209,17 @@ ROWS: tuple[Row, ...] = (
 # Round 0 after self-supervised pretraining (campaign.pretrain): SimSiam on every Training face, labels unread, the
 # labelled 10 % and the pool included (so one pretraining serves every seed: it is stored once per root), then the
 # sup10 recipe fine-tunes the whole net from it.
-ROWS += (Row("pre10", "10 supervised 10 % after SimSiam pretraining on all Training faces", "supervised", PRETRAIN),)
+ROWS += (
+    Row("pre10", "10 supervised 10 % after SimSiam pretraining on all Training faces", "supervised", PRETRAIN),
+    # ... then DTM-R τmin 0.5 from that teacher, its student starting from the pretrained net too (round 0's student
+    # copied from pre10's campaign through the student index); the row's figure is the last round's student.
+    Row(
+        "pre10_dtmr05",
+        "11 DTM-R τmin 0.5 from the pretrained teacher, student from the pretrained net",
+        "own",
+        (*PRETRAIN, "campaign.stop_when_no_gain=false", *RECIPE[:3]),
+    ),
+)
 
 PRESETS: dict[str, tuple[str, ...]] = {
     # The whole setting of conf/fer2013_ssl.yaml: vgg_fer, 40 epochs (24 with all labels), three offline rounds.
@@ -350,7 +360,7 @@ def run_row(args: argparse.Namespace, row: Row, seed: int, teacher: str | None) 
         )
     seconds = row_seconds(seconds, stage_seconds, args.earlier_seconds.get(cfg.campaign.name))
     final_round = (state.get("teacher") or {}).get("round", 0)
-    if row.kind in ("pretrained", "ensemble"):  # the teacher lies outside one net's budget: report the student
+    if row.kind in ("pretrained", "ensemble", "own"):  # report the last student (the teacher may be several nets)
         final_round = max(x["round"] for x in rounds)
     final = next(x for x in rounds if x["round"] == final_round)
     return {
