@@ -523,17 +523,19 @@ def _pretrain_table(by_row: dict[str, list[dict[str, Any]]], labels: dict[str, s
     """The pretraining each pretrained row started from (one run per root and settings, shared by its seeds): its
     cost, its last epoch and the linear probe on val against the same probe on the untrained net."""
     pretrained = [(k, x["pretrain"]) for k, v in by_row.items() for x in v if x.get("pretrain")]
-    runs = {p["fingerprint"]: (k, p) for k, p in pretrained}
+    runs: dict[str, tuple[str, dict[str, Any]]] = {}
+    for k, p in pretrained:
+        runs.setdefault(p["fingerprint"], (k, p))  # the first row (in table order) that used it
     if not runs:
         return []
     lines = [
         "",
         "## Pretraining",
         "",
-        "One run per storage root and settings (images only, so every seed's campaign shares it; its minutes are not "
-        "in the rows' minutes). Linear probe: logistic regression on the frozen features of labelled Training faces "
-        "(a seeded sample), val macro-F1 on PublicTest (deduplicated); the untrained net is the same architecture at "
-        "its initialisation.",
+        "One run per storage root and settings (images only, so every seed's campaign shares it; its minutes count in "
+        "the row that ran it, not in the rows that found it committed). Linear probe: logistic regression on the "
+        "frozen features of labelled Training faces (a seeded sample), val macro-F1 on PublicTest (deduplicated); the "
+        "untrained net is the same architecture at its initialisation.",
         "",
         "| first row | faces | epochs | minutes | faces/s | last SSL loss | spread | probe faces (train / val) "
         "| probe val macro-F1 | untrained |",
