@@ -275,7 +275,7 @@ def pretrain_loop_per_worker(config: dict[str, Any]) -> None:
         with torch.no_grad():
             zn = torch.nn.functional.normalize(z1.detach().float(), dim=1)
             spread = float(zn.std(dim=0).mean()) * math.sqrt(zn.shape[1])
-        return StepStats(float(loss), spread, 0.0, len(pixels), 0, 0.0)
+        return StepStats(float(loss.detach()), spread, 0.0, len(pixels), 0, 0.0)
 
     for epoch in range(start, p.epochs):
         torch.manual_seed(derive_seed(p.seed, epoch, rank, 1))  # the views: the same on a resumed run
