@@ -131,7 +131,7 @@ class PretrainStage(Stage):
             "images_per_s": round(sum(int(r["images"]) for r in result.history) / seconds, 2) if seconds else 0.0,
         }
         if self.cfg.probe_rows:
-            counts.update(self._probe(model))
+            counts.update(self._probe(result.backbone))
         return RunOutput(
             counts=counts,
             extra={
@@ -156,11 +156,12 @@ class PretrainStage(Stage):
         t = _lowest_hashes(t, self.cfg.max_images, self.cfg.seed)
         return t.append_column("label", pa.array(np.full(t.num_rows, -1, np.int16))).sort_by("key")
 
-    def _probe(self, pretrained: Any) -> dict[str, float]:
-        """Val macro-F1 and accuracy of the linear probe on the pretrained backbone and on the same net untrained."""
+    def _probe(self, pretrained: dict[str, Any]) -> dict[str, float]:
+        """Val macro-F1 and accuracy of the linear probe on the pretrained backbone (its state dict) and on the same
+        backbone untrained."""
         import torch
 
-        from engine.models.factory import create_model
+        from engine.models.factory import create_backbone
         from engine.samples import samples_dataset
         from engine.train.loop import derive_seed
         from engine.train.memory import decode_rows
@@ -176,13 +177,14 @@ class PretrainStage(Stage):
             ds.context.execution_options.preserve_order = True
             sets[split] = decode_rows(ds.iter_batches(batch_size=1024, batch_format="numpy"), self.model_cfg)
         torch.manual_seed(derive_seed(self.cfg.seed, 0, 0, 0))
-        untrained = create_model(self.model_cfg, len(space), label_space=space)
+        untrained, _ = create_backbone(self.model_cfg)
+        trained, _ = create_backbone(self.model_cfg)
+        trained.load_state_dict(pretrained)
         out: dict[str, float] = {"probe_train_faces": sets["train"].rows, "probe_val_faces": sets["val"].rows}
         if not (sets["train"].rows and sets["val"].rows):
             log.warning("%s: no labelled train or val faces in %s: no linear probe", self.label, self.inputs())
             return out
-        for name, model in (("probe", pretrained), ("probe_untrained", untrained)):
-            net = _backbone_of(model)
+        for name, net in (("probe", trained), ("probe_untrained", untrained)):
             x = {s: backbone_features(net, sets[s].pixels, self.model_cfg) for s in sets}
             y = {s: np.asarray(sets[s].columns["label"], np.int64) for s in sets}
             m = linear_probe(x["train"], y["train"], x["val"], y["val"], list(space.classes))
@@ -214,21 +216,3 @@ def _lowest_hashes(t: pa.Table, n: int | None, seed: int) -> pa.Table:
         return t
     u = keys_uniform(seed, t["key"].to_pylist())
     return t.take(pa.array(np.sort(np.argsort(u, kind="stable")[:n])))
-
-
-def _backbone_of(model: Any) -> Any:
-    """The (B, C, S, S) -> (B, D) feature network of a classifier made by ``create_model``."""
-    import copy
-
-    from torch import nn
-
-    from engine.models.heads import MultiHeadNet
-
-    if isinstance(model, MultiHeadNet):
-        return model.backbone
-    net = copy.deepcopy(model)
-    if hasattr(net, "reset_classifier"):  # timm
-        net.reset_classifier(0)
-    else:
-        net.head = nn.Identity()
-    return net

@@ -367,7 +367,10 @@ def pretrain_backbone(
     t0 = time.monotonic()
     if "://" not in storage_path:
         storage_path = os.path.abspath(storage_path)
-    rows = images.count()
+    import ray
+
+    memory = put_decoded(images.select_columns(["image"]), model_cfg, "pretraining")  # one pass over the faces
+    rows = len(ray.get(memory)["pixels"])  # zero-copy view of the stored array
     share = rows // cfg.num_workers
     if share < 2:
         raise ConfigError(
@@ -379,7 +382,7 @@ def pretrain_backbone(
     spec = PretrainSpec(
         pretrain=cfg,
         model=model_cfg,
-        memory=put_decoded(images.select_columns(["image"]), model_cfg, "pretraining"),
+        memory=memory,
         steps_per_epoch=share // batch,  # the same on every worker (DDP steps together); the rest waits an epoch
         batch_size=batch,
         call_id=uuid.uuid4().hex,
