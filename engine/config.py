@@ -238,6 +238,17 @@ class ScoreConfig:
     Ignored where the teacher has members or branches of its own (an ensemble, ESR)."""
     hist_bins: int = 1000
     """Bins of the per-class confidence histograms in ``score/stats.json``."""
+    in_process_rows: int = 5000
+    """A pool of at most this many rows (summed over its pending shards) is scored in the job's own process, shard
+    by shard, by the actors' scorer with a torch thread per core, instead of on a Ray actor pool: each actor costs
+    seconds of start-up (a process, torch's import, the teacher's load), more than a small pool's work. CPU scoring
+    only (``gpus_per_actor: 0``); 0 = always Ray; on a cluster (``RAY_ADDRESS`` set) Ray is always used. Not part of
+    the fingerprint: it changes where the work runs, not what it writes (the same bytes, tested)."""
+    store_mib_per_actor: int = 64
+    """Object store memory the scoring dataset may hold, per actor (MiB): how far the shard reads run ahead of the
+    actors. The bound keeps the store and the actors' memory flat as the pool grows (without it, over 1M faces the
+    store held 800 MiB and an actor grew from 1.1 to 1.6 GB); it cost about 9 % of the score rate on a 2-core
+    machine (docs/scaling.md). 0 = Ray Data's default (half the store, filled when reads outpace scoring)."""
     disagreement: str = "vote_entropy"
     """Column ``disagreement`` of teachers with branches (ESR, ensembles): ``vote_entropy`` (entropy of the members'
     argmax votes, nats), ``variance`` (per-class variance across members, mean over classes) or ``js`` (Jensen-Shannon:
@@ -259,6 +270,8 @@ class ScoreConfig:
         _check_positive("score.batch_size", self.batch_size)
         _check_range("score.num_actors", self.num_actors, 0, 100_000)
         _check_positive("score.hist_bins", self.hist_bins)
+        _check_range("score.in_process_rows", self.in_process_rows, 0, 1 << 40)
+        _check_range("score.store_mib_per_actor", self.store_mib_per_actor, 0, 1 << 20)
         _check_range("score.cpus_per_actor", self.cpus_per_actor, 0.0, 1024.0)
         _check_range("score.gpus_per_actor", self.gpus_per_actor, 0.0, 64.0)
 

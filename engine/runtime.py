@@ -130,6 +130,11 @@ def ray_running() -> bool:
     return ray is not None and bool(ray.is_initialized())
 
 
+def local_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def local_work() -> bool:
     """Whether small work may run in this process instead of on Ray: not on a cluster (``RAY_ADDRESS`` set, as
     ``ray job submit`` does), where the driver's node is not meant for work."""

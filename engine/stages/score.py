@@ -10,7 +10,8 @@ Fault tolerance: Ray Data restarts a killed scoring actor and retries its batche
 ``max_task_retries`` default to -1 for actor pools); rows of a batch delivered again are dropped by key, and rows of a
 shard already committed are ignored. The pool has one actor per CPU (or GPU) by default (``pool_size``); on a
 CPU-only cluster it never reserves every CPU (``actor_cpus``), since read tasks starved of CPUs make the job hang
-without an error.
+without an error. The dataset's object store budget is ``store_mib_per_actor`` per actor, so reads run only a few
+shards ahead and memory stays flat however large the pool.
 
 Teachers with branches (ESR, ensembles) add ``branch_probs`` and a ``disagreement`` column (``score.disagreement``);
 teachers with a VA head add ``valence`` and ``arousal``. With ``score.smooth`` set or a sequence teacher
@@ -85,6 +86,7 @@ class ScoreStage(Stage):
 
     name = "score"
     VERSION = 1
+    RAY = False  # a small pool is scored in this process; a larger one starts Ray in _score (ray_started)
 
     def __init__(self, ctx: StageContext, *, batch_delay_s: float = 0.0) -> None:
         """``batch_delay_s``: test hook, each actor sleeps this long per batch (to kill one mid-run); 0 in use."""
@@ -169,10 +171,25 @@ class ScoreStage(Stage):
                 self._commit(s.name, {}, 0)
         scored = 0
         if to_read:
-            log.info("%s: scoring %d/%d shards", self.label, len(to_read), len(shards))
-            scored = self._score(to_read, expected, labelled)
+            rows = sum(expected[s.name] for s in to_read)
+            if self.here(rows):
+                log.info(
+                    "%s: scoring %d/%d shards (%d rows) in this process (score.in_process_rows=%d)",
+                    self.label,
+                    len(to_read),
+                    len(shards),
+                    rows,
+                    self.cfg.in_process_rows,
+                )
+                scored = self._score_here(to_read, labelled)
+            else:
+                log.info("%s: scoring %d/%d shards", self.label, len(to_read), len(shards))
+                scored = self._score(to_read, expected, labelled)
         if self.video_step and any(not fs.exists(self.stats_path(s.name)) for s in shards):
+            from engine.runtime import init_ray
             from engine.stages.video import video_step
+
+            init_ray()
 
             n_video = video_step(
                 [{"shard": s.name, "raw": self.raw_part(s.name), "manifest": s.manifest} for s in shards],
@@ -208,11 +225,65 @@ class ScoreStage(Stage):
             extra={"pred_counts": [int(x) for x in total.pred_counts]},
         )
 
+    def here(self, rows: int) -> bool:
+        """Whether ``rows`` pool rows are scored in this process (``score.in_process_rows``, CPU, no cluster)."""
+        from engine.runtime import local_work
+
+        return rows <= self.cfg.in_process_rows and self.cfg.gpus_per_actor == 0 and local_work()
+
+    def scorer_kwargs(self) -> dict[str, Any]:
+        """The :class:`PoolScorer` of this stage, as keyword arguments (an actor's and the in-process scorer's)."""
+        return {
+            "teacher_paths": self.teacher_paths,
+            "tta_flip": self.cfg.tta_flip,
+            "flip_views": self.cfg.flip_views,
+            "threads": max(1, int(np.ceil(self.cfg.cpus_per_actor))),
+            "use_gpu": False,
+            "rule": self.rule.to_json(),
+            "delay_s": self.batch_delay_s,
+        }
+
+    def _score_here(self, shards: list[ShardRef], labelled: frozenset[str]) -> int:
+        """Score ``shards`` in this process: one :class:`PoolScorer` with a torch thread per core (the driver's thread
+        count given back after), each shard's pool rows in ``batch_size`` chunks, committed shard by shard as on Ray.
+        A row's probabilities do not depend on its batch or the thread count (torch's CPU kernels reduce each output
+        in one thread; tests/integration/test_score.py compares the bytes with the actor pool's)."""
+        import torch
+
+        from engine.io.tars import read_images
+        from engine.runtime import local_cores
+
+        threads = torch.get_num_threads()
+        done, teacher_id = 0, self.teacher_fp[:12]
+        try:
+            scorer = PoolScorer(**{**self.scorer_kwargs(), "threads": local_cores()})
+            for s in track(shards, desc=self.label, total=len(shards), unit="shards"):
+                keys = pool_keys(self.rule, s, labelled)
+                images = read_images(s.tar, set(keys))
+                if len(images) < len(keys):
+                    missing = sorted(set(keys) - set(images))
+                    raise RuntimeError(
+                        f"{self.label}: shard {s.name} lacks {len(missing)} pool image(s) of its manifest, e.g. "
+                        f"{missing[:3]}; re-run its source's ingest with storage.on_existing=overwrite"
+                    )
+                buf = _ShardBuffer()
+                step = self.cfg.batch_size
+                for i in range(0, len(keys), step):
+                    chunk = keys[i : i + step]
+                    names = np.full(len(chunk), s.name, dtype=object)
+                    out = scorer.predict(np.array(chunk, dtype=object), names, [images[k] for k in chunk])
+                    buf.add(out, np.arange(len(chunk)))
+                self._commit(s.name, buf.columns(), 0, teacher_id)
+                done += len(keys)
+        finally:
+            torch.set_num_threads(threads)
+        return done
+
     def _score(self, shards: list[ShardRef], expected: dict[str, int], labelled: frozenset[str]) -> int:
-        import ray
+        from engine.runtime import cluster_cpus, cluster_gpus, ray_started, require
 
-        from engine.runtime import cluster_cpus, cluster_gpus
-
+        ray = ray_started()
+        require(self.label, self.resources())
         n_cpus, n_gpus = cluster_cpus(), cluster_gpus()
         gpus = self.cfg.gpus_per_actor if n_gpus > 0 else 0.0
         actors = pool_size(self.cfg, n_cpus, n_gpus)
@@ -224,15 +295,7 @@ class ScoreStage(Stage):
         )
         scored_ds = ds.map_batches(
             PoolScorer,
-            fn_constructor_kwargs={
-                "teacher_paths": self.teacher_paths,
-                "tta_flip": self.cfg.tta_flip,
-                "flip_views": self.cfg.flip_views,
-                "threads": max(1, int(np.ceil(self.cfg.cpus_per_actor))),
-                "use_gpu": gpus > 0,
-                "rule": self.rule.to_json(),
-                "delay_s": self.batch_delay_s,
-            },
+            fn_constructor_kwargs={**self.scorer_kwargs(), "use_gpu": gpus > 0},
             batch_size=self.cfg.batch_size,
             batch_format="numpy",
             # An autoscaling pool (1..actors) that starts all of them at once: a fixed-size pool that no longer fits
@@ -241,6 +304,11 @@ class ScoreStage(Stage):
             num_cpus=actor_cpus(self.cfg, actors, n_cpus, gpus),
             num_gpus=gpus,
         )
+        if self.cfg.store_mib_per_actor:
+            opts = scored_ds.context.execution_options
+            opts.resource_limits = opts.resource_limits.copy(
+                object_store_memory=actors * self.cfg.store_mib_per_actor * 2**20
+            )
         by_name = {s.name: s for s in shards}
         buffers: dict[str, _ShardBuffer] = {}
         committed: set[str] = set()
@@ -405,8 +473,6 @@ class PoolScorer:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Rows ``key``, ``shard``, ``probs`` (N, C) float32 (+ ``branch_probs``, ``va``) of the batch's pool rows."""
-        from engine.imaging import decode_pixels
-
         image_col = next(c for c in ("png", "jpg", "jpeg") if c in batch)
         urls, keys = batch["__url__"], batch["__key__"]
         keep = np.zeros(len(keys), dtype=bool)
@@ -417,15 +483,21 @@ class PoolScorer:
             keep[rows] = np.fromiter((k in members for k in keys[rows]), dtype=bool, count=len(rows))
             shards[rows] = shard
         idx = np.flatnonzero(keep)
-        images = [decode_pixels(bytes(batch[image_col][i])) for i in idx]
+        return self.predict(keys[idx], shards[idx], [bytes(batch[image_col][i]) for i in idx])
+
+    def predict(self, keys: np.ndarray, shards: np.ndarray, encoded: list[bytes]) -> dict[str, np.ndarray]:
+        """The output rows of the pool images ``encoded`` (with their ``keys`` and ``shards``), as :meth:`__call__`."""
+        from engine.imaging import decode_pixels
+
+        images = [decode_pixels(b) for b in encoded]
         if self.delay_s:
             time.sleep(self.delay_s)
         if not images:
             c = len(self.teacher.label_space.classes)
-            return {"key": keys[idx], "shard": shards[idx], "probs": np.zeros((0, c), np.float32)}
+            return {"key": keys, "shard": shards, "probs": np.zeros((0, c), np.float32)}
         same_shape = len({im.shape for im in images}) == 1
         out = self.teacher.predict(np.stack(images) if same_shape else images)
-        result = {"key": keys[idx], "shard": shards[idx], "probs": out.probs}
+        result = {"key": keys, "shard": shards, "probs": out.probs}
         if out.branch_probs is not None:
             result["branch_probs"] = out.branch_probs
         if out.va is not None:

@@ -344,10 +344,9 @@ def run_epoch(
 
 def worker_threads(local_workers: int) -> int:
     """torch threads of one training worker: this node's usable cores shared among its ``local_workers`` workers."""
-    import os
+    from engine.runtime import local_cores
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(local_workers, 1))
+    return max(1, local_cores() // max(local_workers, 1))
 
 
 def first_val_epoch(cfg: TrainConfig) -> int:

@@ -1,4 +1,5 @@
-"""Score stage at scale: an actor killed mid-run still yields each pool row exactly once; re-runs change nothing."""
+"""Score stage at scale: an actor killed mid-run still yields each pool row exactly once; re-runs change nothing; a
+small pool scored in the driver writes the same bytes as the actor pool."""
 
 from __future__ import annotations
 
@@ -56,11 +57,12 @@ def scored_root(ray_local, fer2013_dir, tmp_path_factory) -> dict[str, Any]:
     }
 
 
-def _stage(env: dict[str, Any], campaign: str, delay_s: float = 0.0) -> ScoreStage:
-    """Round 1's score stage of campaign ``campaign`` on the fixture's root, its partition rule committed by hand."""
+def _stage(env: dict[str, Any], campaign: str, delay_s: float = 0.0, in_process_rows: int = 0) -> ScoreStage:
+    """Round 1's score stage of campaign ``campaign`` on the fixture's root, its partition rule committed by hand; on
+    the actor pool unless ``in_process_rows`` covers the pool."""
     cfg = Config(
         storage=StorageConfig(root=env["root"]),
-        score=ScoreConfig(batch_size=16, num_actors=1, cpus_per_actor=1.0),
+        score=ScoreConfig(batch_size=16, num_actors=1, cpus_per_actor=1.0, in_process_rows=in_process_rows),
         campaign=CampaignConfig(name=campaign),
     )
     lay = CampaignLayout(env["root"], campaign)
@@ -153,6 +155,26 @@ def test_killed_actor_every_pool_row_once_and_rerun_identical(scored_root, tmp_p
     clean = _stage(env, "clean").execute()
     assert not clean.skipped
     assert _hashes(_score_dir(env, "clean")) == _hashes(killed_dir)
+
+    # the pool scored in this process (score.in_process_rows): no actor, the driver's torch threads given back, the
+    # same fingerprint and bytes as on the actor pool (one torch thread and the same per-row net either way)
+    import torch
+
+    actors, threads = len(_scorer_actors()), torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        here = _stage(env, "here", in_process_rows=len(env["pool"])).execute()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert len(_scorer_actors()) == actors
+    assert (here.fingerprint, here.counts["rows"], here.counts["scored_now"]) == (
+        clean.fingerprint,
+        len(env["pool"]),
+        len(env["pool"]),
+    )
+    assert _hashes(_score_dir(env, "here")) == _hashes(_score_dir(env, "clean"))
+    assert not _stage(env, "one_too_many", in_process_rows=len(env["pool"]) - 1).here(len(env["pool"]))
 
     # a crash after one shard's part: only that shard is scored again, with identical bytes
     shard = list(env["pool_shards"])[1]
