@@ -9,12 +9,13 @@ every pool row is selected (the heaviest selection; a random teacher passes no D
 Each N runs in a fresh storage root under ``--work`` on a local Ray with every core. Results accumulate in
 ``docs/results/scale.json`` (one entry per N, the latest run) and the table in ``docs/results/scale.md``.
 
-Usage: python bench/scale.py --n 10000 [--n 100000] [--work /tmp/scale] [--keep]
+Usage: python bench/scale.py --n 10000 [--n 100000] [--work /tmp/scale] [--keep] [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -40,39 +41,59 @@ STAGES = ("ingest", "score", "threshold", "select")
 
 
 class Sampler:
-    """Every ``every`` s: the driver's RSS, the largest RSS of a Ray worker process (``ray::`` in its title) and the
-    object store's bytes in use; keeps the peaks since the last :meth:`take`."""
+    """Every ``every`` s: the driver's RSS, the largest RSS of a Ray worker process (``ray::`` in its title), the
+    scoring actors' RSS and USS (their private memory: RSS also counts the object store's shared pages an actor has
+    mapped) and the object store's bytes in use; keeps the peaks since the last :meth:`take` and, every
+    ``timeline_every`` s, one timeline point (seconds since :meth:`take`, largest scorer RSS and USS, store MiB)."""
 
-    def __init__(self, every: float = 0.5) -> None:
+    SCORER = "PoolScorer"
+    """What a scoring actor's process title contains (``ray::MapWorker(MapBatches(PoolScorer))``)."""
+
+    def __init__(self, every: float = 0.5, timeline_every: float = 10.0) -> None:
         self.every, self.me = every, psutil.Process()
-        self.peak = {"driver_rss": 0, "worker_rss": 0, "store_used": 0}
+        self.timeline_every = timeline_every
+        self.peak = dict.fromkeys(("driver_rss", "worker_rss", "scorer_rss", "scorer_uss", "store_used"), 0)
+        self.timeline: list[list[float]] = []
+        self._t0, self._next_point = time.perf_counter(), 0.0
         self._stop = threading.Event()
-        self._store: Any = None
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
 
     def _run(self) -> None:
-        n = 0
+        n, store = 0, 0
         while not self._stop.wait(self.every):
             self._bump("driver_rss", self.me.memory_info().rss)
-            worst = 0
+            worst, scorer_rss, scorer_uss = 0, 0, 0
             for p in psutil.process_iter(["cmdline", "memory_info"]):
                 cmd = p.info.get("cmdline") or []
-                if cmd and cmd[0].startswith("ray::") and p.info.get("memory_info"):
-                    worst = max(worst, p.info["memory_info"].rss)
+                if not (cmd and cmd[0].startswith("ray::") and p.info.get("memory_info")):
+                    continue
+                worst = max(worst, p.info["memory_info"].rss)
+                if self.SCORER in cmd[0]:
+                    scorer_rss = max(scorer_rss, p.info["memory_info"].rss)
+                    with contextlib.suppress(psutil.Error):
+                        scorer_uss = max(scorer_uss, p.memory_full_info().uss)
             self._bump("worker_rss", worst)
+            self._bump("scorer_rss", scorer_rss)
+            self._bump("scorer_uss", scorer_uss)
             n += 1
             if n % 4 == 0:  # the store's stats are a gRPC call: every 2 s
-                used, _ = store_stats()
-                self._bump("store_used", used)
+                store, _ = store_stats()
+                self._bump("store_used", store)
+            t = time.perf_counter() - self._t0
+            if t >= self._next_point and scorer_rss:
+                self.timeline.append([round(t, 1), scorer_rss // 2**20, scorer_uss // 2**20, store // 2**20])
+                self._next_point = t + self.timeline_every
 
     def _bump(self, k: str, v: int) -> None:
         self.peak[k] = max(self.peak[k], v)
 
-    def take(self) -> dict[str, int]:
-        out = dict(self.peak)
-        self.peak = dict.fromkeys(self.peak, 0)
-        return out
+    def take(self) -> tuple[dict[str, int], list[list[float]]]:
+        """The peaks and the timeline since the last call; both start again."""
+        out, timeline = dict(self.peak), self.timeline
+        self.peak, self.timeline = dict.fromkeys(self.peak, 0), []
+        self._t0, self._next_point = time.perf_counter(), 0.0
+        return out, timeline
 
     def stop(self) -> None:
         self._stop.set()
@@ -94,7 +115,7 @@ def count_files(d: Path) -> int:
     return sum(len(files) for _, _, files in os.walk(d)) if d.exists() else 0
 
 
-def run_one(n: int, work: Path, fer: Path) -> dict[str, Any]:
+def run_one(n: int, work: Path, fer: Path, sets: tuple[str, ...] = ()) -> dict[str, Any]:
     from bench.score import random_teacher
     from engine.config import ModelConfig, load_config
     from engine.models.checkpoint import checkpoint_fingerprint
@@ -129,6 +150,7 @@ def run_one(n: int, work: Path, fer: Path) -> dict[str, Any]:
             "threshold.policy=fixed",
             "threshold.tau=0.0",
             "select.cap_multiple_of_labelled=null",
+            *sets,
         ],
     )
     init_ray()
@@ -143,14 +165,17 @@ def run_one(n: int, work: Path, fer: Path) -> dict[str, Any]:
         res = fn()
         s = time.perf_counter() - t0
         _, spilled = store_stats()
+        peaks, timeline = sampler.take()
         rows[name] = {
             "seconds": round(s, 2),
             "images": images,
             "images_per_s_per_core": round(images / s / cores, 1),
-            **{k: v // 2**20 for k, v in sampler.take().items()},  # MiB
+            **{k: v // 2**20 for k, v in peaks.items()},  # MiB
             "spilled_mib": (spilled - spilled0) // 2**20,
             "files": count_files(out_dir),
         }
+        if timeline:
+            rows[name]["timeline"] = timeline  # [s, scorer RSS MiB, scorer USS MiB, store MiB] every 10 s
         return res
 
     ctx = StageContext(cfg)
@@ -182,8 +207,8 @@ def run_one(n: int, work: Path, fer: Path) -> dict[str, Any]:
 
 def table(results: dict[str, Any]) -> str:
     head = (
-        "| N | stage | s | img/s/core | driver RSS MiB | worker RSS MiB | store peak MiB | spilled MiB | files |\n"
-        "|---|---|---|---|---|---|---|---|---|\n"
+        "| N | stage | s | img/s/core | driver RSS MiB | worker RSS MiB | scorer RSS / USS MiB | store peak MiB | "
+        "spilled MiB | files |\n|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for n in sorted(results, key=int):
@@ -191,15 +216,19 @@ def table(results: dict[str, Any]) -> str:
         for st in STAGES:
             x = r["stages"][st]
             rate = f"{x['images_per_s_per_core']:,.0f}" if x["seconds"] >= 0.1 else "–"  # too short to time
+            scorer = f"{x['scorer_rss']} / {x['scorer_uss']}" if st == "score" and "scorer_rss" in x else "–"
             lines.append(
                 f"| {int(n):,} | {st} | {x['seconds']:.1f} | {rate} | {x['driver_rss']} | "
-                f"{x['worker_rss']} | {x['store_used']} | {x['spilled_mib']} | {x['files']:,} |"
+                f"{x['worker_rss']} | {scorer} | {x['store_used']} | {x['spilled_mib']} | {x['files']:,} |"
             )
-    actors = "; ".join(f"{int(n):,}: {results[n].get('score_actors', '?')}" for n in sorted(results, key=int))
+    actors = "; ".join(
+        f"{int(n):,}: {results[n].get('score_actors', '?')} ({results[n]['date']})" for n in sorted(results, key=int)
+    )
     return (
-        head + "\n".join(lines) + f"\n\nScoring actors (one torch thread each) per N: {actors}. "
-        "A run with one actor on a 2-core machine predates `score.num_actors: 0` (one actor per core); "
-        "its img/s/core is the machine's rate divided by both cores.\n"
+        head + "\n".join(lines) + f"\n\nScoring actors (one torch thread each) per N, and the run's date: {actors}. "
+        "Worker RSS is the largest of any Ray worker process; scorer RSS / USS are the scoring actors' (the largest "
+        "of them): USS is their private memory, RSS adds the shared pages they have mapped (torch's libraries, object "
+        "store pages). `timeline` in scale.json has the scorer's RSS, USS and the store every 10 s of scoring.\n"
     )
 
 
@@ -210,12 +239,26 @@ def main() -> None:
     p.add_argument("--fer", type=Path, default=REPO.parent / "shared/data/fer2013")
     p.add_argument("--keep", action="store_true", help="keep the storage roots (the synthetic faces are always kept)")
     p.add_argument("--table", action="store_true", help="only print and write the table of the stored results")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override (repeatable), e.g. score.store_mib_per_actor=0: the run is printed, not stored",
+    )
     args = p.parse_args()
     from engine.logs import setup_logging
 
     setup_logging()
     store = RESULTS / "scale.json"
     results = json.loads(store.read_text()) if store.exists() else {}
+    if args.set:  # an experiment: printed, never stored over the table's runs
+        for n in args.n:
+            run = run_one(n, args.work, args.fer.resolve(), tuple(args.set))
+            print(json.dumps({"set": args.set, **run}, indent=1))
+            if not args.keep:
+                shutil.rmtree(args.work / f"root-{n}", ignore_errors=True)
+        return
     for n in [] if args.table else args.n:
         results[str(n)] = run_one(n, args.work, args.fer.resolve())
         if not args.keep:
