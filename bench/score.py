@@ -3,6 +3,7 @@
 Usage:
     python bench/score.py [--n 5000] [--root DIR] [--fer ../shared/data/fer2013] [--checkpoint PATH]
                           [--batch-size 256] [--actors 1] [--cpus-per-actor 1] [--in-process-rows 5000]
+                          [--store-mib-per-actor 64]
     python bench/score.py --check-all --root DIR      # every kept FER2013 Training image, checks, second run
 
 Benchmark mode ingests the first ``--n`` rows of each FER2013 split into ``--root`` (a temporary folder by default;
@@ -192,6 +193,7 @@ def bench(a: argparse.Namespace, root: str) -> None:
         cpus_per_actor=a.cpus_per_actor,
         gpus_per_actor=1.0 if cuda else 0.0,
         in_process_rows=a.in_process_rows,
+        store_mib_per_actor=a.store_mib_per_actor,
     )
     threads = max(1, math.ceil(cfg.cpus_per_actor))
     rule = PartitionRule(0, (SOURCE,), (), 1.0, 1.0, "")
@@ -227,7 +229,8 @@ def bench(a: argparse.Namespace, root: str) -> None:
     where = (
         f"in this process ({n_pool} rows <= score.in_process_rows={cfg.in_process_rows}), a torch thread per core"
         if stage.here(n_pool)
-        else f"actors {actors} x {cfg.cpus_per_actor} CPU, torch threads {threads} per actor"
+        else f"actors {actors} x {cfg.cpus_per_actor} CPU, torch threads {threads} per actor, object store budget "
+        + (f"{cfg.store_mib_per_actor} MiB per actor" if cfg.store_mib_per_actor else "Ray Data's default")
     )
     print(
         f"model: {desc}; device: {'cuda' if cuda else 'cpu'}; cpus: {os.cpu_count()}; load avg: "
@@ -336,6 +339,12 @@ def main() -> None:
         type=int,
         default=ScoreConfig().in_process_rows,
         help="score.in_process_rows: a pool of at most this many rows is scored without actors (0: always actors)",
+    )
+    p.add_argument(
+        "--store-mib-per-actor",
+        type=int,
+        default=ScoreConfig().store_mib_per_actor,
+        help="score.store_mib_per_actor: object store the scoring dataset may hold per actor (0: Ray Data's default)",
     )
     p.add_argument("--plain-threads", type=int, default=0, help="plain loop's torch threads (default: every core)")
     p.add_argument("--check-all", action="store_true", help="score all of FER2013 Training and check the output")
