@@ -244,11 +244,12 @@ class ScoreConfig:
     seconds of start-up (a process, torch's import, the teacher's load), more than a small pool's work. CPU scoring
     only (``gpus_per_actor: 0``); 0 = always Ray; on a cluster (``RAY_ADDRESS`` set) Ray is always used. Not part of
     the fingerprint: it changes where the work runs, not what it writes (the same bytes, tested)."""
-    store_mib_per_actor: int = 64
+    store_mib_per_actor: int = 256
     """Object store memory the scoring dataset may hold, per actor (MiB): how far the shard reads run ahead of the
     actors. The bound keeps the store and the actors' memory flat as the pool grows (without it, over 1M faces the
-    store held 800 MiB and an actor grew from 1.1 to 1.6 GB); it cost about 9 % of the score rate on a 2-core
-    machine (docs/scaling.md). 0 = Ray Data's default (half the store, filled when reads outpace scoring)."""
+    store held 800 MiB and an actor grew from 1.1 to 1.6 GB; at 256 an actor stays at 1.1 GB at full rate, while 64
+    cost 9-22 % of the rate on a 2-core machine: docs/scaling.md). 0 = Ray Data's default (half the store, filled
+    when reads outpace scoring)."""
     disagreement: str = "vote_entropy"
     """Column ``disagreement`` of teachers with branches (ESR, ensembles): ``vote_entropy`` (entropy of the members'
     argmax votes, nats), ``variance`` (per-class variance across members, mean over classes) or ``js`` (Jensen-Shannon:
