@@ -186,10 +186,7 @@ class ScoreStage(Stage):
                 log.info("%s: scoring %d/%d shards", self.label, len(to_read), len(shards))
                 scored = self._score(to_read, expected, labelled)
         if self.video_step and any(not fs.exists(self.stats_path(s.name)) for s in shards):
-            from engine.runtime import init_ray
             from engine.stages.video import video_step
-
-            init_ray()
 
             n_video = video_step(
                 [{"shard": s.name, "raw": self.raw_part(s.name), "manifest": s.manifest} for s in shards],
